@@ -1,0 +1,28 @@
+# wastecls developer commands. `make demo` and `make test` are the two set-up commands.
+PYTHON ?= python3
+# Torch is installed first, on its own: on the project machines these exact releases lie on
+# local disk. Elsewhere set TORCH_SPEC (e.g. TORCH_SPEC="torch torchvision") or pre-install torch.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO ?= demo
+TRASHNET ?= ../shared/data/trashnet
+SHARED_WEIGHTS ?= ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test demo lint bench
+
+install:
+	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check waste_cli tests bench
+
+demo: install
+	DEMO=$(DEMO) bash bench/demo.sh
+
+bench:
+	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)

@@ -1,0 +1,75 @@
+"""Shared fixtures: the bundled TrashNet sample and a COCO dataset composed from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "trashnet-mini"
+COCO_NAMES = {  # TrashNet folder -> a TACO category of the same material
+    "cardboard": "Corrugated carton",
+    "glass": "Glass bottle",
+    "metal": "Drink can",
+    "paper": "Normal paper",
+    "plastic": "Clear plastic bottle",
+    "trash": "Cigarette",
+}
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture
+def sample_copy(tmp_path: Path) -> Path:
+    """A writable copy of the bundled sample (to add broken files to)."""
+    dst = tmp_path / "raw"
+    shutil.copytree(SAMPLE, dst, ignore=shutil.ignore_patterns("*.md"))
+    return dst
+
+
+def build_coco(root: Path, scenes: int = 6) -> tuple[Path, Path]:
+    """Paste real sample photos onto 2x2 canvases and annotate where they went (COCO json)."""
+    images_dir = root / "images"
+    images_dir.mkdir(parents=True)
+    classes = sorted(COCO_NAMES)
+    categories = [{"id": i + 1, "name": COCO_NAMES[c]} for i, c in enumerate(classes)]
+    photos = {c: sorted((SAMPLE / c).glob("*.jpg")) for c in classes}
+    images, annotations = [], []
+    for s in range(scenes):
+        canvas = Image.new("RGB", (256, 256), (200, 200, 200))
+        for q in range(3):  # three objects; the fourth quadrant is left as background
+            cls = classes[(s + q) % len(classes)]
+            photo = Image.open(photos[cls][s % len(photos[cls])]).convert("RGB").resize((96, 96))
+            x, y = (q % 2) * 128 + 16, (q // 2) * 128 + 16
+            canvas.paste(photo, (x, y))
+            annotations.append({"id": len(annotations) + 1, "image_id": s + 1,
+                                "category_id": classes.index(cls) + 1, "bbox": [x, y, 96, 96]})
+        canvas.save(images_dir / f"scene{s}.jpg", quality=90)
+        images.append({"id": s + 1, "file_name": f"scene{s}.jpg", "width": 256, "height": 256})
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    ann = root / "annotations.json"
+    ann.write_text(json.dumps(coco))
+    return ann, images_dir
+
+
+@pytest.fixture
+def coco_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    return build_coco(tmp_path / "coco")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None):
+    """Invoke `wastecls ARGS` in-process; returns Typer's Result (exit_code, output)."""
+    from typer.testing import CliRunner
+
+    from waste_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)

@@ -1,0 +1,230 @@
+"""`wastecls prepare`: both sources, validation, splitting, mapping and safety."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+from waste_cli.console import Reporter
+from waste_cli.data.prepare import prepare, split_groups
+from waste_cli.errors import DataError
+from waste_cli.settings import PrepareSettings
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _run(**kwargs):
+    return prepare(PrepareSettings(**{"workers": 1, **kwargs}), Reporter(quiet=True))
+
+
+def test_folder_dataset_split_is_stratified_and_complete(sample_dir, tmp_path):
+    result = _run(source=sample_dir, out=tmp_path / "out")
+    out = tmp_path / "out"
+    assert result.classes == ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+    for name in result.classes:  # 12 per class: 20% test, 10% val, rest train
+        assert (result.counts["test"][name], result.counts["val"][name]) == (2, 1)
+        assert result.counts["train"][name] == 9
+        assert len(list((out / "train" / name).glob("*.jpg"))) == 9
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["classes"] == result.classes and meta["counts"]["test"]["glass"] == 2
+    assert (out / "config.yaml").is_file() and (out / "prepare_report.json").is_file()
+    with Image.open(next((out / "train" / "glass").glob("*.jpg"))) as im:
+        assert min(im.size) == 256  # re-encoded with the default shorter side
+
+
+def test_split_is_deterministic_and_seeded(sample_dir, tmp_path):
+    _run(source=sample_dir, out=tmp_path / "a", size=64)
+    _run(source=sample_dir, out=tmp_path / "b", size=64, workers=2)
+    _run(source=sample_dir, out=tmp_path / "c", size=64, seed=1)
+    a, b, c = (_files(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a != c
+    for name in ("train/glass", "test/metal"):
+        for f in (tmp_path / "a" / name).iterdir():
+            assert f.read_bytes() == (tmp_path / "b" / name / f.name).read_bytes()
+
+
+def test_split_groups_keeps_proportions():
+    groups = {f"k{i}": "a" if i < 100 else "b" for i in range(150)}
+    split = split_groups(groups, {"test": 0.2, "val": 0.1}, seed=3)
+    counts = Counter((groups[k], s) for k, s in split.items())
+    assert counts[("a", "test")] == 20 and counts[("a", "val")] == 10
+    assert counts[("b", "test")] == 10 and counts[("b", "val")] == 5
+
+
+def test_corrupt_truncated_empty_small_and_non_images_are_reported(sample_copy, tmp_path):
+    good = next((sample_copy / "glass").glob("*.jpg")).read_bytes()
+    (sample_copy / "glass" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (sample_copy / "glass" / "empty.jpg").write_bytes(b"")
+    (sample_copy / "metal" / "notes.jpg").write_text("not an image")
+    Image.new("RGB", (20, 40)).save(sample_copy / "paper" / "tiny.png")
+    result = _run(source=sample_copy, out=tmp_path / "out")
+    reasons = {Path(s["file"]).name: s["reason"] for s in result.skipped}
+    assert set(reasons) == {"truncated.jpg", "empty.jpg", "notes.jpg", "tiny.png"}
+    assert "min-size" in reasons["tiny.png"]
+    assert "empty" in reasons["empty.jpg"]
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert len(report["skipped"]) == 4
+    assert sum(sum(c.values()) for c in result.counts.values()) == 72
+
+
+def test_exif_orientation_is_applied(sample_copy, tmp_path):
+    src = next((sample_copy / "glass").glob("*.jpg"))
+    image = Image.open(src)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    image.save(src, exif=exif)
+    landscape = image.width > image.height
+    _run(source=sample_copy, out=tmp_path / "out", size=0, val_frac=0, test_frac=0)
+    with Image.open(tmp_path / "out" / "train" / "glass" / src.name) as out:
+        assert (out.width > out.height) != landscape
+
+
+def test_exact_duplicates_stay_in_one_split(sample_copy, tmp_path):
+    for src in sorted((sample_copy / "glass").glob("*.jpg")):
+        shutil.copy(src, sample_copy / "glass" / f"copy_{src.name}")
+    result = _run(source=sample_copy, out=tmp_path / "out")
+    assert result.duplicates == 12
+    for split in ("train", "val", "test"):
+        for f in (tmp_path / "out" / split / "glass").glob("copy_*"):
+            assert (f.parent / f.name.removeprefix("copy_")).exists()
+
+
+def test_unlabeled_frac_hides_labels_and_records_truth(sample_dir, tmp_path):
+    result = _run(source=sample_dir, out=tmp_path / "out", unlabeled_frac=0.5)
+    pool = sorted((tmp_path / "out" / "pseudolabel").glob("*.jpg"))
+    assert len(pool) == sum(result.counts["pseudolabel"].values()) > 0
+    with open(tmp_path / "out" / "pseudolabel_truth.csv") as handle:
+        truth = {row["file"]: row["label"] for row in csv.DictReader(handle)}
+    assert set(truth) == {p.name for p in pool}
+    assert Counter(truth.values()) == {c: n for c, n in result.counts["pseudolabel"].items()}
+    assert all(c not in p.name for p in pool for c in result.classes)
+
+
+def test_class_names_with_spaces_and_mapping(sample_copy, tmp_path):
+    (sample_copy / "paper").rename(sample_copy / "Paper and Cardboard")
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("paper_cardboard: ['paper and cardboard', Cardboard]\nignore: [trash]\n")
+    result = _run(source=sample_copy, out=tmp_path / "out", map=mapping)
+    assert result.classes == ["glass", "metal", "paper_cardboard", "plastic"]
+    assert sum(result.counts[s]["paper_cardboard"] for s in ("train", "val", "test")) == 24
+    result = _run(source=sample_copy, out=tmp_path / "raw_names")
+    assert "Paper and Cardboard" in result.classes
+    assert (tmp_path / "raw_names" / "train" / "Paper and Cardboard").is_dir()
+
+
+def test_coco_crops_split_by_source_image(coco_dataset, tmp_path):
+    ann, images = coco_dataset
+    result = _run(source=ann, images=images, out=tmp_path / "out", taxonomy="detect-waste",
+                  size=64, test_frac=0.34, val_frac=0)
+    assert set(result.classes) == {"glass", "metals_and_plastic", "non_recyclable", "paper"}
+    scene_split: dict[str, set[str]] = {}
+    for split in ("train", "test"):
+        for f in (tmp_path / "out" / split).rglob("*.jpg"):
+            scene_split.setdefault(f.name.split("_")[0], set()).add(split)
+    assert len(scene_split) == 6
+    assert all(len(s) == 1 for s in scene_split.values())  # no photo in two splits
+
+
+def test_coco_square_zoom_and_background(coco_dataset, tmp_path):
+    ann, images = coco_dataset
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"] = [16, 40, 96, 48]  # a wide box
+    ann.write_text(json.dumps(data))
+    _run(source=ann, images=images, out=tmp_path / "sq", size=0, square=True, zoom=1.0,
+         background=1, val_frac=0, test_frac=0)
+    first = next((tmp_path / "sq" / "train").rglob("scene0_1.jpg"))
+    with Image.open(first) as im:
+        assert im.size == (96, 96)  # squared to the long side
+    bg = list((tmp_path / "sq" / "train" / "background").glob("*.jpg"))
+    assert len(bg) == 6
+    _run(source=ann, images=images, out=tmp_path / "zoom", size=0, zoom=1.25,
+         val_frac=0, test_frac=0)
+    with Image.open(next((tmp_path / "zoom" / "train").rglob("scene1_4.jpg"))) as im:
+        assert im.size == (120, 120)
+
+
+def test_coco_bad_annotations_are_skipped_not_followed(coco_dataset, tmp_path):
+    ann, images = coco_dataset
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(images / "scene0.jpg", secret)
+    data = json.loads(ann.read_text())
+    data["images"] += [
+        {"id": 100, "file_name": "../secret.jpg", "width": 256, "height": 256},
+        {"id": 101, "file_name": str(secret), "width": 256, "height": 256},
+        {"id": 102, "file_name": "missing.jpg", "width": 256, "height": 256},
+    ]
+    data["annotations"] += [
+        {"id": 900, "image_id": 100, "category_id": 1, "bbox": [0, 0, 50, 50]},
+        {"id": 901, "image_id": 101, "category_id": 1, "bbox": [0, 0, 50, 50]},
+        {"id": 902, "image_id": 102, "category_id": 1, "bbox": [0, 0, 50, 50]},
+        {"id": 903, "image_id": 999, "category_id": 1, "bbox": [0, 0, 50, 50]},
+        {"id": 904, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 50]},
+        {"id": 905, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, -3]},
+    ]
+    ann.write_text(json.dumps(data))
+    result = _run(source=ann, images=images, out=tmp_path / "out", size=64)
+    reasons = json.dumps(result.skipped)
+    assert reasons.count("escapes the image folder") == 2
+    assert "unknown image id 999" in reasons and reasons.count("box without area") == 2
+    assert "missing.jpg" in reasons
+    assert not list((tmp_path / "out").rglob("secret*"))
+    assert sum(sum(c.values()) for c in result.counts.values()) == 18
+
+
+def test_output_is_refused_when_not_empty_and_replaced_with_overwrite(sample_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        _run(source=sample_dir, out=out)
+    assert (out / "keep.txt").read_text() == "mine"
+    _run(source=sample_dir, out=out, overwrite=True, size=64)
+    assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_run_leaves_no_output(sample_dir, tmp_path, monkeypatch):
+    import waste_cli.data.prepare as module
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_write_metadata", boom)
+    with pytest.raises(KeyboardInterrupt):
+        _run(source=sample_dir, out=tmp_path / "out", size=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_prepare_prints_summary_and_writes_config(sample_dir, tmp_path):
+    result = run_cli("prepare", sample_dir, "--out", tmp_path / "out", "--size", "64")
+    assert result.exit_code == 0, result.output
+    assert "imbalance" in result.output and "cardboard" in result.output
+    assert "size: 64" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nowhere", "--out", "{tmp}/o"], "neither a folder"),
+        (["{tmp}/a.json", "--out", "{tmp}/o"], "--images"),
+        (["{sample}", "--out", "{tmp}/o", "--val-frac", "0.9"], "val_frac + test_frac"),
+        (["{sample}", "--out", "{tmp}/o", "--taxonomy", "nope"], "taxonomy"),
+        (["{sample}"], "out"),
+    ],
+)
+def test_cli_prepare_errors_are_messages(sample_dir, tmp_path, args, message):
+    (tmp_path / "a.json").write_text("{}")
+    args = [a.format(tmp=tmp_path, sample=sample_dir) for a in args]
+    result = run_cli("prepare", *args)
+    assert result.exit_code in (1, 2)
+    assert message in result.output and "Traceback" not in result.output

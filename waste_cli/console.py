@@ -1,0 +1,106 @@
+"""Terminal output for the engine: messages, live progress bars and tables, or plain lines.
+
+The engine reports through a `Reporter` so it never prints directly; a test or a script can pass
+`Reporter(quiet=True)`. Bars are live only on a terminal; in a log file each bar ends with one
+plain summary line instead of thousands of redraws.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["Bar", "Reporter"]
+
+
+def _format_fields(fields: dict[str, Any]) -> str:
+    parts = []
+    for key, value in fields.items():
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+class Bar:
+    """A progress bar that shows live metrics (loss, accuracy, images/s) beside the count."""
+
+    def __init__(self, progress: Progress | None, task: int | None, total: int) -> None:
+        self._progress, self._task, self.total = progress, task, total
+        self.completed = 0
+        self.fields: dict[str, Any] = {}
+        self.started = time.perf_counter()
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        self.completed += steps
+        self.fields.update(fields)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, advance=steps, fields=_format_fields(self.fields)
+            )
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class Reporter:
+    """Where the engine sends what a person should see."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(highlight=False)
+        self.warnings: list[str] = []
+
+    @property
+    def live(self) -> bool:
+        return self.console.is_terminal and not self.quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+    def print(self, renderable: Any) -> None:
+        """Print a table or summary; shown even when quiet (it is the result)."""
+        self.console.print(renderable)
+
+    @contextmanager
+    def bar(self, description: str, total: int) -> Iterator[Bar]:
+        """A live bar on a terminal; one line with the totals when it ends otherwise."""
+        if not self.live:
+            bar = Bar(None, None, total)
+            yield bar
+            if not self.quiet:
+                rate = bar.completed / max(bar.elapsed, 1e-9)
+                fields = _format_fields(bar.fields)
+                self.console.print(
+                    f"{description}: {bar.completed}/{total} in {bar.elapsed:.1f}s "
+                    f"({rate:.1f}/s) {fields}".rstrip()
+                )
+            return
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[fields]}"),
+        )
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task = progress.add_task(description, total=total, fields="")
+            yield Bar(progress, task, total)

@@ -1,0 +1,1 @@
+"""Datasets: scanning folders, preparing splits, transforms and loaders."""

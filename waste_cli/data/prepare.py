@@ -1,0 +1,266 @@
+"""`wastecls prepare`: turn a raw dataset into OUT/{train,val,test}/<class>/ and OUT/pseudolabel/.
+
+Steps: list the source images (class folders or COCO boxes), decode and validate every one on all
+cores, group exact duplicates (and all crops of one photo), make a stratified seeded split by
+group, then move the encoded images into place. Everything is built in a temporary folder that
+is renamed to OUT only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from waste_cli import __version__
+from waste_cli.console import Reporter
+from waste_cli.data.coco import coco_sources
+from waste_cli.data.scan import DATASET_JSON, SPLITS
+from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
+from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
+from waste_cli.errors import ConfigError, DataError
+from waste_cli.settings import PrepareSettings, write_config
+
+__all__ = ["PrepareResult", "prepare", "split_groups"]
+
+PSEUDO_SPLIT = "pseudolabel"
+TRUTH_CSV = "pseudolabel_truth.csv"
+REPORT_JSON = "prepare_report.json"
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def imbalance(self) -> float:
+        """Largest over smallest training class (1.0 = balanced)."""
+        train = [n for n in self.counts.get("train", {}).values() if n]
+        return max(train) / min(train) if train else 0.0
+
+
+def split_groups(
+    groups: dict[str, str], fractions: dict[str, float], seed: int
+) -> dict[str, str]:
+    """Assign each group (key -> class) to a split, stratified by class and seeded.
+
+    `fractions` maps split names to shares in assignment order; what is left goes to 'train'.
+    Keys are sorted before the seeded shuffle, so the result depends only on the data and seed.
+    """
+    rng = random.Random(seed)
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        by_class[groups[key]].append(key)
+    assignment = {}
+    for label in sorted(by_class):
+        keys = by_class[label]
+        rng.shuffle(keys)
+        start = 0
+        for split, frac in fractions.items():
+            count = min(round(len(keys) * frac), len(keys) - start)
+            assignment.update(dict.fromkeys(keys[start : start + count], split))
+            start += count
+        assignment.update(dict.fromkeys(keys[start:], "train"))
+    return assignment
+
+
+def _class_map(settings: PrepareSettings) -> ClassMap:
+    if settings.map is not None:
+        return load_class_map(settings.map)
+    if settings.taxonomy is not None:
+        return builtin_taxonomy(settings.taxonomy)
+    return ClassMap()
+
+
+def _collect_sources(
+    settings: PrepareSettings, class_map: ClassMap
+) -> tuple[list[SourceImage], list[dict[str, Any]], str]:
+    src = settings.source
+    if src.is_file() and src.suffix.lower() == ".json":
+        if settings.images is None:
+            raise ConfigError(
+                f"{src} is a COCO annotation file: say where its images are with --images DIR."
+            )
+        if not settings.images.is_dir():
+            raise DataError(f"Image folder {settings.images} does not exist.")
+        sources, skipped = coco_sources(
+            src, settings.images, class_map, square=settings.square, zoom=settings.zoom,
+            background=settings.background, min_size=settings.min_size, seed=settings.seed,
+        )
+        return sources, skipped, "coco"
+    if not src.is_dir():
+        raise DataError(
+            f"Source {src} is neither a folder of class folders nor a COCO .json file."
+        )
+    if settings.out.resolve().is_relative_to(src.resolve()):
+        raise ConfigError(f"The output folder {settings.out} must not be inside the source {src}.")
+    sources, dropped = folder_sources(src, class_map)
+    skipped = [{"class_folder": name, "reason": "dropped by the class map"} for name in dropped]
+    return sources, skipped, "folders"
+
+
+def _process_all(
+    sources: list[SourceImage], staging: Path, settings: PrepareSettings, reporter: Reporter
+) -> list[SourceResult]:
+    """Decode and encode every source on all cores, in input order."""
+    work = partial(process_source, staging=staging, size=settings.size,
+                   min_size=settings.min_size, quality=settings.quality)
+    workers = settings.workers or os.cpu_count() or 1
+    results = []
+    with reporter.bar("decode + resize", len(sources)) as bar:
+        if workers == 1:
+            mapped = map(work, sources, range(len(sources)))
+            for result in mapped:
+                results.append(result)
+                bar.advance()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                chunk = max(1, min(32, len(sources) // (workers * 8)))
+                for result in pool.map(work, sources, range(len(sources)), chunksize=chunk):
+                    results.append(result)
+                    bar.advance()
+    return results
+
+
+def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path:
+    path = folder / f"{stem}.jpg"
+    counter = 0
+    while path in taken:
+        counter += 1
+        path = folder / f"{stem}-{digest[:8]}{'-' + str(counter) if counter > 1 else ''}.jpg"
+    taken.add(path)
+    return path
+
+
+def _place(
+    results: list[SourceResult], settings: PrepareSettings, tmp: Path
+) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], int, list[list[str]]]:
+    """Split by group and move each staged crop into tmp/<split>/<class>/."""
+    skipped: list[dict[str, Any]] = []
+    group_labels: dict[str, Counter[str]] = defaultdict(Counter)
+    members: Counter[str] = Counter()
+    for result in results:
+        kept = [c for c in result.crops if c.staged is not None]
+        for crop in result.crops:
+            if crop.staged is None:
+                skipped.append({"file": str(result.source.path), "crop": crop.job.name,
+                                "reason": crop.reason})
+        if kept:
+            members[result.sha256] += 1
+            group_labels[result.sha256].update(c.job.label for c in kept)
+    # A group is labelled by its most frequent class (ties by name) for stratification.
+    groups = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in group_labels.items()}
+    split_of = split_groups(groups, {"test": settings.test_frac, "val": settings.val_frac},
+                            settings.seed)
+    if settings.unlabeled_frac:
+        train = {g: label for g, label in groups.items() if split_of[g] == "train"}
+        moved = split_groups(train, {PSEUDO_SPLIT: settings.unlabeled_frac}, settings.seed)
+        split_of.update(moved)
+
+    counts: dict[str, dict[str, int]] = defaultdict(Counter)
+    truth: list[list[str]] = []
+    taken: set[Path] = set()
+    for result in results:
+        for k, crop in enumerate(c for c in result.crops if c.staged is not None):
+            split = split_of[result.sha256]
+            if split == PSEUDO_SPLIT:
+                target = _unique_name(tmp / PSEUDO_SPLIT, f"{result.sha256[:16]}_{k}",
+                                      result.sha256, taken)
+                truth.append([target.name, crop.job.label])
+            else:
+                target = _unique_name(tmp / split / crop.job.label, crop.job.name,
+                                      result.sha256, taken)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(crop.staged, target)
+            counts[split][crop.job.label] += 1
+    duplicates = sum(n - 1 for n in members.values() if n > 1)
+    return {s: dict(c) for s, c in counts.items()}, skipped, duplicates, truth
+
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"Output {out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"Output folder {out} is not empty. Choose another --out or add "
+                        "--overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ".staging").mkdir(parents=True)
+    return tmp
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to `out`; an old `out` is removed only after that."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult, kind: str,
+                    truth: list[list[str]]) -> None:
+    dataset = {
+        "format": "wastecls-dataset",
+        "version": 1,
+        "classes": result.classes,
+        "counts": result.counts,
+        "source": {"kind": kind, "path": str(settings.source)},
+        "created_by": f"wastecls {__version__}",
+        "settings": json.loads(settings.model_dump_json()),
+    }
+    (tmp / DATASET_JSON).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
+    report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates}
+    (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_config(settings, tmp / "config.yaml")
+    if truth:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([["file", "label"], *truth])
+        (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> PrepareResult:
+    """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
+    reporter = reporter or Reporter(settings.quiet)
+    class_map = _class_map(settings)
+    sources, skipped, kind = _collect_sources(settings, class_map)
+    if not sources:
+        raise DataError(f"No images found in {settings.source}.")
+    tmp = _prepare_output(settings.out, settings.overwrite)
+    try:
+        results = _process_all(sources, tmp / ".staging", settings, reporter)
+        counts, bad, duplicates, truth = _place(results, settings, tmp)
+        shutil.rmtree(tmp / ".staging")
+        labelled = [s for s in SPLITS if s in counts]
+        classes = sorted({c for s in labelled for c in counts[s]} | {
+            c for c in counts.get(PSEUDO_SPLIT, {})})
+        if not classes:
+            raise DataError(f"No usable images in {settings.source}: see the reasons below.\n"
+                            + "\n".join(f"  {s}" for s in (skipped + bad)[:10]))
+        for split in (*SPLITS, PSEUDO_SPLIT):
+            counts.setdefault(split, {})
+            counts[split] = {c: counts[split].get(c, 0) for c in classes}
+        result = PrepareResult(settings.out, classes, counts, skipped + bad, duplicates)
+        _write_metadata(tmp, settings, result, kind, truth)
+        _swap_into_place(tmp, settings.out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for item in result.skipped[:20]:
+        reporter.warn(f"skipped {item}")
+    if len(result.skipped) > 20:
+        reporter.warn(f"... and {len(result.skipped) - 20} more; see {REPORT_JSON}")
+    return result

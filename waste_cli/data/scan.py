@@ -1,0 +1,81 @@
+"""Find images and classes on disk, and read the dataset description that `prepare` writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from waste_cli.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "class_folders",
+    "dataset_classes",
+    "is_image_path",
+    "labeled_samples",
+    "list_images",
+    "read_dataset_json",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+SPLITS = ("train", "val", "test")
+DATASET_JSON = "dataset.json"
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a visible file whose extension (any case) is an image format."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `folder`, sorted so that every run sees the same order."""
+    pattern = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in pattern if p.is_file() and is_image_path(p))
+
+
+def class_folders(root: Path) -> list[str]:
+    """Names of the sub-folders of `root` that hold at least one image, sorted."""
+    if not root.is_dir():
+        raise DataError(f"Folder {root} does not exist.")
+    return sorted(
+        d.name for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and list_images(d)
+    )
+
+
+def read_dataset_json(root: Path) -> dict[str, Any] | None:
+    """The dataset.json that `prepare` wrote into `root`, or None for a plain folder."""
+    path = root / DATASET_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"Cannot read {path}: {exc}") from exc
+
+
+def dataset_classes(root: Path, split: str = "train") -> list[str]:
+    """Class names in index order: dataset.json's when present, else sorted folder names."""
+    meta = read_dataset_json(root)
+    if meta and meta.get("classes"):
+        return list(meta["classes"])
+    folder = root / split if (root / split).is_dir() else root
+    classes = class_folders(folder)
+    if not classes:
+        raise DataError(f"No class folders with images in {folder}.")
+    return classes
+
+
+def labeled_samples(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(image, class index) for every image in `folder/<class>/`; unknown folders are an error."""
+    found = class_folders(folder)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{folder} has class folders that the class list does not: {', '.join(unknown)}. "
+            f"Known classes: {', '.join(classes)}."
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    return [(p, index[name]) for name in found for p in list_images(folder / name)]

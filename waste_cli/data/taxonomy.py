@@ -1,0 +1,73 @@
+"""Class mapping: rename, merge or drop source class names (folder names or COCO categories)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from waste_cli.errors import DataError
+
+__all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "load_class_map"]
+
+IGNORE = "ignore"
+TAXONOMIES = {"detect-waste": ("detect-waste.yaml", "unknown")}
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Maps source names (case-insensitively) to target classes; None means 'drop'.
+
+    Names the map does not list keep their own name, unless `default` is set (detect-waste maps
+    every unlisted TACO category to 'unknown', as the original project did).
+    """
+
+    targets: dict[str, str | None] = field(default_factory=dict)
+    default: str | None = None
+
+    def __call__(self, name: str) -> str | None:
+        key = name.strip().casefold()
+        if key in self.targets:
+            return self.targets[key]
+        return self.default if self.default is not None else name
+
+
+def _from_mapping(data: object, origin: str, default: str | None = None) -> ClassMap:
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise DataError(
+            f"Class map {origin} must map each target class to a list of source names, e.g.\n"
+            "  paper: [cardboard, paper]\n  ignore: [rubbish]"
+        )
+    targets: dict[str, str | None] = {}
+    for target, names in data.items():
+        for name in names:
+            key = str(name).strip().casefold()
+            value = None if target == IGNORE else str(target)
+            if key in targets and targets[key] != value:
+                raise DataError(
+                    f"Class map {origin} maps '{name}' to both '{targets[key]}' and '{value}'."
+                )
+            targets[key] = value
+    return ClassMap(targets, default)
+
+
+def builtin_taxonomy(name: str) -> ClassMap:
+    """A mapping shipped with wastecls (see TAXONOMIES)."""
+    if name not in TAXONOMIES:
+        raise DataError(f"Unknown taxonomy '{name}'. Built in: {', '.join(TAXONOMIES)}.")
+    filename, default = TAXONOMIES[name]
+    text = resources.files("waste_cli.data").joinpath(filename).read_text(encoding="utf-8")
+    return _from_mapping(yaml.safe_load(text), f"'{name}'", default)
+
+
+def load_class_map(path: Path) -> ClassMap:
+    """Read a YAML or JSON file of `target: [source names]`; the target `ignore` drops them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"Cannot read class map {path}: {exc}") from exc
+    return _from_mapping(data, str(path))

@@ -1,0 +1,212 @@
+"""Settings for every command: CLI flags > WASTECLS_* environment > config file > defaults.
+
+Each command has one pydantic-settings model. The CLI passes only the flags the user typed, so a
+value the user did not set falls through to the environment, then to the config file (TOML or
+YAML), then to the default declared here. Field descriptions double as the CLI's help text.
+
+A config file holds top-level keys shared by several commands and/or one section per command:
+
+    seed = 1            # any command that has a `seed` setting
+    [train]
+    arch = "resnet50"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from waste_cli.errors import ConfigError
+from waste_cli.fileio import atomic_write_text
+
+__all__ = [
+    "COMMAND_SETTINGS",
+    "CommandSettings",
+    "PrepareSettings",
+    "flag_name",
+    "load_settings",
+    "write_config",
+]
+
+ENV_PREFIX = "WASTECLS_"
+_CONFIG_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("wastecls_config", default=None)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The lowest-priority source: values read from --config for the command being run."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_CONFIG_VALUES.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_CONFIG_VALUES.get() or {})
+
+
+class CommandSettings(BaseSettings):
+    """Fields shared by every command."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    command: ClassVar[str] = ""
+
+    seed: int = Field(0, description="Random seed; the same seed gives the same result.")
+    quiet: bool = Field(False, description="Print only warnings, errors and the final summary.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+
+class PrepareSettings(CommandSettings):
+    """`wastecls prepare`: raw class folders or COCO annotations -> train/val/test layout."""
+
+    command: ClassVar[str] = "prepare"
+
+    source: Path = Field(
+        description="A class-folder dataset (SRC/<class>/*.jpg) or a COCO annotations .json."
+    )
+    out: Path = Field(description="Output folder for the prepared dataset.")
+    images: Path | None = Field(
+        None, description="Image folder that the COCO file names are relative to."
+    )
+    val_frac: float = Field(0.1, ge=0, lt=1, description="Share of each class for validation.")
+    test_frac: float = Field(0.2, ge=0, lt=1, description="Share of each class for testing.")
+    unlabeled_frac: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training images moved, without labels, to OUT/pseudolabel/.",
+    )
+    size: int = Field(256, ge=0, description="Shorter side of the saved images (0 keeps it).")
+    min_size: int = Field(32, ge=1, description="Skip images (and crops) smaller than this.")
+    quality: int = Field(90, ge=50, le=100, description="JPEG quality of the saved images.")
+    square: bool = Field(False, description="COCO: grow each box to a square around its centre.")
+    zoom: float = Field(1.0, gt=0, description="COCO: scale each box around its centre.")
+    background: int = Field(
+        0, ge=0, description="COCO: crops per image that overlap no box, as class 'background'."
+    )
+    map: Path | None = Field(
+        None, description="YAML/JSON class mapping: target class -> list of source names."
+    )
+    taxonomy: Literal["detect-waste"] | None = Field(
+        None, description="Built-in class mapping (detect-waste: TACO's 60 categories -> 7)."
+    )
+    workers: int = Field(0, ge=0, description="Decoding processes (0 = all cores).")
+    overwrite: bool = Field(False, description="Replace a non-empty output folder.")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> PrepareSettings:
+        if self.val_frac + self.test_frac >= 1:
+            raise ValueError("val_frac + test_frac must be below 1 to leave training images")
+        if self.map is not None and self.taxonomy is not None:
+            raise ValueError("use either map or taxonomy, not both")
+        return self
+
+
+SettingsT = TypeVar("SettingsT", bound=CommandSettings)
+
+COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {"prepare": PrepareSettings}
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a settings field (`val_frac` -> `--val-frac`)."""
+    return "--" + field.replace("_", "-")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist (or is not a file).")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in {".yaml", ".yml", ".json"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"Config file {path} must end in .toml, .yaml, .yml or .json.")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of settings, not {data!r}.")
+    return data
+
+
+def _values_for(cls: type[CommandSettings], data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Top-level keys that this command has, overlaid by the command's own section."""
+    all_fields = {name for model in COMMAND_SETTINGS.values() for name in model.model_fields}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in COMMAND_SETTINGS:
+            continue
+        if key not in all_fields:
+            raise ConfigError(
+                f"Unknown key '{key}' in config file {path}. Top-level keys must be settings of "
+                f"some command; sections are named after commands: {', '.join(COMMAND_SETTINGS)}."
+            )
+        if key in cls.model_fields:
+            values[key] = value
+    section = data.get(cls.command) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"Section [{cls.command}] in {path} must be a mapping of settings.")
+    for key in section:
+        if key not in cls.model_fields:
+            raise ConfigError(
+                f"Unknown key '{key}' in section [{cls.command}] of {path}. "
+                f"Allowed keys: {', '.join(sorted(cls.model_fields))}."
+            )
+    return values | section
+
+
+def _format_validation_error(cls: type[CommandSettings], exc: ValidationError) -> str:
+    lines = [f"Invalid settings for `wastecls {cls.command}`:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        message = err["msg"].removeprefix("Value error, ")
+        if field:
+            where = f"{field} ({flag_name(field)}, {ENV_PREFIX}{field.upper()} or config key)"
+            given = "" if err["type"] == "missing" else f"; got {err.get('input')!r}"
+            lines.append(f"  - {where}: {message}{given}")
+        else:
+            lines.append(f"  - {message}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    cls: type[SettingsT], flags: dict[str, Any], config: Path | None = None
+) -> SettingsT:
+    """Build a command's settings from the flags the user typed, the environment and a file.
+
+    Flags whose value is None were not given and fall through to the lower sources.
+    Raises ConfigError with a readable, field-by-field message.
+    """
+    if config is None and os.environ.get(f"{ENV_PREFIX}CONFIG"):
+        config = Path(os.environ[f"{ENV_PREFIX}CONFIG"])
+    file_values = _values_for(cls, _read_config_file(config), config) if config else {}
+    token = _CONFIG_VALUES.set(file_values)
+    try:
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(cls, exc)) from None
+    finally:
+        _CONFIG_VALUES.reset(token)
+
+
+def write_config(settings: CommandSettings, path: Path) -> None:
+    """Save the fully resolved settings as a config file that repeats the run (`--config`)."""
+    body = {settings.command: json.loads(settings.model_dump_json())}
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))
