@@ -8,17 +8,28 @@ the config file can fill them (see settings.py).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.table import Table
 
 from waste_cli import __version__
 from waste_cli.errors import WasteclsError
-from waste_cli.settings import CommandSettings, PrepareSettings, flag_name, load_settings
+from waste_cli.settings import (
+    CommandSettings,
+    ModelRunSettings,
+    PrepareSettings,
+    TrainSettings,
+    flag_name,
+    load_settings,
+)
 
 app = typer.Typer(
     name="wastecls",
@@ -32,19 +43,6 @@ err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
 
 
-def opt(model: type[CommandSettings], field: str, *decls: str, **kwargs: Any) -> Any:
-    """A Typer option whose help and shown default come from the settings field."""
-    info = model.model_fields[field]
-    help_text = info.description or ""
-    default = info.default
-    if default is not PydanticUndefined and default is not None and default is not False:
-        help_text += f" [dim]\\[default: {default}][/]"
-    if info.annotation is bool:
-        decls = decls or (f"{flag_name(field)}/--no-{flag_name(field)[2:]}",)
-    return typer.Option(*(decls or (flag_name(field),)), help=help_text,
-                        show_default=False, **kwargs)
-
-
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML/YAML config file (flags and WASTECLS_* win).",
@@ -52,17 +50,77 @@ ConfigOption = Annotated[
 ]
 
 
-def _run(cls: type[CommandSettings], config: Path | None, flags: dict[str, Any]) -> Any:
-    """Resolve settings; engine errors end the program with their message and exit code."""
-    try:
-        return load_settings(cls, flags, config)
-    except WasteclsError as exc:
-        _fail(exc)
+def _help(info: FieldInfo) -> str:
+    text = info.description or ""
+    if not any(info.default is v for v in (PydanticUndefined, None, False)):
+        text += f" [dim]\\[default: {info.default}][/]"
+    return text
 
 
-def _fail(exc: WasteclsError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-    raise typer.Exit(exc.exit_code)
+def _cli_type(annotation: Any) -> Any:
+    """The type Typer parses a field as; pydantic validates the value afterwards."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        annotation = args[0]
+    if get_origin(annotation) is Literal:
+        return str
+    return annotation
+
+
+def settings_command(
+    cls: type[CommandSettings],
+    *,
+    arguments: tuple[str, ...] = (),
+    short: dict[str, tuple[str, ...]] | None = None,
+    examples: list[str] | None = None,
+) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
+    """Register a command whose flags are generated from its settings model.
+
+    Every settings field becomes a flag (`val_frac` -> `--val-frac`; booleans get `--no-` forms)
+    whose help is the field's description. Flags default to None, meaning "not given", so the
+    environment and the config file can supply the value (see settings.load_settings).
+    """
+    short = {"quiet": ("--quiet", "-q"), **(short or {})}
+    shared = set(CommandSettings.model_fields) | set(ModelRunSettings.model_fields)
+
+    def decorate(body: Callable[[Any], None]) -> Callable[..., None]:
+        params = []
+        for name in sorted(cls.model_fields, key=lambda n: (n not in arguments, n in shared)):
+            info = cls.model_fields[name]
+            if name in arguments:
+                param = typer.Argument(help=info.description, show_default=False)
+            else:
+                decls = short.get(name) or (flag_name(name),)
+                if info.annotation is bool and "/" not in decls[0]:
+                    decls = (f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:])
+                param = typer.Option(*decls, help=_help(info), show_default=False)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[_cli_type(info.annotation)
+                                                                 | None, param]))
+        params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=ConfigOption))
+
+        def command(**flags: Any) -> None:
+            try:
+                settings = load_settings(cls, flags, flags.pop("config"))
+                body(settings)
+            except WasteclsError as exc:
+                err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                raise typer.Exit(exc.exit_code) from None
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        epilog = "Examples:\n\n" + "\n\n".join(f"  {e}" for e in examples) if examples else None
+        app.command(epilog=epilog)(command)
+        return body
+
+    return decorate
+
+
+def _reporter(settings: CommandSettings) -> Any:
+    from waste_cli.console import Reporter
+
+    return Reporter(settings.quiet, out_console)
 
 
 def _version(value: bool) -> None:
@@ -84,53 +142,27 @@ def _root(
     """
 
 
-@app.command(epilog="Examples:\n\n"
-             "  wastecls prepare raw/trashnet --out data/\n\n"
-             "  wastecls prepare annotations.json --images raw/ --out data/ "
-             "--taxonomy detect-waste --square --background 1\n\n"
-             "  wastecls prepare raw/ --out data/ --unlabeled-frac 0.8 --size 224")
-def prepare(
-    source: Annotated[Path | None, typer.Argument(
-        help="Class-folder dataset (SRC/<class>/*.jpg) or COCO annotations .json.",
-        show_default=False)] = None,
-    out: Annotated[Path | None, opt(PrepareSettings, "out", "--out", "-o")] = None,
-    images: Annotated[Path | None, opt(PrepareSettings, "images")] = None,
-    val_frac: Annotated[float | None, opt(PrepareSettings, "val_frac")] = None,
-    test_frac: Annotated[float | None, opt(PrepareSettings, "test_frac")] = None,
-    unlabeled_frac: Annotated[float | None, opt(PrepareSettings, "unlabeled_frac")] = None,
-    size: Annotated[int | None, opt(PrepareSettings, "size")] = None,
-    min_size: Annotated[int | None, opt(PrepareSettings, "min_size")] = None,
-    quality: Annotated[int | None, opt(PrepareSettings, "quality")] = None,
-    square: Annotated[bool | None, opt(PrepareSettings, "square")] = None,
-    zoom: Annotated[float | None, opt(PrepareSettings, "zoom")] = None,
-    background: Annotated[int | None, opt(PrepareSettings, "background")] = None,
-    map_file: Annotated[Path | None, opt(PrepareSettings, "map", "--map")] = None,
-    taxonomy: Annotated[str | None, opt(PrepareSettings, "taxonomy")] = None,
-    workers: Annotated[int | None, opt(PrepareSettings, "workers")] = None,
-    overwrite: Annotated[bool | None, opt(PrepareSettings, "overwrite")] = None,
-    seed: Annotated[int | None, opt(PrepareSettings, "seed")] = None,
-    quiet: Annotated[bool | None, opt(PrepareSettings, "quiet", "--quiet", "-q")] = None,
-    config: ConfigOption = None,
-) -> None:
+@settings_command(
+    PrepareSettings,
+    arguments=("source",),
+    short={"out": ("--out", "-o")},
+    examples=[
+        "wastecls prepare raw/trashnet --out data/",
+        "wastecls prepare annotations.json --images raw/ --out data/ --taxonomy detect-waste "
+        "--square --background 1",
+        "wastecls prepare raw/ --out data/ --unlabeled-frac 0.8 --size 224",
+    ],
+)
+def prepare(settings: PrepareSettings) -> None:
     """Split a class-folder dataset, or crop a COCO dataset, into train/val/test folders."""
-    from waste_cli.console import Reporter
     from waste_cli.data.prepare import prepare as run_prepare
 
-    settings = _run(PrepareSettings, config, dict(
-        source=source, out=out, images=images, val_frac=val_frac, test_frac=test_frac,
-        unlabeled_frac=unlabeled_frac, size=size, min_size=min_size, quality=quality,
-        square=square, zoom=zoom, background=background, map=map_file, taxonomy=taxonomy,
-        workers=workers, overwrite=overwrite, seed=seed, quiet=quiet))
-    try:
-        result = run_prepare(settings, Reporter(settings.quiet, out_console))
-    except WasteclsError as exc:
-        _fail(exc)
+    result = run_prepare(settings, _reporter(settings))
     splits = [s for s in ("train", "val", "test", "pseudolabel") if any(result.counts[s].values())]
     table = Table(title=f"Prepared {result.out}", show_footer=True)
     table.add_column("class", footer="total")
     for split in splits:
-        total = sum(result.counts[split].values())
-        table.add_column(split, justify="right", footer=str(total))
+        table.add_column(split, justify="right", footer=str(sum(result.counts[split].values())))
     for name in result.classes:
         table.add_row(name, *(str(result.counts[s][name]) for s in splits))
     out_console.print(table)
@@ -146,10 +178,33 @@ def _not_implemented(name: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train a classifier (not implemented yet)."""
-    _not_implemented("train")
+@settings_command(
+    TrainSettings,
+    examples=[
+        "wastecls train --data data/ --arch efficientnet-b2 --sampler weighted --device cuda:1",
+        "wastecls train --data data/ --weights tf_efficientnet_lite0.in1k.safetensors "
+        "--img-size 192 --epochs 8 --cache ram",
+        "wastecls train --data data/ --arch resnet50 --freeze-backbone --sched exp --lr-decay 0.99",
+        "wastecls train --resume runs/train/exp",
+    ],
+)
+def train(settings: TrainSettings) -> None:
+    """Fine-tune a timm model on a prepared dataset; writes a run folder with best.pt."""
+    from waste_cli.train import train as run_train
+
+    result = run_train(settings, _reporter(settings))
+    table = Table(title=f"Best epoch {result.best_epoch} of {result.epochs_run}"
+                  + (" (early stop)" if result.stopped_early else ""))
+    for column in ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_acc"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{float(result.best[c]):.4f}" for c in (
+        "val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_acc")))
+    out_console.print(table)
+    if result.skipped_images:
+        out_console.print(f"[yellow]{len(result.skipped_images)} unreadable training images "
+                          "were skipped[/] (listed in summary.json).")
+    out_console.print(f"{result.seconds:.0f}s. Results in {result.run_dir}: best.pt, last.pt, "
+                      "metrics.csv, curves.png, confusion_matrix.png, summary.json")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -68,7 +68,7 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -89,7 +89,7 @@ class Reporter:
                 fields = _format_fields(bar.fields)
                 self.console.print(
                     f"{description}: {bar.completed}/{total} in {bar.elapsed:.1f}s "
-                    f"({rate:.1f}/s) {fields}".rstrip()
+                    f"({rate:.1f}/s) {fields}".rstrip(), soft_wrap=True
                 )
             return
         columns = (

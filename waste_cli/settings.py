@@ -31,7 +31,9 @@ from waste_cli.fileio import atomic_write_text
 __all__ = [
     "COMMAND_SETTINGS",
     "CommandSettings",
+    "ModelRunSettings",
     "PrepareSettings",
+    "TrainSettings",
     "flag_name",
     "load_settings",
     "write_config",
@@ -118,9 +120,99 @@ class PrepareSettings(CommandSettings):
         return self
 
 
+class ModelRunSettings(CommandSettings):
+    """Fields of every command that runs a model."""
+
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    workers: int | None = Field(
+        None, ge=0, description="Data-loader processes (default: all cores but one, at most 8)."
+    )
+    batch_size: int = Field(32, ge=1, description="Images per batch.")
+
+
+class TrainSettings(ModelRunSettings):
+    """`wastecls train`: fine-tune a timm backbone on a prepared dataset."""
+
+    command: ClassVar[str] = "train"
+
+    data: Path = Field(description="Dataset root from `wastecls prepare` (ROOT/train, ROOT/val).")
+    arch: str = Field(
+        "efficientnet-lite0",
+        description="timm model name, or efficientnet-b0..b7 / efficientnet-lite0..4.",
+    )
+    pretrained: bool = Field(True, description="Start from timm's pretrained weights (Hub).")
+    weights: Path | None = Field(
+        None, description="Local weights to start from (.pth/.safetensors/wastecls .pt)."
+    )
+    img_size: int | None = Field(
+        None, ge=16, description="Square input size (default: the model's own)."
+    )
+    aug: Literal["none", "light", "strong"] = Field("strong", description="Augmentation level.")
+    cache: Literal["none", "ram"] = Field(
+        "none", description="ram: keep decoded, resized images in memory after the first read."
+    )
+    val_frac: float = Field(
+        0.1, gt=0, lt=1, description="Share of train held out for validation when there is no val."
+    )
+    sampler: Literal["random", "weighted"] = Field(
+        "random", description="weighted: draw classes equally often (inverse frequency)."
+    )
+    class_weights: bool = Field(False, description="Class-weighted cross-entropy loss.")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the loss.")
+    opt: str = Field("adamw", description="Optimizer (any name timm's create_optimizer_v2 knows).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="Weight decay.")
+    sched: Literal["cosine", "step", "exp", "none"] = Field(
+        "cosine", description="Learning-rate schedule (timm); exp decays by --lr-decay per epoch."
+    )
+    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs.")
+    lr_decay: float | None = Field(
+        None, gt=0, le=1, description="Decay factor for step (default 0.1) and exp (0.99)."
+    )
+    decay_epochs: int | None = Field(
+        None, ge=1, description="step: epochs between decays (default: a third of the run)."
+    )
+    epochs: int = Field(10, ge=1, description="Training epochs.")
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement."
+    )
+    monitor: Literal["val_loss", "val_acc", "val_macro_f1"] = Field(
+        "val_acc", description="Metric that picks best.pt and drives early stopping."
+    )
+    freeze_backbone: bool = Field(False, description="Train only the classifier head.")
+    drop_rate: float | None = Field(
+        None, ge=0, lt=1, description="Dropout before the classifier (default: timm's)."
+    )
+    ema: bool = Field(False, description="Validate and keep an exponential moving average.")
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per step.")
+    amp: bool = Field(False, description="Mixed precision (bf16 on CPU, fp16/bf16 on CUDA).")
+    channels_last: bool = Field(True, description="channels_last memory format (faster).")
+    project: Path = Field(Path("runs/train"), description="Folder that holds the run folders.")
+    name: str = Field("exp", description="Run folder name (exp, exp2, ... if it exists).")
+    resume: Path | None = Field(
+        None, description="Continue the run in this folder from its last.pt."
+    )
+    neptune: bool = Field(False, description="Also log to Neptune (pip install wastecls[neptune]).")
+    neptune_mode: Literal["async", "offline", "debug"] = Field(
+        "async", description="Neptune connection mode."
+    )
+    neptune_project: str | None = Field(
+        None, description="Neptune project (default: $NEPTUNE_PROJECT)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSettings:
+        if self.weights is not None and not self.weights.is_file():
+            raise ValueError(f"weights file {self.weights} does not exist")
+        return self
+
+
 SettingsT = TypeVar("SettingsT", bound=CommandSettings)
 
-COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {"prepare": PrepareSettings}
+COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {
+    "prepare": PrepareSettings,
+    "train": TrainSettings,
+}
 
 
 def flag_name(field: str) -> str:

@@ -1,0 +1,174 @@
+"""Datasets and loaders: decode in worker processes, optional RAM cache, class-balanced sampling.
+
+A corrupt image found while training is skipped, not fatal: the dataset yields a marker, the
+collate function drops it and reports its index, and the trainer warns once per file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from waste_cli.console import Reporter
+from waste_cli.data.sources import DECODE_ERRORS
+from waste_cli.errors import DataError
+
+__all__ = [
+    "Batch",
+    "ImageDataset",
+    "build_loader",
+    "cache_images",
+    "class_balanced_weights",
+    "collate_skipping_bad",
+    "default_workers",
+    "load_rgb",
+    "weighted_sampler",
+]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
+
+
+def default_workers() -> int:
+    """All cores but one (the model needs one), at least one, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
+    """Open an image as RGB with EXIF orientation; shrink on decode when it is much larger."""
+    from waste_cli.data.sources import open_image
+
+    return open_image(path.read_bytes(), draft_size=max_short_side)
+
+
+def _resize_short(image: Image.Image, short: int) -> Image.Image:
+    if not short or min(image.size) <= short:
+        return image
+    scale = short / min(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)),
+                        Image.Resampling.BICUBIC)
+
+
+def cache_images(
+    paths: Sequence[Path], short_side: int, workers: int, reporter: Reporter
+) -> list[np.ndarray | None]:
+    """Decode every image once into uint8 arrays (None for unreadable files).
+
+    Images are shrunk to `short_side` first: the model never sees more detail than that, and
+    the cache stays small. Worker processes forked later share these arrays copy-on-write.
+    """
+    def decode(path: Path) -> np.ndarray | None:
+        try:
+            return np.asarray(_resize_short(load_rgb(path, short_side), short_side))
+        except DECODE_ERRORS:
+            return None
+
+    cached: list[np.ndarray | None] = []
+    with reporter.bar("cache images in RAM", len(paths)) as bar, ThreadPoolExecutor(
+        max(1, workers)
+    ) as pool:
+        for array in pool.map(decode, paths):
+            cached.append(array)
+            bar.advance()
+    total = sum(a.nbytes for a in cached if a is not None)
+    reporter.info(f"cached {len(cached)} images in {total / 2**20:.0f} MiB")
+    return cached
+
+
+class ImageDataset(Dataset):
+    """(image tensor, class index, sample index) for a list of (path, class index) samples."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform: Callable,
+        cache: list[np.ndarray | None] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, int]:
+        path, label = self.samples[index]
+        try:
+            if self.cache is not None:
+                array = self.cache[index]
+                if array is None:
+                    return None, label, index
+                image = Image.fromarray(array)
+            else:
+                image = load_rgb(path)
+        except DECODE_ERRORS:
+            return None, label, index
+        return self.transform(image), label, index
+
+
+def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
+    """Stack the readable samples; return the indices of unreadable ones separately."""
+    good = [item for item in items if item[0] is not None]
+    bad = [item[2] for item in items if item[0] is None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), bad
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    indices = torch.tensor([item[2] for item in good], dtype=torch.long)
+    return images, labels, indices, bad
+
+
+def class_balanced_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per-sample weights proportional to 1 / (images of that class): every class drawn equally."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if (counts == 0).any():
+        raise DataError("The weighted sampler needs at least one training image per class.")
+    return torch.as_tensor(1.0 / counts[np.asarray(labels)], dtype=torch.double)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds `random` and itself per worker; numpy (used by some augmentations) it does not.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    workers: int,
+    generator: torch.Generator | None = None,
+    shuffle: bool = False,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose order and augmentations depend only on `generator`'s seed."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping_bad,
+        worker_init_fn=_seed_worker if workers else None,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def weighted_sampler(labels: Sequence[int], num_classes: int,
+                     generator: torch.Generator) -> WeightedRandomSampler:
+    """Inverse-frequency sampling with replacement, one epoch = as many draws as images."""
+    weights = class_balanced_weights(labels, num_classes)
+    return WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)

@@ -1,0 +1,235 @@
+"""Models: timm factory with the seed project's arch names, weight loading, checkpoint files.
+
+A checkpoint is one plain dict (tensors, numbers, strings, lists) so that it loads with
+`torch.load(path, weights_only=True)`: no pickled code is ever executed. See `CHECKPOINT_FORMAT`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from waste_cli.errors import ModelError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "create_model",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "resolve_arch",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "wastecls-checkpoint"
+CHECKPOINT_VERSION = 1
+HUB_TIMEOUT_S = 3.0
+
+# Spellings of the seed project (efficientnet_pytorch names) -> timm names with the same weights.
+ARCH_ALIASES = {
+    **{f"efficientnet-b{i}": f"tf_efficientnet_b{i}" for i in range(8)},
+    **{f"efficientnet-lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)},
+}
+
+
+def resolve_arch(arch: str) -> str:
+    """A timm model name for `arch`; an unknown name is an error listing the closest ones."""
+    name = ARCH_ALIASES.get(arch.lower(), arch)
+    if name in timm.list_models() or timm.is_model(name.split(".")[0]):
+        return name
+    candidates = sorted(set(timm.list_models()) | set(ARCH_ALIASES))
+    close = difflib.get_close_matches(arch.lower(), candidates, n=5, cutoff=0.5)
+    hint = f" Closest names: {', '.join(close)}." if close else ""
+    raise ModelError(
+        f"Unknown architecture '{arch}'.{hint} Any timm model name works "
+        "(`python -c \"import timm; print(timm.list_models('*effic*'))\"` lists them)."
+    )
+
+
+def _hub_reachable() -> bool:
+    """A 3-second TCP probe of the Hugging Face endpoint (huggingface_hub retries for ~1 min)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        with socket.create_connection((endpoint.hostname or "", port), timeout=HUB_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """timm's pretrained model; offline, only the local Hugging Face cache is tried."""
+    import huggingface_hub.constants as hub_constants
+
+    online = _hub_reachable()
+    offline_patch = mock.patch.object(hub_constants, "HF_HUB_OFFLINE", not online)
+    try:
+        with offline_patch:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError, ValueError) as exc:
+        where = "the Hugging Face Hub cannot be reached" if not online else "the download failed"
+        raise ModelError(
+            f"Cannot load pretrained weights for '{name}': {where} and they are not in the local "
+            f"cache ({type(exc).__name__}). Give a local weights file with --weights FILE "
+            "(.pth/.safetensors in timm or efficientnet_pytorch layout, or a wastecls "
+            "checkpoint), or train from scratch with --no-pretrained."
+        ) from None
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights: Path | None = None,
+    drop_rate: float | None = None,
+) -> nn.Module:
+    """A timm classifier with `num_classes` outputs.
+
+    Weights come from `weights` (a local file: see `load_weights`) when given, else from timm's
+    pretrained source when `pretrained`, else random initialisation. Options left as None keep
+    timm's defaults for the architecture.
+    """
+    name = resolve_arch(arch)
+    kwargs = {k: v for k, v in {"drop_rate": drop_rate}.items() if v is not None}
+    if pretrained and weights is None:
+        return _create_pretrained(name, num_classes, **kwargs)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+# --- weight files -------------------------------------------------------------------------
+
+_EFFNET_BLOCK = re.compile(r"^_blocks\.(\d+)\.(.+)$")
+# efficientnet_pytorch block parts -> timm parts, for blocks with and without an expansion conv.
+_EFFNET_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+              "_bn1": "bn2", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+              "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFNET_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce",
+              "_se_expand": "se.conv_expand", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+               "_bn1": "bn2", "_fc": "classifier"}
+
+
+def _from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """Rename an efficientnet_pytorch state dict (`_blocks.N._depthwise_conv`) to timm's."""
+    blocks = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expanded = {int(m.group(1)) for k in state if (m := _EFFNET_BLOCK.match(k))
+                and m.group(2).startswith("_expand_conv")}
+    renamed = {}
+    for key, value in state.items():
+        if match := _EFFNET_BLOCK.match(key):
+            index, rest = int(match.group(1)), match.group(2)
+            part, _, leaf = rest.partition(".")
+            table = _EFFNET_IR if index in expanded else _EFFNET_DS
+            if index >= len(blocks) or part not in table:
+                raise ModelError(f"Weight '{key}' has no place in {type(model).__name__}.")
+            renamed[f"{blocks[index]}.{table[part]}.{leaf}"] = value
+        else:
+            part, _, leaf = key.partition(".")
+            renamed[f"{_EFFNET_TOP.get(part, part)}.{leaf}"] = value
+    return renamed
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, a plain state dict, a wastecls or Lightning checkpoint."""
+    if not path.is_file():
+        raise ModelError(f"Weights file {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable or unsafe files
+        raise ModelError(f"Cannot read weights file {path}: {exc}") from None
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return data["model"]
+    for key in ("state_dict", "model", "model_state_dict"):  # Lightning and training scripts
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors.")
+    prefixes = ("efficient_net.", "model.", "module.")
+    for prefix in prefixes:
+        if all(k.startswith(prefix) for k in data):
+            data = {k[len(prefix):]: v for k, v in data.items()}
+    return data
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a local weights file into `model`, checked shape by shape.
+
+    Accepts timm-layout state dicts (.pth/.safetensors), wastecls checkpoints and
+    efficientnet_pytorch-layout files (also inside Lightning checkpoints). The classifier is
+    kept from `model` when its shape differs (another number of classes); any other missing,
+    unexpected or mis-shaped tensor is an error that names it.
+    """
+    state = _read_state_dict(path)
+    if any(k.startswith("_blocks.") for k in state):
+        state = _from_efficientnet_pytorch(state, model)
+    own = model.state_dict()
+    head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
+    state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) - head
+                     if not k.endswith("num_batches_tracked"))
+    if wrong or unexpected or missing:
+        details = "; ".join(
+            f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in (("wrong shape", wrong), ("unexpected", unexpected),
+                                 ("missing", missing)) if items
+        )
+        raise ModelError(f"Weights in {path} do not fit this architecture ({details}).")
+    model.load_state_dict(state, strict=False)
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temp file + rename): a crash never leaves half a file."""
+    from waste_cli.fileio import atomic_path
+
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a wastecls checkpoint safely (weights_only: tensors and plain data, never code)."""
+    if not path.is_file():
+        raise ModelError(f"Checkpoint {path} does not exist.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle that needs code, not a torch file ...
+        raise ModelError(f"Cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a wastecls checkpoint (train writes best.pt/last.pt).")
+    if data.get("version", 0) > CHECKPOINT_VERSION:
+        raise ModelError(f"{path} was written by a newer wastecls; upgrade to read it.")
+    return data
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+    """The trained model of a checkpoint, in eval mode on the CPU."""
+    model = timm.create_model(checkpoint["arch"], pretrained=False,
+                              num_classes=len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

@@ -1,0 +1,84 @@
+"""Devices, seeding and mixed precision: the few facts about the machine every mode needs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from waste_cli.errors import DeviceError
+
+__all__ = ["autocast", "resolve_device", "seed_everything"]
+
+
+def _available() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto|cpu|cuda|cuda:N|mps` -> a device that exists; an absent one is an error.
+
+    `auto` picks CUDA, then MPS, then the CPU. Asking for a device by name never falls back
+    silently: a run meant for a GPU that lands on the CPU would only look slow.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise DeviceError(
+            f"Unknown device '{spec}'. Use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        index = 0 if device.index is None else device.index
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"Device '{spec}' was asked for but this machine has no such CUDA device "
+                f"(available: {', '.join(_available())}). Use --device cpu or --device auto."
+            )
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(
+            f"Device 'mps' was asked for but is not available here (available: "
+            f"{', '.join(_available())})."
+        )
+    if device.type not in {"cpu", "cuda", "mps"}:
+        raise DeviceError(f"Unsupported device '{spec}'. Use auto, cpu, cuda, cuda:N or mps.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware supports it (CPU, Ampere+), else fp16 (older CUDA GPUs)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+    """Mixed precision for the forward pass when enabled; a no-op otherwise."""
+    if not enabled:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=amp_dtype(device)):
+        yield
