@@ -73,3 +73,35 @@ def run_cli(*args: str, env: dict[str, str] | None = None):
     from waste_cli.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample prepared at 40 px (train 9 / val 1 / test 2 per class). Read-only."""
+    from waste_cli.console import Reporter
+    from waste_cli.data.prepare import prepare
+    from waste_cli.settings import PrepareSettings
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(PrepareSettings(source=SAMPLE, out=out, size=40, workers=1), Reporter(quiet=True))
+    return out
+
+
+TINY = {"arch": "test_efficientnet", "pretrained": False, "img_size": 32, "batch_size": 8,
+        "workers": 0, "epochs": 2, "quiet": True}
+
+
+def tiny_train(data: Path, project: Path, **overrides):
+    """Train the tiny timm test model on `data`; returns the TrainResult."""
+    from waste_cli.console import Reporter
+    from waste_cli.settings import TrainSettings
+    from waste_cli.train import train
+
+    settings = TrainSettings(data=data, project=project, **{**TINY, **overrides})
+    return train(settings, Reporter(quiet=True))
+
+
+@pytest.fixture(scope="session")
+def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny training run shared by the evaluate/predict/export tests. Read-only."""
+    return tiny_train(prepared, tmp_path_factory.mktemp("runs"), epochs=2)

@@ -18,6 +18,7 @@ import typer
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from waste_cli import __version__
@@ -105,7 +106,7 @@ def settings_command(
                 settings = load_settings(cls, flags, flags.pop("config"))
                 body(settings)
             except WasteclsError as exc:
-                err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

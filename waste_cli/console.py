@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,7 +73,7 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
     def print(self, renderable: Any) -> None:
         """Print a table or summary; shown even when quiet (it is the result)."""

