@@ -25,7 +25,10 @@ from waste_cli import __version__
 from waste_cli.errors import WasteclsError
 from waste_cli.settings import (
     CommandSettings,
+    EvaluateSettings,
+    ExportSettings,
     ModelRunSettings,
+    PredictSettings,
     PrepareSettings,
     TrainSettings,
     flag_name,
@@ -118,10 +121,11 @@ def settings_command(
     return decorate
 
 
-def _reporter(settings: CommandSettings) -> Any:
+def _reporter(settings: CommandSettings, stderr: bool = False) -> Any:
+    """Progress and messages for the engine; on stderr when stdout carries the results."""
     from waste_cli.console import Reporter
 
-    return Reporter(settings.quiet, out_console)
+    return Reporter(settings.quiet, err_console if stderr else out_console)
 
 
 def _version(value: bool) -> None:
@@ -214,22 +218,112 @@ def pseudolabel() -> None:
     _not_implemented("pseudolabel")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Evaluate a trained model (not implemented yet)."""
-    _not_implemented("evaluate")
+@settings_command(
+    EvaluateSettings,
+    arguments=("model",),
+    short={"json_output": ("--json",)},
+    examples=[
+        "wastecls evaluate runs/train/exp/best.pt --data data/ --out runs/eval/exp",
+        "wastecls evaluate model.onnx --data data/ --split val --json",
+        "wastecls evaluate best.pt --data other_dataset/ --allow-subset",
+    ],
+)
+def evaluate(settings: EvaluateSettings) -> None:
+    """Accuracy, balanced accuracy, macro-F1, per-class report and confusion matrix."""
+    import json
+
+    from waste_cli.evaluate import evaluate as run_evaluate
+
+    if settings.json_output:
+        settings = settings.model_copy(update={"quiet": True})
+    result = run_evaluate(settings, _reporter(settings, stderr=True))
+    report = result.report
+    if settings.json_output:
+        print(json.dumps(report, indent=2))
+        return
+    summary = Table(title=f"{result.model} on {report['data']} ({report['images']} images, "
+                    f"{result.backend})")
+    for column in ("accuracy", "balanced acc", "macro-F1", f"top-{report['top_k']} acc"):
+        summary.add_column(column, justify="right")
+    summary.add_row(*(f"{report[k]:.2%}" for k in (
+        "accuracy", "balanced_accuracy", "macro_f1", f"top{report['top_k']}_accuracy")))
+    per_class = Table(title="Per class")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                          f"{row['f1']:.3f}", str(row["support"]))
+    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("")
+    for name in report["classes"]:
+        matrix.add_column(name[:10], justify="right")
+    for name, counts in zip(report["classes"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *(f"[bold]{c}[/]" if c else "·" for c in counts))
+    for table in (summary, per_class, matrix):
+        out_console.print(table)
+    pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                      for p in report["most_confused"])
+    out_console.print(f"Most confused: {pairs or 'none'}")
+    if result.out:
+        out_console.print(f"Wrote report.json, per_class.csv, predictions.csv, "
+                          f"confusion_matrix.png and top_losses.png to {result.out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict() -> None:
-    """Predict classes for images (not implemented yet)."""
-    _not_implemented("predict")
+@settings_command(
+    PredictSettings,
+    arguments=("inputs",),
+    short={"model": ("--model", "-m")},
+    examples=[
+        "wastecls predict img.jpg",
+        "wastecls predict photos/ 'more/**/*.png' --top-k 3 --format csv --output preds.csv",
+        "wastecls predict --model model.onnx litter/ --exclude-class unknown --tta",
+    ],
+)
+def predict(settings: PredictSettings) -> None:
+    """Classify images, folders (recursive) and globs; exit 1 if any input failed."""
+    import sys
+
+    from waste_cli.predict import predict as run_predict
+
+    result = run_predict(settings, sys.stdout, _reporter(settings, stderr=True))
+    for item in result.failed:
+        err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
+                          soft_wrap=True)
+    if not settings.quiet:
+        err_console.print(f"{result.predicted} images predicted, {len(result.failed)} failed "
+                          f"({result.model}, {result.backend})"
+                          + (f"; results in {settings.output}" if settings.output else ""))
+    if result.failed:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export() -> None:
-    """Export a trained model to ONNX / TorchScript (not implemented yet)."""
-    _not_implemented("export")
+@settings_command(
+    ExportSettings,
+    short={"model": ("--model", "-m"), "out": ("--out", "-o")},
+    examples=[
+        "wastecls export --onnx",
+        "wastecls export --model runs/train/exp/best.pt --onnx --torchscript --out model.onnx",
+        "wastecls export --onnx --int8 --calib-data data/train --out model-int8.onnx",
+    ],
+)
+def export(settings: ExportSettings) -> None:
+    """Export a checkpoint to ONNX / TorchScript and verify it gives the same answers."""
+    from waste_cli.export import export as run_export
+
+    result = run_export(settings, _reporter(settings))
+    table = Table(title=f"Exported {result.model}")
+    for column in ("format", "file", "MB", "max |diff|", "top-1 agree", "acc (pt -> export)"):
+        table.add_column(column, justify="left" if column in ("format", "file") else "right",
+                         overflow="fold")
+    for name, path in result.files.items():
+        check = result.verifications.get(name)
+        accuracy = "-"
+        if check and check.accuracy_reference is not None:
+            accuracy = f"{check.accuracy_reference:.1%} -> {check.accuracy_export:.1%}"
+        table.add_row(name, str(path), f"{path.stat().st_size / 2**20:.1f}",
+                      f"{check.max_abs_diff:.1e}" if check else "not verified",
+                      f"{check.top1_agreement:.1%}" if check else "-", accuracy)
+    out_console.print(table)
 
 
 def main() -> None:

@@ -31,7 +31,11 @@ from waste_cli.fileio import atomic_write_text
 __all__ = [
     "COMMAND_SETTINGS",
     "CommandSettings",
+    "EvaluateSettings",
+    "ExportSettings",
+    "InferenceSettings",
     "ModelRunSettings",
+    "PredictSettings",
     "PrepareSettings",
     "TrainSettings",
     "flag_name",
@@ -211,11 +215,109 @@ class TrainSettings(ModelRunSettings):
         return self
 
 
+class InferenceSettings(ModelRunSettings):
+    """Fields of the commands that run a trained model: evaluate, predict, pseudolabel."""
+
+    model: Path | None = Field(
+        None, description="best.pt or .onnx (default: $WASTECLS_MODEL, else newest "
+        "runs/train/*/best.pt)."
+    )
+    batch_size: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, description="Images per batch (default: the fastest for the backend)."
+    )
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), else torch."
+    )
+
+
+class EvaluateSettings(InferenceSettings):
+    """`wastecls evaluate`: metrics, reports and pictures on a labelled split."""
+
+    command: ClassVar[str] = "evaluate"
+
+    data: Path = Field(description="A `prepare` root (with --split) or a class-folder directory.")
+    split: Literal["test", "val", "train"] = Field("test", description="Split of a prepare root.")
+    out: Path | None = Field(
+        None, description="Write report.json, per_class.csv, predictions.csv and PNGs here."
+    )
+    json_output: bool = Field(False, description="Print report.json to stdout (for scripts).")
+    allow_subset: bool = Field(
+        False, description="Evaluate on the classes shared by model and data."
+    )
+    top_k: int = Field(5, ge=1, description="k of the top-k accuracy.")
+    top_losses: int = Field(16, ge=0, description="Images in top_losses.png.")
+
+
+class PredictSettings(InferenceSettings):
+    """`wastecls predict`: classify images, folders and globs."""
+
+    command: ClassVar[str] = "predict"
+
+    inputs: list[str] = Field(description="Image files, folders (recursive) and globs.")
+    top_k: int = Field(1, ge=1, description="Labels per image.")
+    format: Literal["table", "json", "csv"] = Field(
+        "table", description="table on screen; json (lines) or csv, also for --output."
+    )
+    output: Path | None = Field(
+        None, description="Write results here (format from --format or the extension)."
+    )
+    exclude_class: list[str] = Field(
+        default_factory=list, description="Never predict this class (repeatable)."
+    )
+    tta: bool = Field(False, description="Average with the horizontally flipped image.")
+
+
+class ExportSettings(CommandSettings):
+    """`wastecls export`: ONNX / TorchScript files verified against the checkpoint."""
+
+    command: ClassVar[str] = "export"
+
+    model: Path | None = Field(
+        None, description="best.pt to export (default: as in predict)."
+    )
+    onnx: bool = Field(False, description="Write an ONNX model (onnxruntime, web, mobile).")
+    torchscript: bool = Field(False, description="Write a traced TorchScript module.")
+    out: Path | None = Field(
+        None, description="Output file (default: beside the checkpoint, e.g. best.onnx)."
+    )
+    opset: int = Field(18, ge=13, description="ONNX opset version.")
+    batch: str = Field("dynamic", description="Batch axis: dynamic, or a fixed size N.")
+    half: bool = Field(False, description="fp16 weights (float32 input and output).")
+    int8: bool = Field(
+        False, description="int8 ONNX via onnxruntime quantization (static when calibrated)."
+    )
+    calib_data: Path | None = Field(
+        None, description="Calibration images for --int8 (default: the training data)."
+    )
+    verify: bool = Field(True, description="Check the export against the checkpoint.")
+    verify_data: Path | None = Field(
+        None, description="Images for verification (default: the model's val data)."
+    )
+    max_drop: float = Field(
+        1.0, ge=0, description="--half/--int8: largest accuracy drop allowed, in points."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportSettings:
+        if not (self.onnx or self.torchscript):
+            raise ValueError("choose a format: --onnx and/or --torchscript")
+        if self.half and self.int8:
+            raise ValueError("--half and --int8 exclude each other; pick one")
+        if self.int8 and not self.onnx:
+            raise ValueError("--int8 is an ONNX (onnxruntime) quantization: add --onnx")
+        if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) > 0):
+            raise ValueError("batch must be 'dynamic' or a positive whole number")
+        return self
+
+
 SettingsT = TypeVar("SettingsT", bound=CommandSettings)
 
 COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {
     "prepare": PrepareSettings,
     "train": TrainSettings,
+    "evaluate": EvaluateSettings,
+    "predict": PredictSettings,
+    "export": ExportSettings,
 }
 
 

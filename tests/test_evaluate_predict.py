@@ -1,0 +1,149 @@
+"""`wastecls evaluate` and `wastecls predict`: metrics, reports, inputs, formats, errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+from waste_cli.evaluate import build_report
+
+
+def test_metrics_match_hand_computed_values():
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.tensor([[3.0, 1, 0], [1, 3, 0], [0, 3, 1], [0, 3, 1], [0, 1, 3], [3, 0, 2]])
+    report = build_report(logits, targets, ["a", "b", "c"], top_k=2, unreadable=[])
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    f1 = [0.5, 0.8, 2 / 3]
+    assert report["macro_f1"] == pytest.approx(sum(f1) / 3)
+    per_class = {r["class"]: r for r in report["per_class"]}
+    assert per_class["b"]["precision"] == pytest.approx(2 / 3)
+    assert per_class["c"]["recall"] == pytest.approx(0.5) and per_class["c"]["support"] == 2
+    assert report["top2_accuracy"] == pytest.approx(6 / 6)
+    assert report["confusion_matrix_normalized"][0] == [0.5, 0.5, 0.0]
+    assert report["most_confused"][0]["count"] == 1
+
+
+def test_evaluate_writes_reports_and_pictures(trained, prepared, tmp_path):
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", trained.run_dir / "best.pt", "--data", prepared, "--out", out,
+                     "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    assert "Per class" in result.output and "Confusion matrix" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 12 and 0 <= report["accuracy"] <= 1
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 12 and {"path", "true", "predicted", "confidence", "loss"} <= set(rows[0])
+    correct = sum(r["true"] == r["predicted"] for r in rows)
+    assert correct / 12 == pytest.approx(report["accuracy"])
+    assert len(list(csv.DictReader(open(out / "per_class.csv")))) == 6
+    for png in ("confusion_matrix.png", "top_losses.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_json_and_plain_class_folder(trained, prepared):
+    result = run_cli("evaluate", trained.run_dir / "best.pt", "--data", prepared / "val",
+                     "--json", "--backend", "torch")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["images"] == 6 and report["data"].endswith("val")
+
+
+def test_evaluate_class_mismatch_and_allow_subset(trained, prepared, tmp_path):
+    data = tmp_path / "other"
+    shutil.copytree(prepared / "test", data)
+    shutil.rmtree(data / "trash")
+    (data / "glass").rename(data / "bottles")
+    result = run_cli("evaluate", trained.run_dir / "best.pt", "--data", data, "--backend",
+                     "torch")
+    assert result.exit_code == 1
+    assert "Only in the data: bottles; only in the model: glass, trash" in result.output
+    result = run_cli("evaluate", trained.run_dir / "best.pt", "--data", data, "--json",
+                     "--allow-subset", "--backend", "torch")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["images"] == 8
+
+
+@pytest.fixture
+def inputs(prepared, tmp_path) -> Path:
+    folder = tmp_path / "inputs"
+    shutil.copytree(prepared / "test" / "glass", folder / "nested" / "glass")
+    shutil.copy(next((prepared / "test" / "metal").glob("*.jpg")), folder / "UPPER.JPG")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    return folder
+
+
+def test_predict_every_input_kind_and_formats(trained, inputs, tmp_path):
+    model = trained.run_dir / "best.pt"
+    single = next((inputs / "nested" / "glass").glob("*.jpg"))
+    glob = str(inputs / "nested" / "**" / "*.jpg")
+    result = run_cli("predict", "-m", model, single, inputs, glob, "--format", "json",
+                     "--top-k", "3", "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 1 + 3 + 2  # file, folder (recursive, .JPG too), glob
+    for r in records:
+        assert len(r["labels"]) == 3 and r["probs"] == sorted(r["probs"], reverse=True)
+        assert 0 < sum(r["probs"]) <= 1 + 1e-6
+    assert any(r["path"].endswith("UPPER.JPG") for r in records)
+    out = tmp_path / "preds.csv"
+    result = run_cli("predict", "-m", model, inputs, "--output", out, "--top-k", "2",
+                     "--backend", "torch")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 3 and {"label1", "prob1", "label2", "prob2"} <= set(rows[0])
+    table = run_cli("predict", "-m", model, single, "--backend", "torch")
+    assert str(single) in table.stdout and "%" in table.stdout
+
+
+def test_predict_exclude_class_and_tta(trained, inputs):
+    model = trained.run_dir / "best.pt"
+    result = run_cli("predict", "-m", model, inputs, "--format", "csv", "--top-k", "6",
+                     "--exclude-class", "glass", "--exclude-class", "paper", "--tta",
+                     "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    labels = {r[f"label{k}"] for r in rows for k in range(1, 7)}
+    assert "glass" not in labels and "paper" not in labels and "" in labels  # 4 classes left
+    result = run_cli("predict", "-m", model, inputs, "--exclude-class", "nope")
+    assert result.exit_code == 2 and "no such class" in result.output
+
+
+def test_predict_bad_inputs_are_reported_and_skipped(trained, inputs, tmp_path):
+    good = next((inputs / "nested" / "glass").glob("*.jpg"))
+    (tmp_path / "text.jpg").write_text("hello")
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:300])
+    (tmp_path / "empty_dir").mkdir()
+    result = run_cli("predict", "-m", trained.run_dir / "best.pt", good, tmp_path / "text.jpg",
+                     tmp_path / "cut.jpg", tmp_path / "missing.jpg", tmp_path / "empty_dir",
+                     "--format", "json", "--backend", "torch")
+    assert result.exit_code == 1
+    records = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert records[good.name]["labels"] and "error" not in records[good.name]
+    assert "unreadable" in records["text.jpg"]["error"]
+    assert "unreadable" in records["cut.jpg"]["error"]
+    assert "no such file" in records["missing.jpg"]["error"]
+    assert "no images" in records["empty_dir"]["error"]
+
+
+def test_default_model_discovery(trained, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    single = str(next((inputs / "nested" / "glass").glob("*.jpg")))
+    result = run_cli("predict", single)
+    assert result.exit_code == 1 and "No model given" in result.output
+    for name in ("old", "new"):
+        (tmp_path / "runs" / "train" / name).mkdir(parents=True)
+        shutil.copy(trained.run_dir / "best.pt", tmp_path / "runs" / "train" / name / "best.pt")
+    result = run_cli("predict", single, "--backend", "torch")
+    assert result.exit_code == 0 and "runs/train/new/best.pt" in result.output
+    result = run_cli("predict", single, "--backend", "torch",
+                     env={"WASTECLS_MODEL": str(trained.run_dir / "best.pt")})
+    assert result.exit_code == 0 and str(trained.run_dir / "best.pt") in result.output

@@ -1,0 +1,118 @@
+"""Model runners: one interface over a PyTorch checkpoint and an ONNX file.
+
+Every runner carries the class names and the data config it was trained with, so callers
+preprocess exactly as training did and never re-derive anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from waste_cli.console import Reporter
+from waste_cli.errors import ModelError
+from waste_cli.inference import to_device
+from waste_cli.models import load_checkpoint, model_from_checkpoint
+
+__all__ = ["OnnxRunner", "Runner", "TorchRunner", "find_model", "load_runner"]
+
+ONNX_META_KEY = "wastecls"
+
+
+class Runner(Protocol):
+    """Images (normalised float32 NCHW) in, float32 logits on the CPU out."""
+
+    name: str
+    classes: list[str]
+    data_config: dict[str, Any]
+    default_batch_size: int
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchRunner:
+    """A wastecls checkpoint in eval mode, channels_last, under torch.inference_mode."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: dict[str, Any], device: torch.device) -> None:
+        self.classes = list(checkpoint["classes"])
+        self.data_config = dict(checkpoint["data_config"])
+        self.device = device
+        self.model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
+        # Measured on a 2-core CPU (BENCHMARKS.md): small batches run fastest in eager PyTorch.
+        self.default_batch_size = 32 if device.type == "cuda" else 4
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(to_device(images, self.device, True)).float().cpu()
+
+
+class OnnxRunner:
+    """An exported model on onnxruntime; class names and preprocessing from its metadata."""
+
+    name = "onnxruntime"
+    default_batch_size = 16
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+            meta = self.session.get_modelmeta().custom_metadata_map
+            info = json.loads(meta[ONNX_META_KEY])
+        except Exception as exc:  # onnxruntime raises its own types for invalid graphs
+            raise ModelError(
+                f"Cannot load {path} as a wastecls ONNX model ({type(exc).__name__}: {exc}). "
+                "Export it again with `wastecls export --onnx`."
+            ) from None
+        self.classes = list(info["classes"])
+        self.data_config = dict(info["data_config"])
+        self.metadata = info
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).float()
+
+
+def find_model(model: Path | None, reporter: Reporter) -> Path:
+    """The model to use: the one given, else the newest runs/train/*/best.pt here."""
+    if model is not None:
+        if not model.is_file():
+            raise ModelError(f"Model file {model} does not exist.")
+        return model
+    candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ModelError(
+            "No model given and no runs/train/*/best.pt under the current folder. Pass "
+            "--model FILE (a best.pt or an exported .onnx) or set WASTECLS_MODEL."
+        )
+    reporter.info(f"using the newest trained model: {candidates[-1]}")
+    return candidates[-1]
+
+
+def load_runner(path: Path, device: torch.device, backend: str, reporter: Reporter) -> Runner:
+    """A runner for a .pt checkpoint or an .onnx file on the requested backend."""
+    is_onnx = path.suffix.lower() == ".onnx"
+    if is_onnx:
+        if backend == "torch":
+            raise ModelError(f"{path} is an ONNX file: use --backend onnxruntime or auto.")
+        return OnnxRunner(path)
+    checkpoint = load_checkpoint(path)
+    if backend == "onnxruntime" or (backend == "auto" and device.type == "cpu"):
+        from waste_cli.export import cached_onnx
+
+        onnx_path = cached_onnx(path, checkpoint, reporter, required=backend == "onnxruntime")
+        if onnx_path is not None:
+            return OnnxRunner(onnx_path)
+    return TorchRunner(checkpoint, device)

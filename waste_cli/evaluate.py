@@ -1,0 +1,176 @@
+"""`wastecls evaluate`: how good is the model really, class by class, and where does it fail.
+
+Classes are matched by name, never by index, and preprocessing is the model's own (from the
+checkpoint or the ONNX metadata).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from waste_cli.backends import Runner, find_model, load_runner
+from waste_cli.console import Reporter
+from waste_cli.data.loading import ImageDataset, build_loader, default_workers, load_rgb
+from waste_cli.data.scan import SPLITS, class_folders, list_images
+from waste_cli.data.transforms import eval_transform
+from waste_cli.errors import DataError
+from waste_cli.fileio import atomic_write_text
+from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
+from waste_cli.plots import plot_confusion_matrix, plot_image_grid
+from waste_cli.runtime import resolve_device
+from waste_cli.settings import EvaluateSettings
+from waste_cli.tracking import write_json
+
+__all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder", "run_labelled"]
+
+
+@dataclass
+class EvaluateResult:
+    report: dict[str, Any]
+    model: Path
+    backend: str
+    out: Path | None
+
+
+def labelled_folder(data: Path, split: str) -> Path:
+    """ROOT/split for a prepare root, or `data` itself when it holds class folders."""
+    if (data / split).is_dir():
+        return data / split
+    if any((data / s).is_dir() for s in SPLITS):
+        raise DataError(f"{data} has no {split}/ split. Choose --split among "
+                        f"{', '.join(s for s in SPLITS if (data / s).is_dir())}.")
+    if not data.is_dir() or not class_folders(data):
+        raise DataError(f"{data} is neither a `prepare` root nor a folder of class folders.")
+    return data
+
+
+def _match_classes(model_classes: list[str], folder: Path, allow_subset: bool) -> list[str]:
+    """The data classes to evaluate; a difference from the model's is an error unless allowed."""
+    data_classes = class_folders(folder)
+    only_data = sorted(set(data_classes) - set(model_classes))
+    only_model = sorted(set(model_classes) - set(data_classes))
+    if (only_data or only_model) and not allow_subset:
+        raise DataError(
+            f"The model's classes differ from the data's in {folder}. Only in the data: "
+            f"{', '.join(only_data) or '-'}; only in the model: {', '.join(only_model) or '-'}. "
+            "Add --allow-subset to evaluate on the shared classes."
+        )
+    shared = [c for c in data_classes if c in model_classes]
+    if not shared:
+        raise DataError(f"The model and {folder} share no class names.")
+    return shared
+
+
+def run_labelled(runner: Runner, samples: list[tuple[Path, int]], batch_size: int,
+                 workers: int, reporter: Reporter, description: str) -> tuple[torch.Tensor, list[int]]:
+    """Logits for every sample (NaN rows for unreadable images) and the unreadable indices."""
+    dataset = ImageDataset(samples, eval_transform(runner.data_config))
+    loader = build_loader(dataset, batch_size, workers=workers)
+    logits = torch.full((len(samples), len(runner.classes)), float("nan"))
+    bad: list[int] = []
+    with reporter.bar(description, len(samples)) as bar:
+        for images, _, indices, unreadable in loader:
+            bad += unreadable
+            if len(indices):
+                logits[indices] = runner(images)
+            bar.advance(len(indices) + len(unreadable))
+    return logits, bad
+
+
+def _write_outputs(out: Path, report: dict[str, Any], samples: list[tuple[Path, int]],
+                   logits: torch.Tensor, classes: list[str], top_losses: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for row in report["per_class"]:
+        writer.writerow([row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+                         f"{row['f1']:.4f}", row["support"]])
+    atomic_write_text(out / "per_class.csv", buffer.getvalue())
+
+    probs = logits.softmax(1)
+    targets = torch.tensor([label for _, label in samples])
+    valid = ~logits.isnan().any(1)
+    losses = torch.full((len(samples),), float("nan"))
+    losses[valid] = F.cross_entropy(logits[valid], targets[valid], reduction="none")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "confidence", "loss"])
+    for i, (path, label) in enumerate(samples):
+        if valid[i]:
+            pred = int(probs[i].argmax())
+            writer.writerow([str(path), classes[label], classes[pred],
+                             f"{float(probs[i, pred]):.6f}", f"{float(losses[i]):.6f}"])
+        else:
+            writer.writerow([str(path), classes[label], "", "", ""])
+    atomic_write_text(out / "predictions.csv", buffer.getvalue())
+
+    cm = np.array(report["confusion_matrix"])
+    plot_confusion_matrix(cm, classes, out / "confusion_matrix.png",
+                          f"accuracy {report['accuracy']:.1%} on {int(cm.sum())} images")
+    wrong = [i for i in range(len(samples)) if valid[i] and int(probs[i].argmax()) != samples[i][1]]
+    wrong.sort(key=lambda i: -float(losses[i]))
+    if top_losses and wrong:
+        picks = wrong[:top_losses]
+        images = [np.asarray(load_rgb(samples[i][0], 128)) for i in picks]
+        captions = [f"true {classes[samples[i][1]]}\npred {classes[int(probs[i].argmax())]} "
+                    f"({float(probs[i].max()):.0%})\n{samples[i][0].name}" for i in picks]
+        plot_image_grid(images, captions, out / "top_losses.png",
+                        "Most confident mistakes (check these labels first)")
+
+
+def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], top_k: int,
+                 unreadable: list[str]) -> dict[str, Any]:
+    """Everything `evaluate` reports, as plain data (report.json)."""
+    valid = ~logits.isnan().any(1)
+    logits, targets = logits[valid], targets[valid]
+    cm = confusion_matrix(targets, logits.argmax(1), len(classes))
+    rows = cm.sum(1, keepdim=True).clamp(min=1)
+    return {
+        **classification_report(cm, classes),
+        f"top{top_k}_accuracy": topk_correct(logits, targets, top_k) / max(len(targets), 1),
+        "top_k": top_k,
+        "images": len(targets),
+        "classes": classes,
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": (cm / rows).round(decimals=4).tolist(),
+        "most_confused": most_confused(cm, classes),
+        "unreadable": unreadable,
+    }
+
+
+def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluateResult:
+    """Evaluate a checkpoint or ONNX model on a labelled folder; optionally write files."""
+    reporter = reporter or Reporter(settings.quiet)
+    model_path = find_model(settings.model, reporter)
+    device = resolve_device(settings.device)
+    folder = labelled_folder(settings.data, settings.split)
+    runner = load_runner(model_path, device, settings.backend, reporter)
+    shared = _match_classes(runner.classes, folder, settings.allow_subset)
+    index = {name: i for i, name in enumerate(runner.classes)}
+    samples = [(p, index[c]) for c in shared for p in list_images(folder / c)]
+    if not samples:
+        raise DataError(f"No images in the class folders of {folder}.")
+    workers = default_workers() if settings.workers is None else settings.workers
+    logits, bad = run_labelled(runner, samples, settings.batch_size or runner.default_batch_size,
+                               workers, reporter, f"evaluate ({runner.name})")
+    for i in bad:
+        reporter.warn(f"skipped unreadable image {samples[i][0]}")
+    targets = torch.tensor([label for _, label in samples])
+    report = build_report(logits, targets, runner.classes, settings.top_k,
+                          [str(samples[i][0]) for i in bad])
+    report |= {"model": str(model_path), "backend": runner.name, "data": str(folder)}
+    if settings.out is not None:
+        _write_outputs(settings.out, report, samples, logits, runner.classes,
+                       settings.top_losses)
+    return EvaluateResult(report, model_path, runner.name, settings.out)
+

@@ -1,0 +1,184 @@
+"""`wastecls predict`: classify files, folders and globs, streaming.
+
+A pipeline in the Ultralytics manner: set up the model -> expand the sources -> decode and
+preprocess in loader workers -> batched inference -> postprocess (TTA, excluded classes, top-k)
+-> write each result as it comes. Memory does not grow with the number of inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from waste_cli.backends import Runner, find_model, load_runner
+from waste_cli.console import Reporter
+from waste_cli.data.loading import ImageDataset, build_loader, default_workers, load_rgb
+from waste_cli.data.scan import is_image_path, list_images
+from waste_cli.data.sources import DECODE_ERRORS
+from waste_cli.data.transforms import eval_transform
+from waste_cli.errors import ConfigError
+from waste_cli.fileio import atomic_path
+from waste_cli.runtime import resolve_device
+from waste_cli.settings import PredictSettings
+
+__all__ = ["PredictResult", "Prediction", "expand_inputs", "predict", "predict_stream"]
+
+
+@dataclass
+class Prediction:
+    path: Path
+    labels: list[str] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class PredictResult:
+    model: Path
+    backend: str
+    predicted: int
+    failed: list[Prediction]
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (recursive, image extensions in any case) and globs -> image paths.
+
+    Inputs that match nothing are returned as failures with their reason.
+    """
+    paths: list[Path] = []
+    failed: list[Prediction] = []
+    for item in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(
+            item) else [Path(item)]
+        if not matches or not matches[0].exists():
+            failed.append(Prediction(Path(item), error="no such file, folder or glob match"))
+            continue
+        for match in matches:
+            if match.is_dir():
+                found = list_images(match)
+                if not found:
+                    failed.append(Prediction(match, error="folder holds no images"))
+                paths += found
+            elif match.is_file() and (is_image_path(match) or not glob.has_magic(item)):
+                paths.append(match)
+    return paths, failed
+
+
+def _unreadable_reason(path: Path) -> str:
+    try:
+        load_rgb(path)
+    except DECODE_ERRORS as exc:
+        return f"unreadable image: {exc}"
+    except OSError as exc:  # a folder or a permission problem
+        return f"cannot read: {exc.strerror or exc}"
+    return "unreadable image"
+
+
+def _postprocess(logits: torch.Tensor, runner: Runner, excluded: list[int],
+                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if excluded:
+        logits = logits.clone()
+        logits[:, excluded] = float("-inf")
+    probs = logits.softmax(1)
+    return probs.topk(min(top_k, len(runner.classes) - len(excluded)), dim=1)
+
+
+def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
+                   reporter: Reporter) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in input order, batch by batch."""
+    unknown = sorted(set(settings.exclude_class) - set(runner.classes))
+    if unknown:
+        raise ConfigError(f"--exclude-class {', '.join(unknown)}: the model has no such class "
+                          f"(it knows {', '.join(runner.classes)}).")
+    excluded = [runner.classes.index(c) for c in settings.exclude_class]
+    dataset = ImageDataset([(p, -1) for p in paths], eval_transform(runner.data_config))
+    workers = default_workers() if settings.workers is None else settings.workers
+    loader = build_loader(dataset, settings.batch_size or runner.default_batch_size,
+                          workers=min(workers, max(1, len(paths) // 8)))
+    with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
+        for images, _, indices, bad in loader:
+            results: dict[int, Prediction] = {
+                i: Prediction(paths[i], error=_unreadable_reason(paths[i])) for i in bad}
+            if len(indices):
+                logits = runner(images)
+                if settings.tta:
+                    logits = (logits.softmax(1) + runner(images.flip(-1)).softmax(1)).log()
+                probs, labels = _postprocess(logits, runner, excluded, settings.top_k)
+                for i, p, y in zip(indices.tolist(), probs.tolist(), labels.tolist(),
+                                   strict=True):
+                    results[i] = Prediction(paths[i], [runner.classes[k] for k in y], p)
+            for i in sorted(results):
+                yield results[i]
+            bar.advance(len(results))
+
+
+class _Writer:
+    """Streams predictions as a table (screen), JSON lines or CSV rows."""
+
+    def __init__(self, fmt: str, handle: IO[str], top_k: int) -> None:
+        self.fmt, self.handle, self.top_k = fmt, handle, top_k
+        self.csv = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
+        if self.csv is not None:
+            columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
+            self.csv.writerow(["path", *columns, "error"])
+
+    def write(self, item: Prediction) -> None:
+        if self.fmt == "json":
+            record: dict[str, Any] = {"path": str(item.path), "labels": item.labels,
+                                      "probs": [round(p, 6) for p in item.probs]}
+            if item.error:
+                record["error"] = item.error
+            self.handle.write(json.dumps(record) + "\n")
+        elif self.csv is not None:
+            cells = [c for label, p in zip(item.labels, item.probs, strict=True)
+                     for c in (label, f"{p:.6f}")]
+            cells += [""] * (2 * self.top_k - len(cells))
+            self.csv.writerow([str(item.path), *cells, item.error])
+        else:
+            shown = "  ".join(f"{label} {p:.1%}" for label, p in zip(item.labels, item.probs,
+                                                                      strict=True))
+            self.handle.write(f"{item.path}  {shown or 'ERROR ' + item.error}\n")
+
+
+def _output_format(settings: PredictSettings) -> str:
+    if settings.output is None or settings.format != "table":
+        return settings.format
+    suffix = settings.output.suffix.lower()
+    return {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix, "csv")
+
+
+def predict(settings: PredictSettings, stdout: IO[str],
+            reporter: Reporter | None = None) -> PredictResult:
+    """Predict every input; write results to --output (atomically) or `stdout` as they come."""
+    reporter = reporter or Reporter(settings.quiet)
+    model_path = find_model(settings.model, reporter)
+    runner = load_runner(model_path, resolve_device(settings.device), settings.backend, reporter)
+    paths, failed = expand_inputs(settings.inputs)
+    fmt = _output_format(settings)
+    count = 0
+
+    def run(handle: IO[str]) -> None:
+        nonlocal count
+        writer = _Writer(fmt, handle, settings.top_k)
+        for item in failed:
+            writer.write(item)
+        for item in predict_stream(runner, paths, settings, reporter):
+            writer.write(item)
+            if item.error:
+                failed.append(item)
+            else:
+                count += 1
+
+    if settings.output is None:
+        run(stdout)
+    else:
+        with atomic_path(settings.output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            run(handle)
+    return PredictResult(model_path, runner.name, count, failed)
