@@ -69,8 +69,10 @@ def _match_classes(model_classes: list[str], folder: Path, allow_subset: bool) -
     return shared
 
 
-def run_labelled(runner: Runner, samples: list[tuple[Path, int]], batch_size: int,
-                 workers: int, reporter: Reporter, description: str) -> tuple[torch.Tensor, list[int]]:
+def run_labelled(
+    runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int,
+    reporter: Reporter, description: str,
+) -> tuple[torch.Tensor, list[int]]:
     """Logits for every sample (NaN rows for unreadable images) and the unreadable indices."""
     dataset = ImageDataset(samples, eval_transform(runner.data_config))
     loader = build_loader(dataset, batch_size, workers=workers)
