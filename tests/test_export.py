@@ -1,0 +1,153 @@
+"""`wastecls export` and the onnxruntime backend: parity, metadata, verification, cache."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from conftest import run_cli
+
+import waste_cli.export as export_module
+from waste_cli.backends import OnnxRunner, TorchRunner
+from waste_cli.console import Reporter
+from waste_cli.errors import ModelError
+from waste_cli.models import load_checkpoint
+
+
+@pytest.fixture
+def model(trained, tmp_path) -> Path:
+    """A private copy of the trained checkpoint (export writes beside it)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(trained.run_dir / "best.pt", folder / "best.pt")
+    return folder / "best.pt"
+
+
+def _images(prepared: Path, runner) -> torch.Tensor:
+    from waste_cli.data.loading import load_rgb
+    from waste_cli.data.transforms import eval_transform
+
+    transform = eval_transform(runner.data_config)
+    paths = sorted((prepared / "test").rglob("*.jpg"))[:5]
+    return torch.stack([transform(load_rgb(p)) for p in paths])
+
+
+def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
+    result = run_cli("export", "-m", model, "--onnx", "--torchscript")
+    assert result.exit_code == 0, result.output
+    onnx_path, ts_path = model.with_suffix(".onnx"), model.with_suffix(".torchscript")
+    assert onnx_path.is_file() and ts_path.is_file()
+    checkpoint = load_checkpoint(model)
+    proto = onnx.load(str(onnx_path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == checkpoint["classes"]
+    assert json.loads(props["mean"]) == checkpoint["data_config"]["mean"]
+    assert props["interpolation"] == checkpoint["data_config"]["interpolation"]
+    assert [i.name for i in proto.graph.input] == ["image"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    sidecar = json.loads(Path(str(onnx_path) + ".json").read_text())
+    assert sidecar["source_checkpoint_sha256"] == export_module.file_sha256(model)
+    runner, reference = OnnxRunner(onnx_path), TorchRunner(checkpoint, torch.device("cpu"))
+    assert runner.classes == checkpoint["classes"]
+    assert runner.data_config == checkpoint["data_config"]
+    images = _images(prepared, runner)
+    for batch in (images[:1], images):  # batch 1 and batch 5
+        assert torch.allclose(runner(batch), reference(batch), atol=1e-4)
+    module = torch.jit.load(str(ts_path))
+    assert torch.allclose(module(images), reference(images), atol=1e-4)
+
+
+def test_half_and_int8_report_accuracy(model, prepared, tmp_path):
+    result = run_cli("export", "-m", model, "--onnx", "--half", "--out", tmp_path / "h.onnx")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "h.onnx.json").read_text())["precision"] == "fp16"
+    result = run_cli("export", "-m", model, "--onnx", "--int8", "--out", tmp_path / "q.onnx",
+                     "--calib-data", prepared / "train", "--max-drop", "100")
+    assert result.exit_code == 0, result.output
+    assert "->" in result.output  # accuracy before -> after, on labelled verify images
+    assert OnnxRunner(tmp_path / "q.onnx").metadata["precision"] == "int8"
+
+
+def test_failed_verification_leaves_no_file(model, monkeypatch):
+    monkeypatch.setattr(export_module, "FP32_TOLERANCE", 0.0)
+    result = run_cli("export", "-m", model, "--onnx")
+    assert result.exit_code == 1 and "disagrees" in result.output
+    assert not model.with_suffix(".onnx").exists()
+    assert [p.name for p in model.parent.iterdir()] == ["best.pt"]
+
+
+def test_export_option_errors(model):
+    assert "choose a format" in run_cli("export", "-m", model).output
+    result = run_cli("export", "-m", model, "--onnx", "--half", "--int8")
+    assert result.exit_code == 2 and "exclude each other" in result.output
+    assert run_cli("export", "-m", model, "--onnx", "--batch", "x").exit_code == 2
+
+
+def test_corrupted_onnx_is_refused(model, prepared, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(ModelError, match="Cannot load"):
+        OnnxRunner(bad)
+    result = run_cli("predict", "-m", bad, prepared / "test" / "glass")
+    assert result.exit_code == 1 and "Export it again" in result.output
+
+
+def _predictions(*args) -> list[dict[str, str]]:
+    result = run_cli("predict", *args, "--format", "csv", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_predict_and_evaluate_on_onnx_match_the_checkpoint(model, prepared):
+    assert run_cli("export", "-m", model, "--onnx").exit_code == 0
+    onnx_path = model.with_suffix(".onnx")
+    torch_rows = _predictions("-m", model, prepared / "test", "--backend", "torch")
+    onnx_rows = _predictions("-m", onnx_path, prepared / "test")
+    assert [r["label1"] for r in torch_rows] == [r["label1"] for r in onnx_rows]
+    for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert float(a["prob1"]) == pytest.approx(float(b["prob1"]), abs=1e-4)
+    reports = [json.loads(run_cli("evaluate", m, "--data", prepared, "--json", *extra).stdout)
+               for m, extra in ((model, ["--backend", "torch"]), (onnx_path, []))]
+    assert reports[0]["confusion_matrix"] == reports[1]["confusion_matrix"]
+    assert reports[1]["backend"] == "onnxruntime"
+
+
+def test_backend_cache_hit_miss_and_unwritable(model, prepared, monkeypatch):
+    from waste_cli.backends import load_runner
+
+    calls = []
+    original = export_module._write_onnx
+    monkeypatch.setattr(export_module, "_write_onnx",
+                        lambda *a, **k: (calls.append(1), original(*a, **k)))
+    cpu, reporter = torch.device("cpu"), Reporter(quiet=True)
+    first = load_runner(model, cpu, "auto", reporter)
+    assert first.name == "onnxruntime" and len(calls) == 1
+    cached = list(model.parent.glob("best.*.onnx"))
+    assert len(cached) == 1
+    assert load_runner(model, cpu, "auto", reporter).name == "onnxruntime"
+    assert len(calls) == 1  # hit: no second export
+    checkpoint = torch.load(model, weights_only=True)
+    checkpoint["model"]["classifier.bias"] += 1.0
+    torch.save(checkpoint, model)
+    load_runner(model, cpu, "auto", reporter)
+    assert len(calls) == 2  # miss: the checkpoint changed
+    assert list(model.parent.glob("best.*.onnx")) != cached and len(
+        list(model.parent.glob("best.*.onnx"))) == 1
+
+    def unwritable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(export_module, "atomic_path", unwritable)
+    for stale in model.parent.glob("best.*.onnx"):
+        stale.unlink()
+    loud = Reporter(quiet=True)
+    assert load_runner(model, cpu, "auto", loud).name == "torch"
+    assert "running PyTorch instead" in loud.warnings[0]
+    with pytest.raises(ModelError, match="Cannot export"):
+        load_runner(model, cpu, "onnxruntime", loud)
