@@ -186,6 +186,12 @@ class TrainSettings(ModelRunSettings):
         "val_acc", description="Metric that picks best.pt and drives early stopping."
     )
     freeze_backbone: bool = Field(False, description="Train only the classifier head.")
+    freeze_epochs: int = Field(
+        0, ge=0, description="Train only the head for this many first epochs (fastai style)."
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise lr decay: earlier layers learn slower (timm)."
+    )
     drop_rate: float | None = Field(
         None, ge=0, lt=1, description="Dropout before the classifier (default: timm's)."
     )

@@ -144,10 +144,11 @@ def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer, steps:
     return scheduler
 
 
-def _freeze_backbone(model: nn.Module) -> None:
+def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
+    """Only the classifier learns while frozen; unfrozen, everything does."""
     head = {id(p) for p in model.get_classifier().parameters()}
     for param in model.parameters():
-        param.requires_grad = id(param) in head
+        param.requires_grad = not frozen or id(param) in head
 
 
 def _set_train_mode(model: nn.Module, frozen: bool) -> None:
@@ -203,8 +204,6 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     model = create_model(settings.arch, len(data.classes), drop_rate=settings.drop_rate,
                          pretrained=settings.pretrained and last is None,
                          weights=settings.weights if last is None else None)
-    if settings.freeze_backbone:
-        _freeze_backbone(model)
     config = data_config(model, settings.img_size)
     model.to(device)
     if settings.channels_last:
@@ -213,7 +212,9 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     train_loader, val_loader = _loaders(settings, data, config, generator, reporter,
                                         pin=device.type == "cuda")
     optimizer = create_optimizer_v2(model, opt=settings.opt, lr=settings.lr,
-                                    weight_decay=settings.weight_decay)
+                                    weight_decay=settings.weight_decay,
+                                    **({"layer_decay": settings.layer_decay}
+                                       if settings.layer_decay else {}))
     scheduler = _scheduler(settings, optimizer, len(train_loader))
     ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True) if settings.ema else None
     fp16 = settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -236,7 +237,9 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
 def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
                      skipped: set[int]) -> tuple[dict[str, float], int]:
     """One pass over the training data; returns its metrics and the new update count."""
-    _set_train_mode(s.model, s.settings.freeze_backbone)
+    frozen = s.settings.freeze_backbone or epoch < s.settings.freeze_epochs
+    _freeze_backbone(s.model, frozen)
+    _set_train_mode(s.model, frozen)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     total = len(s.train_loader.sampler) if s.train_loader.sampler else len(s.data.train)
