@@ -178,6 +178,22 @@ def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
     assert not torch.equal(weights["classifier.weight"], captured["head"])
 
 
+def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path, monkeypatch):
+    import waste_cli.train as train_module
+
+    trainable = []
+    original = train_module._train_one_epoch
+
+    def spy(s, epoch, *args, **kwargs):
+        result = original(s, epoch, *args, **kwargs)
+        trainable.append(sum(p.requires_grad for p in s.model.parameters()))
+        return result
+
+    monkeypatch.setattr(train_module, "_train_one_epoch", spy)
+    tiny_train(prepared, tmp_path, freeze_epochs=1, epochs=2, layer_decay=0.7)
+    assert trainable[0] == 2 and trainable[1] > 2  # head weight + bias, then everything
+
+
 def test_ram_cache_decodes_each_image_once(prepared, tmp_path, monkeypatch):
     import waste_cli.data.loading as loading
 
@@ -244,6 +260,8 @@ def test_weights_layouts(tmp_path):
         assert torch.equal(loaded["conv_stem.weight"], reference["conv_stem.weight"]), name
         assert torch.equal(loaded["blocks.6.0.conv_pwl.weight"],
                            reference["blocks.6.0.conv_pwl.weight"]), name
+    fresh = create_model("tf_efficientnet_lite0", 3, weights=tmp_path / "timm.pth")
+    assert not fresh.classifier.weight.any()  # a new head starts at zero: uniform predictions
     with pytest.raises(ModelError, match="do not fit"):
         create_model("resnet10t", 3, weights=tmp_path / "timm.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")

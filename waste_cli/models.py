@@ -69,6 +69,16 @@ def _hub_reachable() -> bool:
         return False
 
 
+def _zero_head(model: nn.Module) -> nn.Module:
+    """Start a new classifier at zero: uniform first predictions, so its first (random)
+    gradients do not wreck the pretrained features it sits on."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
+
+
 def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """timm's pretrained model; offline, only the local Hugging Face cache is tried."""
     import huggingface_hub.constants as hub_constants
@@ -77,7 +87,7 @@ def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     offline_patch = mock.patch.object(hub_constants, "HF_HUB_OFFLINE", not online)
     try:
         with offline_patch:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         where = "the Hugging Face Hub cannot be reached" if not online else "the download failed"
         raise ModelError(
@@ -86,6 +96,7 @@ def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
             "(.pth/.safetensors in timm or efficientnet_pytorch layout, or a wastecls "
             "checkpoint), or train from scratch with --no-pretrained."
         ) from None
+    return _zero_head(model)
 
 
 def create_model(
@@ -185,6 +196,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
         state = _from_efficientnet_pytorch(state, model)
     own = model.state_dict()
     head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
+    new_head = any(k in head and v.shape != own[k].shape for k, v in state.items()) or not (
+        head & set(state))
     state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -199,6 +212,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
         )
         raise ModelError(f"Weights in {path} do not fit this architecture ({details}).")
     model.load_state_dict(state, strict=False)
+    if new_head:
+        _zero_head(model)
 
 
 # --- checkpoints --------------------------------------------------------------------------

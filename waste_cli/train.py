@@ -406,7 +406,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
             for index in sorted(skipped - known):
                 reporter.warn(f"skipped unreadable training image {s.data.train[index][0]}")
             state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
-            lr = s.optimizer.param_groups[0]["lr"]  # the rate the epoch ended with
+            # The rate the epoch ended with (the head's, when --layer-decay scales the others).
+            lr = max(group["lr"] for group in s.optimizer.param_groups)
             row_val, cm = _validate(s)
             if s.scheduler is not None:
                 s.scheduler.step(epoch + 1)

@@ -1,0 +1,163 @@
+"""Inference benchmark for issues 4 and 5, measured in one run on one machine.
+
+1. Model-only forward throughput (tensors already in memory): PyTorch eager over batch sizes
+   and memory formats, and onnxruntime fp32 / int8 over batch sizes.
+2. End to end `wastecls predict DIR --format csv --output F` (process start included) with
+   --backend torch, onnxruntime (fp32 .onnx) and onnxruntime (int8 .onnx), and the accuracy of
+   each against the folder labels.
+3. The seed project's way: a per-image loop (open, transform, model, next).
+4. Peak RSS of `wastecls predict` on 250 images and on all images.
+
+Usage: python bench/bench_predict.py --model runs/train/exp/best.pt --data ../shared/data/trashnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from waste_cli.backends import OnnxRunner
+from waste_cli.data.loading import load_rgb
+from waste_cli.data.scan import list_images
+from waste_cli.data.transforms import eval_transform
+from waste_cli.models import load_checkpoint, model_from_checkpoint
+
+
+def _best_rate(run, batches: dict[int, torch.Tensor], seconds: float = 4.0) -> dict[int, float]:
+    rates = {}
+    for size, batch in batches.items():
+        run(batch)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            run(batch)
+            done += size
+        rates[size] = done / (time.perf_counter() - start)
+    return rates
+
+
+def model_only(model_path: Path, onnx_paths: dict[str, Path], sizes: list[int]) -> dict:
+    checkpoint = load_checkpoint(model_path)
+    model = model_from_checkpoint(checkpoint)
+    shape = checkpoint["data_config"]["input_size"]
+    batches = {b: torch.randn(b, *shape) for b in sizes}
+    results = {}
+    for fmt in ("channels_last", "contiguous"):
+        memory = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        model = model.to(memory_format=memory)
+        prepared = {b: x.contiguous(memory_format=memory) for b, x in batches.items()}
+        with torch.inference_mode():
+            results[f"torch {fmt}"] = _best_rate(model, prepared)
+    for name, path in onnx_paths.items():
+        results[f"onnxruntime {name}"] = _best_rate(OnnxRunner(path), batches)
+    return results
+
+
+def end_to_end(args: list[str], data: Path, out: Path) -> tuple[float, float, int]:
+    """(images/s, accuracy, peak RSS in MiB) of one `wastecls predict` process."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, "wastecls", "predict", str(data),
+                           "--format", "csv", "--output", str(out), "-q", *args],
+                          check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    correct = sum(Path(r["path"]).parent.name == r["label1"] for r in rows)
+    return len(rows) / seconds, correct / len(rows), int(done.stdout.split()[-1]) // 1024
+
+
+def per_image_loop(model_path: Path, paths: list[Path]) -> float:
+    checkpoint = load_checkpoint(model_path)
+    model = model_from_checkpoint(checkpoint)
+    transform = eval_transform(checkpoint["data_config"])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            model(transform(load_rgb(path)).unsqueeze(0)).argmax(1)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="a trained best.pt")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
+    parser.add_argument("--sizes", default="1,4,8,16,32")
+    parser.add_argument("--calib-data", type=Path, help="int8 calibration images")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    paths = list_images(args.data)
+    print(f"# predict benchmark, {date.today()}, {os.cpu_count()} cores "
+          f"{platform.machine()}, torch {torch.__version__}, {len(paths)} images, {args.model}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = tmp / "best.pt"
+        shutil.copy(args.model, model)
+        onnx = {"fp32": tmp / "fp32.onnx", "int8": tmp / "int8.onnx"}
+        calib = ["--calib-data", str(args.calib_data)] if args.calib_data else []
+        subprocess.run(["wastecls", "export", "-m", str(model), "--onnx", "--out",
+                        str(onnx["fp32"]), "-q"], check=True)
+        subprocess.run(["wastecls", "export", "-m", str(model), "--onnx", "--int8", "--out",
+                        str(onnx["int8"]), "--max-drop", "100", *calib], check=True)
+
+        print("\n## model-only forward throughput (img/s), tensors in memory\n")
+        rates = model_only(model, onnx, sizes)
+        print("| backend | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for name, by_size in rates.items():
+            print(f"| {name} | " + " | ".join(f"{by_size[b]:.1f}" for b in sizes) + " |")
+        best_torch = max(max(rates["torch channels_last"].values()),
+                         max(rates["torch contiguous"].values()))
+        best_ort = max(rates["onnxruntime fp32"].values())
+
+        print("\n## end to end `wastecls predict DIR --format csv --output F`\n")
+        print("| backend | img/s | accuracy | peak RSS MiB |\n|---|---|---|---|")
+        e2e = {}
+        for name, extra in (("torch (.pt)", ["-m", str(model), "--backend", "torch"]),
+                            ("onnxruntime fp32", ["-m", str(onnx["fp32"])]),
+                            ("onnxruntime int8", ["-m", str(onnx["int8"])])):
+            e2e[name] = end_to_end(extra, args.data, tmp / "out.csv")
+            print(f"| {name} | {e2e[name][0]:.1f} | {e2e[name][1]:.2%} | {e2e[name][2]} |")
+        loop = per_image_loop(model, paths[:: max(1, len(paths) // 250)])
+        print(f"| per-image loop (seed style, torch) | {loop:.1f} | | |")
+
+        small = tmp / "small"
+        for path in paths[:: max(1, len(paths) // 250)][:250]:
+            target = small / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+        rss_small = end_to_end(["-m", str(onnx["fp32"])], small, tmp / "small.csv")[2]
+        rss_torch_small = end_to_end(["-m", str(model), "--backend", "torch"], small,
+                                     tmp / "small.csv")[2]
+
+        torch_e2e, ort_e2e, int8_e2e = (e2e[k][0] for k in e2e)
+        print("\n## ratios (targets in brackets)\n")
+        print(f"- torch end to end / best torch model-only: {torch_e2e / best_torch:.2f} [>= 0.85]")
+        print(f"- torch end to end / per-image loop: {torch_e2e / loop:.2f} [>= 1.5]")
+        print(f"- onnxruntime fp32 end to end / torch end to end: {ort_e2e / torch_e2e:.2f} "
+              "[>= 2]")
+        print(f"- onnxruntime fp32 end to end / its model-only best: {ort_e2e / best_ort:.2f} "
+              "[>= 0.8]")
+        print(f"- int8 / fp32 end to end: {int8_e2e / ort_e2e:.2f} [>= 1.5], accuracy "
+              f"{e2e['onnxruntime int8'][1]:.2%} vs {e2e['onnxruntime fp32'][1]:.2%}")
+        print(f"- peak RSS all / 250 images: onnxruntime {e2e['onnxruntime fp32'][2]} / "
+              f"{rss_small} MiB = {e2e['onnxruntime fp32'][2] / rss_small:.2f}; torch "
+              f"{e2e['torch (.pt)'][2]} / {rss_torch_small} MiB = "
+              f"{e2e['torch (.pt)'][2] / rss_torch_small:.2f} [<= 1.2]")
+    print(f"\n(peak RSS from getrusage; max over {resource.getpagesize()}-byte pages)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Training benchmark for issue 3: accuracy within a time budget, and data-loading overhead.
+
+1. `wastecls prepare DATA` (default split, seed 0) into a temporary folder.
+2. Model-only forward+backward+step throughput of the same model, batch size, image size,
+   optimizer and threads, on random tensors already in memory.
+3. `wastecls train` with the recipe below (plus any extra flags), timed end to end.
+4. `wastecls evaluate best.pt --split test`: test accuracy.
+
+Throughput ratio = mean images/s of the unfrozen training epochs (metrics.csv; data loading
+included) / the model-only rate. Usage:
+    python bench/bench_train.py --data ../shared/data/trashnet \
+        --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors [-- extra flags]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+
+RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "10", "--ema",
+          "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
+          "--cache", "ram", "--workers", "1", "--batch-size", "32"]
+
+
+def _flag(args: list[str], name: str, default: str) -> str:
+    return args[args.index(name) + 1] if name in args else default
+
+
+def model_only_rate(arch: str, size: int, batch: int, seconds: float = 30.0) -> float:
+    """Images/s of forward+backward+AdamW step on tensors already in memory."""
+    model = timm.create_model(arch, num_classes=6).to(memory_format=torch.channels_last).train()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
+    parser.add_argument("--weights", type=Path,
+                        default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
+    parser.add_argument("--keep", type=Path, help="copy the run folder here")
+    parser.add_argument("extra", nargs="*", help="flags added after the recipe")
+    args = parser.parse_args()
+    recipe = [*RECIPE, "--weights", str(args.weights), *args.extra]
+    size = int(_flag(recipe, "--img-size", "224"))
+    batch = int(_flag(recipe, "--batch-size", "32"))
+    freeze = int(_flag(recipe, "--freeze-epochs", "0"))
+    print(f"# train benchmark, {date.today()}, {os.cpu_count()} cores {platform.machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print("recipe: wastecls train " + " ".join(recipe))
+    with tempfile.TemporaryDirectory() as tmp:
+        data, runs = Path(tmp) / "data", Path(tmp) / "runs"
+        subprocess.run(["wastecls", "prepare", str(args.data), "--out", str(data), "-q"],
+                       check=True, capture_output=True)
+        model_rate = model_only_rate("tf_efficientnet_lite0", size, batch)
+        start = time.perf_counter()
+        subprocess.run(["wastecls", "train", "--data", str(data), "--project", str(runs),
+                        "--name", "bench", *recipe], check=True)
+        wall = time.perf_counter() - start
+        run = runs / "bench"
+        with open(run / "metrics.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        report = json.loads(subprocess.run(
+            ["wastecls", "evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test",
+             "--json"], check=True, capture_output=True, text=True).stdout)
+        if args.keep:
+            subprocess.run(["cp", "-r", str(run), str(args.keep)], check=True)
+    unfrozen = [float(r["images_per_s"]) for r in rows[freeze:]]
+    train_rate = sum(unfrozen) / len(unfrozen)
+    train_seconds = sum(float(r["seconds"]) for r in rows)
+    best = json.loads(json.dumps(max(rows, key=lambda r: float(r["val_acc"]))))
+    print("\n| epoch | train acc | val acc | images/s | seconds |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['epoch']} | {float(r['train_acc']):.3f} | {float(r['val_acc']):.3f} | "
+              f"{float(r['images_per_s']):.1f} | {float(r['seconds']):.0f} |")
+    print(f"\n- test accuracy of best.pt (epoch {best['epoch']}): {report['accuracy']:.2%} "
+          f"(balanced {report['balanced_accuracy']:.2%}, macro-F1 {report['macro_f1']:.2%}, "
+          f"{report['images']} images)")
+    print(f"- wall time of `wastecls train` (start-up, caching, validation included): {wall:.0f} s;"
+          f" training epochs alone: {train_seconds:.0f} s")
+    print(f"- model-only forward+backward: {model_rate:.1f} img/s; training epochs (data loading "
+          f"included, unfrozen epochs): {train_rate:.1f} img/s; "
+          f"ratio {train_rate / model_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
