@@ -53,7 +53,8 @@ def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
     assert [o.name for o in proto.graph.output] == ["logits"]
     sidecar = json.loads(Path(str(onnx_path) + ".json").read_text())
     assert sidecar["source_checkpoint_sha256"] == export_module.file_sha256(model)
-    runner, reference = OnnxRunner(onnx_path), TorchRunner(checkpoint, torch.device("cpu"))
+    runner = OnnxRunner(onnx_path)
+    reference = TorchRunner.from_checkpoint(checkpoint, torch.device("cpu"))
     assert runner.classes == checkpoint["classes"]
     assert runner.data_config == checkpoint["data_config"]
     images = _images(prepared, runner)

@@ -40,13 +40,17 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, checkpoint: dict[str, Any], device: torch.device) -> None:
-        self.classes = list(checkpoint["classes"])
-        self.data_config = dict(checkpoint["data_config"])
-        self.device = device
-        self.model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
+    def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
+                 device: torch.device) -> None:
+        self.classes, self.data_config, self.device = list(classes), dict(data_config), device
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
         # Measured on a 2-core CPU (BENCHMARKS.md): small batches run fastest in eager PyTorch.
         self.default_batch_size = 32 if device.type == "cuda" else 4
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
+        return cls(model_from_checkpoint(checkpoint), checkpoint["classes"],
+                   checkpoint["data_config"], device)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -115,4 +119,4 @@ def load_runner(path: Path, device: torch.device, backend: str, reporter: Report
         onnx_path = cached_onnx(path, checkpoint, reporter, required=backend == "onnxruntime")
         if onnx_path is not None:
             return OnnxRunner(onnx_path)
-    return TorchRunner(checkpoint, device)
+    return TorchRunner.from_checkpoint(checkpoint, device)

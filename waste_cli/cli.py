@@ -30,6 +30,7 @@ from waste_cli.settings import (
     ModelRunSettings,
     PredictSettings,
     PrepareSettings,
+    PseudolabelSettings,
     TrainSettings,
     flag_name,
     load_settings,
@@ -178,11 +179,6 @@ def prepare(settings: PrepareSettings) -> None:
     )
 
 
-def _not_implemented(name: str) -> None:
-    err_console.print(f"[bold red]error:[/] `wastecls {name}` is not implemented yet.")
-    raise typer.Exit(2)
-
-
 @settings_command(
     TrainSettings,
     examples=[
@@ -191,13 +187,27 @@ def _not_implemented(name: str) -> None:
         "--img-size 192 --epochs 8 --cache ram",
         "wastecls train --data data/ --arch resnet50 --freeze-backbone --sched exp --lr-decay 0.99",
         "wastecls train --resume runs/train/exp",
+        "wastecls train --data data/ --nproc 2   # or: torchrun --nproc-per-node 2 -m waste_cli "
+        "train --data data/",
     ],
 )
 def train(settings: TrainSettings) -> None:
     """Fine-tune a timm model on a prepared dataset; writes a run folder with best.pt."""
+    import os
+    import sys
+
+    from waste_cli.train import launch_torchrun
     from waste_cli.train import train as run_train
 
+    if settings.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        code = launch_torchrun(settings.nproc, sys.argv[1:])
+        if code:
+            err_console.print(f"[bold red]error:[/] a training process failed (exit {code}); "
+                              "torchrun stopped the others. See the messages above.")
+        raise typer.Exit(code)
     result = run_train(settings, _reporter(settings))
+    if int(os.environ.get("RANK", "0")):
+        return  # the other ranks of a torchrun job stay silent
     table = Table(title=f"Best epoch {result.best_epoch} of {result.epochs_run}"
                   + (" (early stop)" if result.stopped_early else ""))
     for column in ("val_acc", "val_balanced_acc", "val_macro_f1", "val_loss", "train_acc"):
@@ -212,10 +222,38 @@ def train(settings: TrainSettings) -> None:
                       "metrics.csv, curves.png, confusion_matrix.png, summary.json")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pseudolabel() -> None:
-    """Label an unlabeled folder with a trained model (not implemented yet)."""
-    _not_implemented("pseudolabel")
+@settings_command(
+    PseudolabelSettings,
+    short={"model": ("--model", "-m"), "out": ("--out", "-o")},
+    examples=[
+        "wastecls pseudolabel --model runs/train/exp/best.pt --data data/pseudolabel "
+        "--threshold 0.9 --out manifest.csv",
+        "wastecls pseudolabel -m best.pt --data unknown_litter/ --exclude-class unknown "
+        "--copy-to sorted/",
+        "wastecls train --data data/ --extra-labels manifest.csv   # the next self-training round",
+    ],
+)
+def pseudolabel(settings: PseudolabelSettings) -> None:
+    """Label an unlabelled folder with a trained model: a manifest and sorted copies."""
+    from waste_cli.pseudo import pseudolabel as run_pseudolabel
+
+    result = run_pseudolabel(settings, _reporter(settings))
+    table = Table(title=f"Pseudo-labels from {result.model} (threshold {settings.threshold})",
+                  show_footer=True)
+    total = sum(len(v) for v in result.accepted.values())
+    table.add_column("class", footer="total")
+    table.add_column("accepted", justify="right", footer=f"{total} of {result.images}")
+    table.add_column("mean confidence", justify="right")
+    for name, confidences in sorted(result.accepted.items()):
+        table.add_row(name, str(len(confidences)),
+                      f"{sum(confidences) / len(confidences):.3f}")
+    out_console.print(table)
+    for item in result.failed:
+        err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
+                          soft_wrap=True)
+    out_console.print(f"Manifest: {result.manifest}"
+                      + (f"; accepted images copied to {settings.copy_to}"
+                         if settings.copy_to else ""))
 
 
 @settings_command(

@@ -37,6 +37,7 @@ __all__ = [
     "ModelRunSettings",
     "PredictSettings",
     "PrepareSettings",
+    "PseudolabelSettings",
     "TrainSettings",
     "flag_name",
     "load_settings",
@@ -199,10 +200,31 @@ class TrainSettings(ModelRunSettings):
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per step.")
     amp: bool = Field(False, description="Mixed precision (bf16 on CPU, fp16/bf16 on CUDA).")
     channels_last: bool = Field(True, description="channels_last memory format (faster).")
+    nproc: int = Field(
+        1, ge=1, description="Training processes on this machine (DDP, launched via torchrun)."
+    )
     project: Path = Field(Path("runs/train"), description="Folder that holds the run folders.")
     name: str = Field("exp", description="Run folder name (exp, exp2, ... if it exists).")
     resume: Path | None = Field(
         None, description="Continue the run in this folder from its last.pt."
+    )
+    pseudolabel: Literal["none", "per-batch", "per-epoch"] = Field(
+        "none", description="Train on confident pseudo-labels of unlabelled images."
+    )
+    pseudo_data: Path | None = Field(
+        None, description="Unlabelled images for --pseudolabel (default: ROOT/pseudolabel)."
+    )
+    pseudo_start: int = Field(5, ge=1, description="First epoch (1-based) using pseudo-labels.")
+    pseudo_threshold: float = Field(
+        0.9, gt=0, le=1, description="Confidence an image needs to be used."
+    )
+    pseudo_weight: float = Field(1.0, ge=0, description="Weight of the pseudo-label loss.")
+    pseudo_ramp: int = Field(
+        2, ge=0, description="Epochs over which that weight ramps up linearly (Lee 2013)."
+    )
+    extra_labels: list[Path] = Field(
+        default_factory=list,
+        description="Manifest CSV (path,label) from `wastecls pseudolabel` to add to training.",
     )
     neptune: bool = Field(False, description="Also log to Neptune (pip install wastecls[neptune]).")
     neptune_mode: Literal["async", "offline", "debug"] = Field(
@@ -316,6 +338,24 @@ class ExportSettings(CommandSettings):
         return self
 
 
+class PseudolabelSettings(InferenceSettings):
+    """`wastecls pseudolabel`: label an unlabelled folder with a trained model."""
+
+    command: ClassVar[str] = "pseudolabel"
+
+    data: Path | None = Field(
+        None, description="Unlabelled images (default: the model's ROOT/pseudolabel)."
+    )
+    threshold: float = Field(0.9, gt=0, le=1, description="Confidence needed to accept.")
+    out: Path = Field(Path("pseudolabels.csv"), description="Manifest CSV to write.")
+    copy_to: Path | None = Field(
+        None, description="Copy accepted images into DIR/<label>/."
+    )
+    exclude_class: list[str] = Field(
+        default_factory=list, description="Never assign this class (e.g. unknown)."
+    )
+
+
 SettingsT = TypeVar("SettingsT", bound=CommandSettings)
 
 COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {
@@ -324,6 +364,7 @@ COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {
     "evaluate": EvaluateSettings,
     "predict": PredictSettings,
     "export": ExportSettings,
+    "pseudolabel": PseudolabelSettings,
 }
 
 

@@ -45,22 +45,25 @@ def write_json(path: Path, data: Any) -> None:
 class MetricsLog:
     """metrics.csv: one row per finished epoch, rewritten whole (atomically) after each."""
 
-    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None,
+                 write: bool = True) -> None:
+        self.path, self.write = path, write
         self.rows = list(rows or [])
 
     @classmethod
-    def resume(cls, path: Path, last_epoch: int) -> MetricsLog:
+    def resume(cls, path: Path, last_epoch: int, write: bool = True) -> MetricsLog:
         """Rows up to `last_epoch`: an epoch interrupted after its row was written is redone."""
-        if not path.is_file():
-            return cls(path)
+        if not path.is_file() or last_epoch == 0:
+            return cls(path, write=write)
         with open(path, newline="", encoding="utf-8") as handle:
             rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
         rows = [r | {"epoch": int(r["epoch"])} for r in rows if r["epoch"] <= last_epoch]
-        return cls(path, rows)
+        return cls(path, rows, write)
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        if not self.write:
+            return
         buffer = io.StringIO()
         fields = list(dict.fromkeys(k for r in self.rows for k in r))
         writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,32 +27,58 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import RandomSampler
 
 from waste_cli import __version__
+from waste_cli.backends import TorchRunner
 from waste_cli.console import Reporter
 from waste_cli.data.loading import (
     ImageDataset,
+    ShardSampler,
     build_loader,
     cache_images,
     default_workers,
     weighted_sampler,
 )
 from waste_cli.data.prepare import split_groups
-from waste_cli.data.scan import dataset_classes, labeled_samples
+from waste_cli.data.scan import dataset_classes, labeled_samples, list_images
 from waste_cli.data.transforms import data_config, eval_transform, train_transform
-from waste_cli.errors import DataError, WasteclsError
+from waste_cli.errors import ConfigError, DataError, WasteclsError
+from waste_cli.evaluate import run_labelled
 from waste_cli.inference import iterate_logits, to_device
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, load_checkpoint, resolve_arch, save_checkpoint
 from waste_cli.plots import plot_confusion_matrix, plot_curves
-from waste_cli.runtime import autocast, resolve_device, seed_everything
+from waste_cli.pseudo import (
+    FixMatchState,
+    MixedSampler,
+    PseudoPool,
+    PseudoStats,
+    TwoViews,
+    fixmatch_targets,
+    label_pool,
+    load_pool,
+    masked_loss,
+    pseudo_weight,
+    read_manifests,
+)
+from waste_cli.runtime import (
+    Distributed,
+    all_reduce_sum,
+    autocast,
+    init_distributed,
+    resolve_device,
+    seed_everything,
+)
 from waste_cli.settings import TrainSettings, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
-__all__ = ["TrainResult", "TrainingInterrupted", "load_train_data", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "launch_torchrun", "load_train_data", "train"]
 
 # Settings that describe this machine, not the experiment: a resumed run takes them anew.
-MACHINE_SETTINGS = ("device", "workers", "quiet", "neptune", "neptune_mode", "neptune_project")
+MACHINE_SETTINGS = ("device", "workers", "quiet", "nproc", "neptune", "neptune_mode",
+                    "neptune_project")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                   "val_macro_f1", "lr", "images_per_s", "seconds")
 
@@ -89,6 +118,7 @@ def load_train_data(settings: TrainSettings) -> TrainData:
         )
     classes = dataset_classes(root)
     train = labeled_samples(root / "train", classes)
+    train += read_manifests(settings.extra_labels, classes)
     missing = sorted(set(classes) - {classes[label] for _, label in train})
     if missing:
         raise DataError(f"Classes without training images in {root / 'train'}: "
@@ -113,8 +143,13 @@ def _resumed_settings(settings: TrainSettings) -> tuple[TrainSettings, dict[str,
     """The saved run's settings, with the machine settings given to this call, and last.pt."""
     assert settings.resume is not None
     last = load_checkpoint(settings.resume / "last.pt")
-    given = settings.model_fields_set & set(MACHINE_SETTINGS)
+    given = settings.model_fields_set & {*MACHINE_SETTINGS, "epochs"}
     saved = last["settings"] | {k: getattr(settings, k) for k in given}
+    if saved["epochs"] < last["train_state"]["epoch"]:
+        raise ConfigError(f"--epochs {saved['epochs']} is below the {last['train_state']['epoch']}"
+                          f" epochs {settings.resume} has already trained.")
+    if saved["epochs"] != last["settings"]["epochs"]:
+        last = {k: v for k, v in last.items() if k != "scheduler"}  # re-planned for the new length
     return TrainSettings.model_validate(saved | {"resume": settings.resume}), last
 
 
@@ -163,8 +198,10 @@ class _Setup:
 
     settings: TrainSettings
     device: torch.device
+    dist: Distributed
     data: TrainData
-    model: nn.Module
+    model: nn.Module  # what the loop calls: DistributedDataParallel(net) under torchrun
+    net: nn.Module  # the plain model: checkpoints, EMA, freezing, evaluation
     ema: ModelEmaV3 | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -175,32 +212,54 @@ class _Setup:
     generator: torch.Generator
     config: dict[str, Any]
     run_dir: Path
+    workers: int
+    train_cache: list[Any] | None
+    pool: PseudoPool | None
+    pool_cache: list[Any] | None
 
 
-def _loaders(settings: TrainSettings, data: TrainData, config: dict[str, Any],
-             generator: torch.Generator, reporter: Reporter, pin: bool):
-    workers = default_workers() if settings.workers is None else settings.workers
-    caches: list[Any] = [None, None]
-    if settings.cache == "ram":
-        short = math.ceil(config["input_size"][-1] / config["crop_pct"])
-        caches = [cache_images([p for p, _ in samples], short, max(workers, 1), reporter)
-                  for samples in (data.train, data.val)]
-    train_set = ImageDataset(data.train, train_transform(config, settings.aug), caches[0])
-    val_set = ImageDataset(data.val, eval_transform(config), caches[1])
-    sampler = None
-    if settings.sampler == "weighted":
-        sampler = weighted_sampler([y for _, y in data.train], len(data.classes), generator)
-    train_loader = build_loader(train_set, settings.batch_size, workers=workers,
-                                generator=generator, shuffle=True, sampler=sampler,
-                                drop_last=len(train_set) > settings.batch_size, pin_memory=pin)
-    val_loader = build_loader(val_set, settings.batch_size, workers=workers, pin_memory=pin)
-    return train_loader, val_loader
+@dataclass
+class _PseudoEpoch:
+    """How pseudo-labels enter this epoch's loss."""
+
+    weight: float
+    n_labelled: int = 0  # per-epoch: dataset indices from here on are pseudo-labelled
+    unlabelled: Iterator[Any] | None = None  # per-batch: batches of (weak, strong) views
+    fixmatch: FixMatchState | None = None
 
 
-def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Reporter) -> _Setup:
-    device = resolve_device(settings.device)
+def _cached(settings: TrainSettings, config: dict[str, Any], paths: list[Path], workers: int,
+            reporter: Reporter) -> list[Any] | None:
+    if settings.cache != "ram":
+        return None
+    short = math.ceil(config["input_size"][-1] / config["crop_pct"])
+    return cache_images(paths, short, max(workers, 1), reporter)
+
+
+def _labelled_sampler(settings: TrainSettings, data: TrainData, generator: torch.Generator):
+    if settings.sampler != "weighted":
+        return None
+    return weighted_sampler([y for _, y in data.train], len(data.classes), generator)
+
+
+def _shard(sampler: Any, dist: Distributed, even: bool = True) -> Any:
+    """Each rank's share of an order that is the same on every rank (same seed)."""
+    return ShardSampler(sampler, dist.rank, dist.world, even) if dist.active else sampler
+
+
+def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Reporter,
+           dist: Distributed, device: torch.device) -> _Setup:
+    if dist.active and settings.freeze_epochs:
+        raise ConfigError("--freeze-epochs is not supported with several processes (DDP needs "
+                          "the same trainable parameters throughout); use --freeze-backbone.")
     seed_everything(settings.seed)
     data = load_train_data(settings)
+    pool = None
+    if settings.pseudolabel != "none":
+        assert settings.data is not None
+        test = settings.data / "test"
+        pool = load_pool(settings.pseudo_data or settings.data / "pseudolabel",
+                         [p for p, _ in data.val] + (list_images(test) if test.is_dir() else []))
     model = create_model(settings.arch, len(data.classes), drop_rate=settings.drop_rate,
                          pretrained=settings.pretrained and last is None,
                          weights=settings.weights if last is None else None)
@@ -209,8 +268,22 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator()
-    train_loader, val_loader = _loaders(settings, data, config, generator, reporter,
-                                        pin=device.type == "cuda")
+    workers = default_workers() if settings.workers is None else settings.workers
+    pin = device.type == "cuda"
+    train_cache = _cached(settings, config, [p for p, _ in data.train], workers, reporter)
+    val_cache = _cached(settings, config, [p for p, _ in data.val], workers, reporter)
+    pool_cache = (_cached(settings, config, pool.paths, workers, reporter)
+                  if pool is not None and settings.pseudolabel == "per-epoch" else None)
+    train_set = ImageDataset(data.train, train_transform(config, settings.aug), train_cache)
+    order = _labelled_sampler(settings, data, generator) or (
+        RandomSampler(train_set, generator=generator) if dist.active else None)
+    train_loader = build_loader(train_set, settings.batch_size, workers=workers,
+                                generator=generator, shuffle=True, sampler=_shard(order, dist),
+                                drop_last=len(train_set) > settings.batch_size, pin_memory=pin)
+    val_set = ImageDataset(data.val, eval_transform(config), val_cache)
+    val_loader = build_loader(val_set, settings.batch_size, workers=workers, pin_memory=pin,
+                              sampler=_shard(range(len(val_set)), dist, even=False)
+                              if dist.active else None)
     optimizer = create_optimizer_v2(model, opt=settings.opt, lr=settings.lr,
                                     weight_decay=settings.weight_decay,
                                     **({"layer_decay": settings.layer_decay}
@@ -219,61 +292,160 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     ema = ModelEmaV3(model, decay=settings.ema_decay, use_warmup=True) if settings.ema else None
     fp16 = settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    run_dir = settings.resume or new_run_dir(settings.project, settings.name)
-    setup = _Setup(settings, device, data, model, ema, optimizer, scheduler, scaler,
-                   _loss_fn(settings, data).to(device), train_loader, val_loader, generator,
-                   config, run_dir)
+    run_dir = settings.resume or (new_run_dir(settings.project, settings.name)
+                                  if dist.main else None)
+    if dist.active:  # one run folder, chosen by rank 0
+        shared = [run_dir]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = shared[0]
     if last is not None:
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         scaler.load_state_dict(last["scaler"])
         if ema is not None:
             ema.load_state_dict(last["ema"])
-        if scheduler is not None:
+        if scheduler is not None and "scheduler" in last:
             scheduler.load_state_dict(last["scheduler"])
-    return setup
+    wrapped = model
+    if dist.active:
+        if settings.freeze_backbone:
+            _freeze_backbone(model, True)
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Setup(settings, device, dist, data, wrapped, model, ema, optimizer, scheduler,
+                  scaler, _loss_fn(settings, data).to(device), train_loader, val_loader,
+                  generator, config, run_dir, workers, train_cache, pool, pool_cache)
+
+
+def _cycle(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
+    """This epoch's loader and pseudo-label plan (None: labelled data only)."""
+    settings = s.settings
+    weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start, settings.pseudo_ramp,
+                           epoch)
+    if s.pool is None or weight == 0:
+        return s.train_loader, None, None
+    if settings.pseudolabel == "per-batch":
+        views = TwoViews(train_transform(s.config, "light"), train_transform(s.config, "strong"))
+        pool_set = ImageDataset([(p, -1) for p in s.pool.paths], views)
+        loader = build_loader(pool_set, settings.batch_size, workers=s.workers,
+                              generator=s.generator, shuffle=True,
+                              sampler=_shard(RandomSampler(pool_set, generator=s.generator),
+                                             s.dist) if s.dist.active else None,
+                              drop_last=len(s.pool.paths) > settings.batch_size)
+        state = FixMatchState(s.pool, s.data.classes)
+        return s.train_loader, _PseudoEpoch(weight, unlabelled=_cycle(loader),
+                                            fixmatch=state), None
+    # per-epoch: label the whole pool with the current (EMA) model, keep the confident ones.
+    model = s.ema.module if s.ema is not None else s.net
+    runner = TorchRunner(model, s.data.classes, s.config, s.device)
+    mine = list(range(s.dist.rank, len(s.pool.paths), s.dist.world))  # this rank's share
+    logits = torch.full((len(s.pool.paths), len(s.data.classes)), float("nan"))
+    logits[mine] = run_labelled(runner, [(s.pool.paths[i], -1) for i in mine],
+                                settings.batch_size, s.workers, reporter, "pseudo-label pool")[0]
+    if s.dist.active:
+        shares: list[Any] = [None] * s.dist.world
+        torch.distributed.all_gather_object(shares, (mine, logits[mine]))
+        for indices, part in shares:
+            logits[indices] = part
+    accepted, stats = label_pool(logits, s.pool, s.data.classes, settings.pseudo_threshold)
+    samples = s.data.train + [(s.pool.paths[i], y) for i, y in accepted]
+    cache = (s.train_cache + [s.pool_cache[i] for i, _ in accepted]
+             if s.train_cache is not None and s.pool_cache is not None else None)
+    dataset = ImageDataset(samples, train_transform(s.config, settings.aug), cache)
+    sampler = _shard(MixedSampler(_labelled_sampler(settings, s.data, s.generator),
+                                  len(s.data.train), len(accepted), s.generator), s.dist)
+    loader = build_loader(dataset, settings.batch_size, workers=s.workers,
+                          generator=s.generator, sampler=sampler, drop_last=True)
+    return loader, _PseudoEpoch(weight, n_labelled=len(s.data.train)), stats
+
+
+def _pseudo_columns(s: _Setup, stats: PseudoStats | None) -> dict[str, float]:
+    """metrics.csv columns of the pseudo-label pool (zeros in epochs that do not use it)."""
+    if s.pool is None:
+        return {}
+    stats = stats or PseudoStats(len(s.pool.paths), 0, {}, 0, 0)
+    return stats.row(s.data.classes, has_truth=bool(s.pool.truth))
+
+
+def _step_loss(s: _Setup, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+               pseudo: _PseudoEpoch | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, logits, mask of labelled rows) for one batch; pseudo-labels weighted in.
+
+    Per-batch mode labels the weak views first, then runs the labelled images and the strong
+    views through the model in one forward pass (one backward, as DDP requires)."""
+    strong = None
+    if pseudo is not None and pseudo.unlabelled is not None:
+        views, _, u_indices, _ = next(pseudo.unlabelled)
+        weak, strong = (to_device(views[:, k], s.device, s.settings.channels_last)
+                        for k in (0, 1))
+        u_labels, u_mask = fixmatch_targets(s.net, weak, u_indices,
+                                            s.settings.pseudo_threshold, pseudo.fixmatch)
+        images = torch.cat([images, strong])
+    logits = s.model(images)
+    if strong is not None:
+        logits, u_logits = logits[: len(labels)], logits[len(labels) :]
+    labelled = torch.ones_like(labels, dtype=torch.bool)
+    if pseudo is not None and pseudo.n_labelled:
+        labelled = (indices < pseudo.n_labelled).to(labels.device)
+    loss = s.loss_fn(logits[labelled].float(), labels[labelled]) if labelled.any() else \
+        logits.sum() * 0
+    if not labelled.all():
+        loss = loss + pseudo.weight * s.loss_fn(logits[~labelled].float(), labels[~labelled])
+    if strong is not None:
+        loss = loss + pseudo.weight * masked_loss(u_logits, u_labels, u_mask)
+    return loss, logits, labelled
 
 
 def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
-                     skipped: set[int]) -> tuple[dict[str, float], int]:
+                     skipped: set[int], loader: torch.utils.data.DataLoader,
+                     pseudo: _PseudoEpoch | None) -> tuple[dict[str, float], int]:
     """One pass over the training data; returns its metrics and the new update count."""
     frozen = s.settings.freeze_backbone or epoch < s.settings.freeze_epochs
-    _freeze_backbone(s.model, frozen)
-    _set_train_mode(s.model, frozen)
+    if not s.dist.active:  # under DDP the trainable set is fixed before wrapping
+        _freeze_backbone(s.net, frozen)
+    _set_train_mode(s.net, frozen)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    total = len(s.train_loader.sampler) if s.train_loader.sampler else len(s.data.train)
-    with reporter.bar(f"epoch {epoch + 1}/{s.settings.epochs}", total) as bar:
-        for images, labels, _, bad in s.train_loader:
-            skipped.update(bad)
+    planned, steps = len(s.train_loader), len(loader)
+    with reporter.bar(f"epoch {epoch + 1}/{s.settings.epochs}", len(loader.sampler)) as bar:
+        for step, (images, labels, indices, bad) in enumerate(loader):
+            skipped.update(i for i in bad if i < len(s.data.train))
             if not len(labels):
                 continue
             images, labels = to_device(images, s.device, s.settings.channels_last), labels.to(
                 s.device, non_blocking=True)
             with autocast(s.device, s.settings.amp):
-                logits = s.model(images)
-                loss = s.loss_fn(logits.float(), labels)
+                loss, logits, labelled = _step_loss(s, images, labels, indices, pseudo)
             s.optimizer.zero_grad(set_to_none=True)
             s.scaler.scale(loss).backward()
             s.scaler.step(s.optimizer)
             s.scaler.update()
             updates += 1
-            if s.scheduler is not None:
-                s.scheduler.step_update(updates)
+            if s.scheduler is not None:  # progress in planned steps: epochs may grow with
+                s.scheduler.step_update(epoch * planned + (step + 1) * planned // steps)
             if s.ema is not None:
-                s.ema.update(s.model, step=updates)
+                s.ema.update(s.net, step=updates)
             loss_sum += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            bar.advance(len(labels) + len(bad), loss=loss_sum / seen, acc=correct / seen,
-                        img_s=seen / bar.elapsed)
+            correct += int((logits.argmax(1) == labels)[labelled].sum())
+            seen += int(labelled.sum())
+            bar.advance(len(labels) + len(bad), loss=loss_sum / max(seen, 1),
+                        acc=correct / max(seen, 1), img_s=seen / bar.elapsed)
     seconds = time.perf_counter() - start
+    loss_sum, correct, seen = (float(t) for t in all_reduce_sum(loss_sum, correct, seen))
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
             "images_per_s": seen / seconds, "seconds": seconds}, updates
 
 
 def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
-    model = s.ema.module if s.ema is not None else s.model
+    model = s.ema.module if s.ema is not None else s.net
+    if s.dist.active:  # every rank validates rank 0's weights and BatchNorm statistics
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
     n = len(s.data.classes)
     cm = torch.zeros(n, n, dtype=torch.long)
     loss_sum, seen = 0.0, 0
@@ -286,6 +458,8 @@ def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
         loss_sum += float(plain_loss(logits, labels))
         seen += len(labels)
         cm += confusion_matrix(labels, logits.argmax(1), n)
+    total, loss_sum, seen = all_reduce_sum(cm, loss_sum, seen)  # the whole validation set
+    cm, loss_sum, seen = total.long(), float(loss_sum), float(seen)
     report = classification_report(cm, s.data.classes)
     return {"val_loss": loss_sum / max(seen, 1), "val_acc": report["accuracy"],
             "val_balanced_acc": report["balanced_accuracy"],
@@ -300,7 +474,7 @@ def _improved(settings: TrainSettings, value: float, best: float | None) -> bool
 
 def _checkpoint(s: _Setup, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
     """The self-contained part of a checkpoint: enough to evaluate, predict and export."""
-    model = s.ema.module if s.ema is not None else s.model
+    model = s.ema.module if s.ema is not None else s.net
     return {
         "arch": resolve_arch(s.settings.arch),
         "classes": s.data.classes,
@@ -316,7 +490,7 @@ def _checkpoint(s: _Setup, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
 def _resume_state(s: _Setup, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> dict:
     """last.pt: the checkpoint plus what it takes to continue training exactly."""
     return _checkpoint(s, epoch, row) | {
-        "model": {k: v.detach().cpu() for k, v in s.model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in s.net.state_dict().items()},
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict() if s.scheduler is not None else {},
         "ema": s.ema.state_dict() if s.ema is not None else {},
@@ -343,24 +517,29 @@ def _deferred_interrupt() -> Iterator[None]:
 
 def _record_epoch(s: _Setup, row: dict[str, Any], cm: torch.Tensor, state: dict[str, Any],
                   log: MetricsLog, trackers: list[Tracker], reporter: Reporter) -> None:
-    """Log the epoch, keep best.pt (and its confusion matrix) if it improved, write last.pt."""
-    run, epoch = s.run_dir, row["epoch"]
+    """Log the epoch, keep best.pt (and its confusion matrix) if it improved, write last.pt.
+
+    Every rank updates `state` the same way (metrics are reduced); only rank 0 writes files.
+    """
+    run, epoch, write = s.run_dir, row["epoch"], s.dist.main
     log.append(row)
     reporter.info(_format_row(row))
     if _improved(s.settings, row[s.settings.monitor], state["best"]):
         state |= {"best": row[s.settings.monitor], "best_epoch": epoch, "bad_epochs": 0}
-        save_checkpoint(run / "best.pt", _checkpoint(s, epoch, row))
-        plot_confusion_matrix(cm.numpy(), s.data.classes, run / "confusion_matrix.png",
-                              f"validation, epoch {epoch}")
-        write_json(run / "val_report.json", {"epoch": epoch, "confusion_matrix": cm.tolist(),
-                                             **classification_report(cm, s.data.classes)})
+        if write:
+            save_checkpoint(run / "best.pt", _checkpoint(s, epoch, row))
+            plot_confusion_matrix(cm.numpy(), s.data.classes, run / "confusion_matrix.png",
+                                  f"validation, epoch {epoch}")
+            write_json(run / "val_report.json", {"epoch": epoch, "confusion_matrix":
+                       cm.tolist(), **classification_report(cm, s.data.classes)})
     else:
         state["bad_epochs"] += 1
     state["epoch"] = epoch
-    save_checkpoint(run / "last.pt", _resume_state(s, epoch, row, state))
-    plot_curves(log.rows, run / "curves.png")
-    for tracker in trackers:
-        tracker.log_epoch(row)
+    if write:
+        save_checkpoint(run / "last.pt", _resume_state(s, epoch, row, state))
+        plot_curves(log.rows, run / "curves.png")
+        for tracker in trackers:
+            tracker.log_epoch(row)
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -370,61 +549,118 @@ def _format_row(row: dict[str, Any]) -> str:
             f"lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s")
 
 
+def _gather_skipped(s: _Setup, skipped: set[int]) -> set[int]:
+    """Unreadable training images found by any rank."""
+    if not s.dist.active:
+        return skipped
+    found: list[Any] = [None] * s.dist.world
+    torch.distributed.all_gather_object(found, sorted(skipped))
+    return {i for part in found for i in part}
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run `wastecls ARGV` as `torchrun --standalone --nproc-per-node NPROC -m waste_cli ...`.
+
+    The children see WORLD_SIZE and train as one DDP job; --nproc itself is not passed on.
+    """
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "waste_cli", *args]
+    return subprocess.call(command)
+
+
+def _elastic_resume(settings: TrainSettings) -> TrainSettings:
+    """After torchrun restarts a failed job (--max-restarts), continue the newest run."""
+    if settings.resume is not None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) < 1:
+        return settings
+    runs = sorted(settings.project.glob(f"{settings.name}*/last.pt"),
+                  key=lambda p: p.stat().st_mtime)
+    return settings.model_copy(update={"resume": runs[-1].parent}) if runs else settings
+
+
+def _run_epochs(s: _Setup, state: dict[str, Any], log: MetricsLog, trackers: list[Tracker],
+                reporter: Reporter) -> bool:
+    """The epoch loop; returns whether it stopped early."""
+    settings = s.settings
+    skipped = {i for i, (p, _) in enumerate(s.data.train) if str(p) in state["skipped"]}
+    for epoch in range(state["epoch"], settings.epochs):
+        seed_everything(settings.seed * 1_000_003 + epoch)
+        s.generator.manual_seed(settings.seed * 1_000_003 + epoch)
+        loader, pseudo, pseudo_stats = _epoch_plan(s, epoch, reporter)
+        known = set(skipped)
+        row_train, state["updates"] = _train_one_epoch(s, epoch, state["updates"], reporter,
+                                                       skipped, loader, pseudo)
+        if pseudo is not None and pseudo.fixmatch is not None:
+            pseudo_stats = pseudo.fixmatch.stats()
+        skipped = _gather_skipped(s, skipped)
+        for index in sorted(skipped - known):
+            reporter.warn(f"skipped unreadable training image {s.data.train[index][0]}")
+        state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
+        # The rate the epoch ended with (the head's, when --layer-decay scales the others).
+        lr = max(group["lr"] for group in s.optimizer.param_groups)
+        row_val, cm = _validate(s)
+        if s.scheduler is not None:
+            s.scheduler.step(epoch + 1)
+        row = {"epoch": epoch + 1, **row_train, **row_val, "lr": lr}
+        with _deferred_interrupt():
+            _record_epoch(s, {k: row[k] for k in METRIC_COLUMNS}
+                          | _pseudo_columns(s, pseudo_stats), cm, state, log, trackers, reporter)
+        if settings.patience and state["bad_epochs"] >= settings.patience:
+            reporter.info(f"early stop: no {settings.monitor} improvement for "
+                          f"{settings.patience} epochs")
+            return True
+    return False
+
+
 def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
-    """Train a classifier; write the run folder; return the best epoch's metrics."""
-    last = None
+    """Train a classifier; write the run folder; return the best epoch's metrics.
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone prints and writes.
+    """
+    dist, device = init_distributed(resolve_device(settings.device))
+    settings, last = _elastic_resume(settings), None
     if settings.resume is not None:
         settings, last = _resumed_settings(settings)
     reporter = reporter or Reporter(settings.quiet)
+    if not dist.main:
+        reporter = Reporter(quiet=True)
     trackers: list[Tracker] = []
-    if settings.neptune:
+    if settings.neptune and dist.main:
         trackers.append(NeptuneTracker(json.loads(settings.model_dump_json()),
                                        settings.neptune_mode, settings.neptune_project,
                                        settings.name))
-    s = _setup(settings, last, reporter)
-    run = s.run_dir
-    write_config(settings, run / "config.yaml")
-    state = dict(last["train_state"]) if last else {
-        "epoch": 0, "updates": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "skipped": []}
-    log = MetricsLog.resume(run / "metrics.csv", state["epoch"]) if last else MetricsLog(
-        run / "metrics.csv")
-    if last is None:
-        save_checkpoint(run / "last.pt", _resume_state(s, 0, {}, state))
-    reporter.info(f"training {settings.arch} on {len(s.data.train)} images "
-                  f"({len(s.data.val)} val, {len(s.data.classes)} classes) on {s.device}; "
-                  f"run folder {run}")
-    skipped = {i for i, (p, _) in enumerate(s.data.train) if str(p) in state["skipped"]}
-    start_time, stopped_early = time.perf_counter(), False
-    epoch = state["epoch"]
     try:
-        for epoch in range(state["epoch"], settings.epochs):
-            seed_everything(settings.seed * 1_000_003 + epoch)
-            s.generator.manual_seed(settings.seed * 1_000_003 + epoch)
-            known = set(skipped)
-            row_train, state["updates"] = _train_one_epoch(s, epoch, state["updates"],
-                                                           reporter, skipped)
-            for index in sorted(skipped - known):
-                reporter.warn(f"skipped unreadable training image {s.data.train[index][0]}")
-            state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
-            # The rate the epoch ended with (the head's, when --layer-decay scales the others).
-            lr = max(group["lr"] for group in s.optimizer.param_groups)
-            row_val, cm = _validate(s)
-            if s.scheduler is not None:
-                s.scheduler.step(epoch + 1)
-            row = {"epoch": epoch + 1, **row_train, **row_val, "lr": lr}
-            with _deferred_interrupt():
-                _record_epoch(s, {k: row[k] for k in METRIC_COLUMNS}, cm, state, log,
-                              trackers, reporter)
-            if settings.patience and state["bad_epochs"] >= settings.patience:
-                reporter.info(f"early stop: no {settings.monitor} improvement for "
-                              f"{settings.patience} epochs")
-                stopped_early = True
-                break
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(
-            f"Interrupted during epoch {epoch + 1}. {run / 'last.pt'} holds epoch "
-            f"{state['epoch']}; continue with: wastecls train --resume {run}"
-        ) from None
+        s = _setup(settings, last, reporter, dist, device)
+        run = s.run_dir
+        state = dict(last["train_state"]) if last else {
+            "epoch": 0, "updates": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
+            "skipped": []}
+        log = MetricsLog.resume(run / "metrics.csv", state["epoch"], write=dist.main)
+        if dist.main:
+            write_config(settings, run / "config.yaml")
+            if last is None:
+                save_checkpoint(run / "last.pt", _resume_state(s, 0, {}, state))
+        reporter.info(f"training {settings.arch} on {len(s.data.train)} images "
+                      f"({len(s.data.val)} val, {len(s.data.classes)} classes) on {s.device}"
+                      f"{f' x {dist.world} processes' if dist.active else ''}; run folder {run}")
+        start_time = time.perf_counter()
+        try:
+            stopped_early = _run_epochs(s, state, log, trackers, reporter)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"Interrupted during epoch {state['epoch'] + 1}. {run / 'last.pt'} holds epoch "
+                f"{state['epoch']}; continue with: wastecls train --resume {run}"
+            ) from None
+    finally:
+        if dist.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     best_row = next(r for r in log.rows if int(r["epoch"]) == state["best_epoch"])
     result = TrainResult(run, state["best_epoch"], best_row, state["epoch"], stopped_early,
                          state["skipped"], time.perf_counter() - start_time)
@@ -433,10 +669,11 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
                "stopped_early": stopped_early, "skipped_images": result.skipped_images,
                "seconds": result.seconds, "classes": s.data.classes,
                "train_images": len(s.data.train), "val_images": len(s.data.val),
-               "device": str(s.device), "data_config": s.config}
-    write_json(run / "summary.json", summary)
-    for tracker in trackers:
-        tracker.finish(summary, {"confusion_matrix": run / "confusion_matrix.png",
-                                 "curves": run / "curves.png",
-                                 "classification_report": run / "val_report.json"})
+               "device": str(s.device), "processes": dist.world, "data_config": s.config}
+    if dist.main:
+        write_json(run / "summary.json", summary)
+        for tracker in trackers:
+            tracker.finish(summary, {"confusion_matrix": run / "confusion_matrix.png",
+                                     "curves": run / "curves.png",
+                                     "classification_report": run / "val_report.json"})
     return result

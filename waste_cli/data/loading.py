@@ -24,6 +24,7 @@ from waste_cli.errors import DataError
 __all__ = [
     "Batch",
     "ImageDataset",
+    "ShardSampler",
     "build_loader",
     "cache_images",
     "class_balanced_weights",
@@ -172,3 +173,28 @@ def weighted_sampler(labels: Sequence[int], num_classes: int,
     """Inverse-frequency sampling with replacement, one epoch = as many draws as images."""
     weights = class_balanced_weights(labels, num_classes)
     return WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
+
+
+class ShardSampler(Sampler[int]):
+    """Rank `rank` of `world` takes every world-th index of `base`.
+
+    `base` must give the same order on every rank (same generator seed), so the shards are
+    disjoint and together cover the epoch. With `even`, every rank gets the same count (DDP
+    needs the same number of steps everywhere); without it nothing is dropped (for evaluation).
+    """
+
+    def __init__(self, base: Sampler[int] | Sequence[int], rank: int, world: int,
+                 even: bool = True) -> None:
+        self.base, self.rank, self.world, self.even = base, rank, world, even
+
+    def __len__(self) -> int:
+        total = len(self.base)
+        if self.even:
+            return total // self.world
+        return len(range(self.rank, total, self.world))
+
+    def __iter__(self):
+        order = list(self.base)
+        if self.even:
+            order = order[: len(order) - len(order) % self.world]
+        return iter(order[self.rank :: self.world])

@@ -17,7 +17,8 @@ Augment = Literal["none", "light", "strong"]
 # Random resized crop, flips both ways, colour, and for `strong` RandAugment (rotate, shear,
 # translate, brightness, contrast, ...) plus random erasing: the seed project's augmentations.
 AUGMENTATIONS: dict[str, dict[str, Any]] = {
-    "light": {"scale": (0.5, 1.0), "hflip": 0.5, "vflip": 0.5, "color_jitter": 0.2},
+    "light": {"scale": (0.5, 1.0), "hflip": 0.5, "vflip": 0.5,
+              "color_jitter": (0.2, 0.2, 0.0)},  # brightness, contrast (saturation is costly)
     "strong": {"scale": (0.3, 1.0), "hflip": 0.5, "vflip": 0.5, "color_jitter": 0.3,
                "auto_augment": "rand-m7-mstd0.5-inc1", "re_prob": 0.25},
 }
