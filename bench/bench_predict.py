@@ -64,8 +64,9 @@ def model_only(model_path: Path, onnx_paths: dict[str, Path], sizes: list[int]) 
     return results
 
 
-def end_to_end(args: list[str], data: Path, out: Path) -> tuple[float, float, int]:
-    """(images/s, accuracy, peak RSS in MiB) of one `wastecls predict` process."""
+def end_to_end(args: list[str], data: Path, out: Path,
+               held_out: set[str] | None = None) -> tuple[float, float, int]:
+    """(images/s, accuracy on the held-out images, peak RSS in MiB) of one predict process."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     start = time.perf_counter()
@@ -75,8 +76,10 @@ def end_to_end(args: list[str], data: Path, out: Path) -> tuple[float, float, in
     seconds = time.perf_counter() - start
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    correct = sum(Path(r["path"]).parent.name == r["label1"] for r in rows)
-    return len(rows) / seconds, correct / len(rows), int(done.stdout.split()[-1]) // 1024
+    scored = [r for r in rows if held_out is None or Path(r["path"]).stem in held_out]
+    correct = sum(Path(r["path"]).parent.name == r["label1"] for r in scored)
+    return (len(rows) / seconds, correct / max(len(scored), 1),
+            int(done.stdout.split()[-1]) // 1024)
 
 
 def per_image_loop(model_path: Path, paths: list[Path]) -> float:
@@ -96,8 +99,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
     parser.add_argument("--sizes", default="1,4,8,16,32")
     parser.add_argument("--calib-data", type=Path, help="int8 calibration images")
+    parser.add_argument("--test-split", type=Path,
+                        help="a prepared ROOT/test: accuracy is counted on these images only")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    held_out = ({p.stem for p in args.test_split.rglob("*.jpg")} if args.test_split else None)
     paths = list_images(args.data)
     print(f"# predict benchmark, {date.today()}, {os.cpu_count()} cores "
           f"{platform.machine()}, torch {torch.__version__}, {len(paths)} images, {args.model}")
@@ -123,12 +129,13 @@ def main() -> None:
         best_ort = max(rates["onnxruntime fp32"].values())
 
         print("\n## end to end `wastecls predict DIR --format csv --output F`\n")
-        print("| backend | img/s | accuracy | peak RSS MiB |\n|---|---|---|---|")
+        scope = f"{len(held_out)} held-out test images" if held_out else "all images"
+        print(f"| backend | img/s | accuracy ({scope}) | peak RSS MiB |\n|---|---|---|---|")
         e2e = {}
         for name, extra in (("torch (.pt)", ["-m", str(model), "--backend", "torch"]),
                             ("onnxruntime fp32", ["-m", str(onnx["fp32"])]),
                             ("onnxruntime int8", ["-m", str(onnx["int8"])])):
-            e2e[name] = end_to_end(extra, args.data, tmp / "out.csv")
+            e2e[name] = end_to_end(extra, args.data, tmp / "out.csv", held_out)
             print(f"| {name} | {e2e[name][0]:.1f} | {e2e[name][1]:.2%} | {e2e[name][2]} |")
         loop = per_image_loop(model, paths[:: max(1, len(paths) // 250)])
         print(f"| per-image loop (seed style, torch) | {loop:.1f} | | |")

@@ -29,7 +29,7 @@ import timm
 import torch
 from timm.optim import create_optimizer_v2
 
-RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "10", "--ema",
+RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "12", "--ema",
           "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
           "--cache", "ram", "--workers", "1", "--batch-size", "32"]
 

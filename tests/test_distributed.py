@@ -112,14 +112,14 @@ def test_a_dead_rank_stops_the_job_with_a_message(prepared, tmp_path):
 
 
 def test_elastic_restart_continues_the_newest_run(trained, tmp_path, monkeypatch):
+    from waste_cli.distributed import elastic_resume
     from waste_cli.settings import TrainSettings
-    from waste_cli.train import _elastic_resume
 
     for name in ("exp", "exp2"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "last.pt").write_bytes(b"x")
         time.sleep(0.01)
     settings = TrainSettings(data=tmp_path, project=tmp_path, name="exp")
-    assert _elastic_resume(settings).resume is None  # a first attempt starts a new run
+    assert elastic_resume(settings).resume is None  # a first attempt starts a new run
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert _elastic_resume(settings).resume == tmp_path / "exp2"
+    assert elastic_resume(settings).resume == tmp_path / "exp2"

@@ -17,7 +17,7 @@ from PIL import Image
 from waste_cli.console import Reporter
 from waste_cli.data.loading import weighted_sampler
 from waste_cli.errors import DataError
-from waste_cli.evaluate import run_labelled
+from waste_cli.inference import run_labelled
 from waste_cli.pseudo import MixedSampler, label_pool, load_pool, pseudo_weight
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}

@@ -196,7 +196,7 @@ def train(settings: TrainSettings) -> None:
     import os
     import sys
 
-    from waste_cli.train import launch_torchrun
+    from waste_cli.distributed import launch_torchrun
     from waste_cli.train import train as run_train
 
     if settings.nproc > 1 and "WORLD_SIZE" not in os.environ:

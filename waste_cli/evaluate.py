@@ -16,20 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from waste_cli.backends import Runner, find_model, load_runner
+from waste_cli.backends import find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.loading import ImageDataset, build_loader, default_workers, load_rgb
+from waste_cli.data.loading import default_workers, load_rgb
 from waste_cli.data.scan import SPLITS, class_folders, list_images
-from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text
+from waste_cli.inference import run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.runtime import resolve_device
 from waste_cli.settings import EvaluateSettings
 from waste_cli.tracking import write_json
 
-__all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder", "run_labelled"]
+__all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder"]
 
 
 @dataclass
@@ -67,24 +67,6 @@ def _match_classes(model_classes: list[str], folder: Path, allow_subset: bool) -
     if not shared:
         raise DataError(f"The model and {folder} share no class names.")
     return shared
-
-
-def run_labelled(
-    runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int,
-    reporter: Reporter, description: str,
-) -> tuple[torch.Tensor, list[int]]:
-    """Logits for every sample (NaN rows for unreadable images) and the unreadable indices."""
-    dataset = ImageDataset(samples, eval_transform(runner.data_config))
-    loader = build_loader(dataset, batch_size, workers=workers)
-    logits = torch.full((len(samples), len(runner.classes)), float("nan"))
-    bad: list[int] = []
-    with reporter.bar(description, len(samples)) as bar:
-        for images, _, indices, unreadable in loader:
-            bad += unreadable
-            if len(indices):
-                logits[indices] = runner(images)
-            bar.advance(len(indices) + len(unreadable))
-    return logits, bad
 
 
 def _write_outputs(out: Path, report: dict[str, Any], samples: list[tuple[Path, int]],

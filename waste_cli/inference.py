@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from waste_cli.console import Reporter
+from waste_cli.data.loading import ImageDataset, build_loader
+from waste_cli.data.transforms import eval_transform
 from waste_cli.runtime import autocast
 
-__all__ = ["iterate_logits", "to_device"]
+if TYPE_CHECKING:
+    from waste_cli.backends import Runner
+
+__all__ = ["iterate_logits", "run_labelled", "to_device"]
 
 
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -37,3 +45,21 @@ def iterate_logits(
         with autocast(device, amp):
             logits = model(to_device(images, device, channels_last))
         yield logits.float().cpu(), labels, indices, bad
+
+
+def run_labelled(
+    runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int,
+    reporter: Reporter, description: str,
+) -> tuple[torch.Tensor, list[int]]:
+    """Logits for every sample (NaN rows for unreadable images) and the unreadable indices."""
+    dataset = ImageDataset(samples, eval_transform(runner.data_config))
+    loader = build_loader(dataset, batch_size, workers=workers)
+    logits = torch.full((len(samples), len(runner.classes)), float("nan"))
+    bad: list[int] = []
+    with reporter.bar(description, len(samples)) as bar:
+        for images, _, indices, unreadable in loader:
+            bad += unreadable
+            if len(indices):
+                logits[indices] = runner(images)
+            bar.advance(len(indices) + len(unreadable))
+    return logits, bad

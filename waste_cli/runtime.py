@@ -6,22 +6,13 @@ import contextlib
 import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 import torch
 
 from waste_cli.errors import DeviceError
 
-__all__ = [
-    "Distributed",
-    "all_reduce_sum",
-    "autocast",
-    "init_distributed",
-    "resolve_device",
-    "seed_everything",
-]
+__all__ = ["autocast", "resolve_device", "seed_everything"]
 
 
 def _available() -> list[str]:
@@ -91,52 +82,3 @@ def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=amp_dtype(device)):
         yield
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        """Only the main process prints, writes the run folder and logs to trackers."""
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
-    """Join the process group torchrun set up (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
-
-    Each CUDA rank takes the GPU of its LOCAL_RANK. Without torchrun this is a no-op.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(), device
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=10))
-    return Distributed(rank, world, local), device
-
-
-def all_reduce_sum(*values: torch.Tensor | float) -> list[torch.Tensor]:
-    """Sum tensors (or numbers) over all ranks; unchanged when not distributed."""
-    import torch.distributed as dist
-
-    tensors = [torch.as_tensor(v, dtype=torch.float64).clone() for v in values]
-    if dist.is_available() and dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor)
-    return tensors

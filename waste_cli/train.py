@@ -11,10 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +32,6 @@ from waste_cli.backends import TorchRunner
 from waste_cli.console import Reporter
 from waste_cli.data.loading import (
     ImageDataset,
-    ShardSampler,
     build_loader,
     cache_images,
     default_workers,
@@ -44,9 +40,16 @@ from waste_cli.data.loading import (
 from waste_cli.data.prepare import split_groups
 from waste_cli.data.scan import dataset_classes, labeled_samples, list_images
 from waste_cli.data.transforms import data_config, eval_transform, train_transform
+from waste_cli.distributed import (
+    Distributed,
+    all_gather_union,
+    all_reduce_sum,
+    elastic_resume,
+    init_distributed,
+    shard,
+)
 from waste_cli.errors import ConfigError, DataError, WasteclsError
-from waste_cli.evaluate import run_labelled
-from waste_cli.inference import iterate_logits, to_device
+from waste_cli.inference import iterate_logits, run_labelled, to_device
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, load_checkpoint, resolve_arch, save_checkpoint
 from waste_cli.plots import plot_confusion_matrix, plot_curves
@@ -63,18 +66,11 @@ from waste_cli.pseudo import (
     pseudo_weight,
     read_manifests,
 )
-from waste_cli.runtime import (
-    Distributed,
-    all_reduce_sum,
-    autocast,
-    init_distributed,
-    resolve_device,
-    seed_everything,
-)
+from waste_cli.runtime import autocast, resolve_device, seed_everything
 from waste_cli.settings import TrainSettings, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
-__all__ = ["TrainResult", "TrainingInterrupted", "launch_torchrun", "load_train_data", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "load_train_data", "train"]
 
 # Settings that describe this machine, not the experiment: a resumed run takes them anew.
 MACHINE_SETTINGS = ("device", "workers", "quiet", "nproc", "neptune", "neptune_mode",
@@ -242,11 +238,6 @@ def _labelled_sampler(settings: TrainSettings, data: TrainData, generator: torch
     return weighted_sampler([y for _, y in data.train], len(data.classes), generator)
 
 
-def _shard(sampler: Any, dist: Distributed, even: bool = True) -> Any:
-    """Each rank's share of an order that is the same on every rank (same seed)."""
-    return ShardSampler(sampler, dist.rank, dist.world, even) if dist.active else sampler
-
-
 def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Reporter,
            dist: Distributed, device: torch.device) -> _Setup:
     if dist.active and settings.freeze_epochs:
@@ -278,11 +269,11 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     order = _labelled_sampler(settings, data, generator) or (
         RandomSampler(train_set, generator=generator) if dist.active else None)
     train_loader = build_loader(train_set, settings.batch_size, workers=workers,
-                                generator=generator, shuffle=True, sampler=_shard(order, dist),
+                                generator=generator, shuffle=True, sampler=shard(order, dist),
                                 drop_last=len(train_set) > settings.batch_size, pin_memory=pin)
     val_set = ImageDataset(data.val, eval_transform(config), val_cache)
     val_loader = build_loader(val_set, settings.batch_size, workers=workers, pin_memory=pin,
-                              sampler=_shard(range(len(val_set)), dist, even=False)
+                              sampler=shard(range(len(val_set)), dist, even=False)
                               if dist.active else None)
     optimizer = create_optimizer_v2(model, opt=settings.opt, lr=settings.lr,
                                     weight_decay=settings.weight_decay,
@@ -334,7 +325,7 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
         pool_set = ImageDataset([(p, -1) for p in s.pool.paths], views)
         loader = build_loader(pool_set, settings.batch_size, workers=s.workers,
                               generator=s.generator, shuffle=True,
-                              sampler=_shard(RandomSampler(pool_set, generator=s.generator),
+                              sampler=shard(RandomSampler(pool_set, generator=s.generator),
                                              s.dist) if s.dist.active else None,
                               drop_last=len(s.pool.paths) > settings.batch_size)
         state = FixMatchState(s.pool, s.data.classes)
@@ -357,7 +348,7 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
     cache = (s.train_cache + [s.pool_cache[i] for i, _ in accepted]
              if s.train_cache is not None and s.pool_cache is not None else None)
     dataset = ImageDataset(samples, train_transform(s.config, settings.aug), cache)
-    sampler = _shard(MixedSampler(_labelled_sampler(settings, s.data, s.generator),
+    sampler = shard(MixedSampler(_labelled_sampler(settings, s.data, s.generator),
                                   len(s.data.train), len(accepted), s.generator), s.dist)
     loader = build_loader(dataset, settings.batch_size, workers=s.workers,
                           generator=s.generator, sampler=sampler, drop_last=True)
@@ -549,42 +540,6 @@ def _format_row(row: dict[str, Any]) -> str:
             f"lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  {row['seconds']:.0f}s")
 
 
-def _gather_skipped(s: _Setup, skipped: set[int]) -> set[int]:
-    """Unreadable training images found by any rank."""
-    if not s.dist.active:
-        return skipped
-    found: list[Any] = [None] * s.dist.world
-    torch.distributed.all_gather_object(found, sorted(skipped))
-    return {i for part in found for i in part}
-
-
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run `wastecls ARGV` as `torchrun --standalone --nproc-per-node NPROC -m waste_cli ...`.
-
-    The children see WORLD_SIZE and train as one DDP job; --nproc itself is not passed on.
-    """
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "waste_cli", *args]
-    return subprocess.call(command)
-
-
-def _elastic_resume(settings: TrainSettings) -> TrainSettings:
-    """After torchrun restarts a failed job (--max-restarts), continue the newest run."""
-    if settings.resume is not None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) < 1:
-        return settings
-    runs = sorted(settings.project.glob(f"{settings.name}*/last.pt"),
-                  key=lambda p: p.stat().st_mtime)
-    return settings.model_copy(update={"resume": runs[-1].parent}) if runs else settings
-
-
 def _run_epochs(s: _Setup, state: dict[str, Any], log: MetricsLog, trackers: list[Tracker],
                 reporter: Reporter) -> bool:
     """The epoch loop; returns whether it stopped early."""
@@ -599,7 +554,7 @@ def _run_epochs(s: _Setup, state: dict[str, Any], log: MetricsLog, trackers: lis
                                                        skipped, loader, pseudo)
         if pseudo is not None and pseudo.fixmatch is not None:
             pseudo_stats = pseudo.fixmatch.stats()
-        skipped = _gather_skipped(s, skipped)
+        skipped = all_gather_union(s.dist, skipped)
         for index in sorted(skipped - known):
             reporter.warn(f"skipped unreadable training image {s.data.train[index][0]}")
         state["skipped"] = sorted(str(s.data.train[i][0]) for i in skipped)
@@ -625,7 +580,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone prints and writes.
     """
     dist, device = init_distributed(resolve_device(settings.device))
-    settings, last = _elastic_resume(settings), None
+    settings, last = elastic_resume(settings), None
     if settings.resume is not None:
         settings, last = _resumed_settings(settings)
     reporter = reporter or Reporter(settings.quiet)

@@ -1,0 +1,118 @@
+"""Multi-process training on PyTorch's own engine: torchrun + DistributedDataParallel.
+
+Everything here is a no-op for a single process, so the training loop has one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from waste_cli.data.loading import ShardSampler
+from waste_cli.settings import TrainSettings
+
+__all__ = [
+    "Distributed",
+    "all_gather_union",
+    "all_reduce_sum",
+    "elastic_resume",
+    "init_distributed",
+    "launch_torchrun",
+    "shard",
+]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Only the main process prints, writes the run folder and logs to trackers."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the process group torchrun set up (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU.
+
+    Each CUDA rank takes the GPU of its LOCAL_RANK. Without torchrun this is a no-op.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), device
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=10))
+    return Distributed(rank, world, local), device
+
+
+def all_reduce_sum(*values: torch.Tensor | float) -> list[torch.Tensor]:
+    """Sum tensors (or numbers) over all ranks; unchanged when not distributed."""
+    import torch.distributed as dist
+
+    tensors = [torch.as_tensor(v, dtype=torch.float64).clone() for v in values]
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+    return tensors
+
+
+def shard(sampler: Any, dist: Distributed, even: bool = True) -> Any:
+    """Each rank's share of an order that is the same on every rank (same seed)."""
+    return ShardSampler(sampler, dist.rank, dist.world, even) if dist.active else sampler
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run `wastecls ARGV` as `torchrun --standalone --nproc-per-node NPROC -m waste_cli ...`.
+
+    The children see WORLD_SIZE and train as one DDP job; --nproc itself is not passed on.
+    """
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "waste_cli", *args]
+    return subprocess.call(command)
+
+
+def elastic_resume(settings: TrainSettings) -> TrainSettings:
+    """After torchrun restarts a failed job (--max-restarts), continue the newest run."""
+    if settings.resume is not None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) < 1:
+        return settings
+    runs = sorted(settings.project.glob(f"{settings.name}*/last.pt"),
+                  key=lambda p: p.stat().st_mtime)
+    return settings.model_copy(update={"resume": runs[-1].parent}) if runs else settings
+
+
+def all_gather_union(dist: Distributed, items: set[int]) -> set[int]:
+    """The union of every rank's set (e.g. unreadable images each rank found)."""
+    if not dist.active:
+        return items
+    found: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(found, sorted(items))
+    return {i for part in found for i in part}
