@@ -43,9 +43,12 @@ class TorchRunner:
     def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
                  device: torch.device) -> None:
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
-        self.model = model.eval().to(device, memory_format=torch.channels_last)
-        # Measured on a 2-core CPU (BENCHMARKS.md): small batches run fastest in eager PyTorch.
-        self.default_batch_size = 32 if device.type == "cuda" else 4
+        # Measured on a 2-core CPU (BENCHMARKS.md): eager PyTorch runs fastest there with
+        # contiguous tensors in batches of 4; GPUs prefer channels_last and larger batches.
+        self.channels_last = device.type != "cpu"
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.eval().to(device, memory_format=memory)
+        self.default_batch_size = 4 if device.type == "cpu" else 32
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
@@ -54,7 +57,7 @@ class TorchRunner:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(to_device(images, self.device, True)).float().cpu()
+        return self.model(to_device(images, self.device, self.channels_last)).float().cpu()
 
 
 class OnnxRunner:
