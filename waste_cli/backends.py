@@ -36,27 +36,29 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A wastecls checkpoint in eval mode, channels_last, under torch.inference_mode."""
+    """A PyTorch classifier in eval mode under torch.inference_mode."""
 
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
-                 device: torch.device) -> None:
+                 device: torch.device, channels_last: bool) -> None:
+        """Wrap a model already on `device` in the memory format `channels_last` says."""
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
-        # Measured on a 2-core CPU (BENCHMARKS.md): eager PyTorch runs fastest there with
-        # contiguous tensors in batches of 4; GPUs prefer channels_last and larger batches.
-        self.channels_last = device.type != "cpu"
-        memory = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.eval().to(device, memory_format=memory)
+        self.model, self.channels_last = model, channels_last
         self.default_batch_size = 4 if device.type == "cpu" else 32
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
-        return cls(model_from_checkpoint(checkpoint), checkpoint["classes"],
-                   checkpoint["data_config"], device)
+        """Measured on a 2-core CPU (BENCHMARKS.md): eager PyTorch runs fastest there with
+        contiguous tensors in batches of 4; GPUs prefer channels_last and larger batches."""
+        channels_last = device.type != "cpu"
+        memory = torch.channels_last if channels_last else torch.contiguous_format
+        model = model_from_checkpoint(checkpoint).to(device, memory_format=memory)
+        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, channels_last)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
         return self.model(to_device(images, self.device, self.channels_last)).float().cpu()
 
 

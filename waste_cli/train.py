@@ -333,7 +333,7 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
                                             fixmatch=state), None
     # per-epoch: label the whole pool with the current (EMA) model, keep the confident ones.
     model = s.ema.module if s.ema is not None else s.net
-    runner = TorchRunner(model, s.data.classes, s.config, s.device)
+    runner = TorchRunner(model, s.data.classes, s.config, s.device, settings.channels_last)
     mine = list(range(s.dist.rank, len(s.pool.paths), s.dist.world))  # this rank's share
     logits = torch.full((len(s.pool.paths), len(s.data.classes)), float("nan"))
     logits[mine] = run_labelled(runner, [(s.pool.paths[i], -1) for i in mine],
