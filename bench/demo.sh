@@ -13,8 +13,8 @@ else
 fi
 set -x
 wastecls prepare samples/trashnet-mini --out "$DEMO/data" --size 128 --overwrite
-wastecls train --data "$DEMO/data" "${START[@]}" --img-size 112 --epochs 6 --batch-size 16 \
-  --lr 1e-3 --project "$DEMO/runs" --name exp --cache ram
+wastecls train --data "$DEMO/data" "${START[@]}" --img-size 112 --epochs 15 --batch-size 16 \
+  --lr 3e-3 --project "$DEMO/runs" --name exp --cache ram
 RUN=$(ls -td "$DEMO"/runs/exp* | head -n 1)
 wastecls evaluate "$RUN/best.pt" --data "$DEMO/data" --out "$DEMO/eval"
 wastecls predict --model "$RUN/best.pt" "$DEMO/data/test/glass" --top-k 2
