@@ -75,10 +75,6 @@ class Reporter:
         self.warnings.append(message)
         self.console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
-    def print(self, renderable: Any) -> None:
-        """Print a table or summary; shown even when quiet (it is the result)."""
-        self.console.print(renderable)
-
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Bar]:
         """A live bar on a terminal; one line with the totals when it ends otherwise."""

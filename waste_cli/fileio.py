@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text"]
 
 
 @contextmanager
@@ -28,9 +28,3 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
