@@ -49,12 +49,10 @@ class TorchRunner:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
-        """Measured on a 2-core CPU (BENCHMARKS.md): eager PyTorch runs fastest there with
-        contiguous tensors in batches of 4; GPUs prefer channels_last and larger batches."""
-        channels_last = device.type != "cpu"
-        memory = torch.channels_last if channels_last else torch.contiguous_format
-        model = model_from_checkpoint(checkpoint).to(device, memory_format=memory)
-        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, channels_last)
+        """channels_last, in batches of 4 on a CPU: the fastest end to end on a 2-core CPU
+        (BENCHMARKS.md), although contiguous tensors win model-only timings there."""
+        model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
+        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
