@@ -75,7 +75,6 @@ def _cli_type(annotation: Any) -> Any:
 def settings_command(
     cls: type[CommandSettings],
     *,
-    arguments: tuple[str, ...] = (),
     short: dict[str, tuple[str, ...]] | None = None,
     examples: list[str] | None = None,
 ) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
@@ -86,6 +85,7 @@ def settings_command(
     environment and the config file can supply the value (see settings.load_settings).
     """
     short = {"quiet": ("--quiet", "-q"), **(short or {})}
+    arguments = cls.arguments
     shared = set(CommandSettings.model_fields) | set(ModelRunSettings.model_fields)
 
     def decorate(body: Callable[[Any], None]) -> Callable[..., None]:
@@ -150,7 +150,6 @@ def _root(
 
 @settings_command(
     PrepareSettings,
-    arguments=("source",),
     short={"out": ("--out", "-o")},
     examples=[
         "wastecls prepare raw/trashnet --out data/",
@@ -258,7 +257,6 @@ def pseudolabel(settings: PseudolabelSettings) -> None:
 
 @settings_command(
     EvaluateSettings,
-    arguments=("model",),
     short={"json_output": ("--json",)},
     examples=[
         "wastecls evaluate runs/train/exp/best.pt --data data/ --out runs/eval/exp",
@@ -309,7 +307,6 @@ def evaluate(settings: EvaluateSettings) -> None:
 
 @settings_command(
     PredictSettings,
-    arguments=("inputs",),
     short={"model": ("--model", "-m")},
     examples=[
         "wastecls predict img.jpg",

@@ -63,6 +63,7 @@ class CommandSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
     command: ClassVar[str] = ""
+    arguments: ClassVar[tuple[str, ...]] = ()  # fields given as positional CLI arguments
 
     seed: int = Field(0, description="Random seed; the same seed gives the same result.")
     quiet: bool = Field(False, description="Print only warnings, errors and the final summary.")
@@ -83,6 +84,7 @@ class PrepareSettings(CommandSettings):
     """`wastecls prepare`: raw class folders or COCO annotations -> train/val/test layout."""
 
     command: ClassVar[str] = "prepare"
+    arguments: ClassVar[tuple[str, ...]] = ("source",)
 
     source: Path = Field(
         description="A class-folder dataset (SRC/<class>/*.jpg) or a COCO annotations .json."
@@ -262,6 +264,7 @@ class EvaluateSettings(InferenceSettings):
     """`wastecls evaluate`: metrics, reports and pictures on a labelled split."""
 
     command: ClassVar[str] = "evaluate"
+    arguments: ClassVar[tuple[str, ...]] = ("model",)
 
     data: Path = Field(description="A `prepare` root (with --split) or a class-folder directory.")
     split: Literal["test", "val", "train"] = Field("test", description="Split of a prepare root.")
@@ -280,6 +283,7 @@ class PredictSettings(InferenceSettings):
     """`wastecls predict`: classify images, folders and globs."""
 
     command: ClassVar[str] = "predict"
+    arguments: ClassVar[tuple[str, ...]] = ("inputs",)
 
     inputs: list[str] = Field(description="Image files, folders (recursive) and globs.")
     top_k: int = Field(1, ge=1, description="Labels per image.")
@@ -423,7 +427,8 @@ def _format_validation_error(cls: type[CommandSettings], exc: ValidationError) -
         field = str(err["loc"][0]) if err["loc"] else ""
         message = err["msg"].removeprefix("Value error, ")
         if field:
-            where = f"{field} ({flag_name(field)}, {ENV_PREFIX}{field.upper()} or config key)"
+            cli = field.upper() if field in cls.arguments else flag_name(field)
+            where = f"{field} ({cli}, {ENV_PREFIX}{field.upper()} or config key)"
             given = "" if err["type"] == "missing" else f"; got {err.get('input')!r}"
             lines.append(f"  - {where}: {message}{given}")
         else:
