@@ -123,3 +123,15 @@ def test_elastic_restart_continues_the_newest_run(trained, tmp_path, monkeypatch
     assert elastic_resume(settings).resume is None  # a first attempt starts a new run
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert elastic_resume(settings).resume == tmp_path / "exp2"
+
+
+def test_elastic_restart_resumes_from_last_checkpoint(prepared, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", "--max-restarts=1", "-m", "waste_cli",
+               *_args(prepared, tmp_path, "elastic", epochs=6)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _kill_rank_after_first_epoch(tmp_path / "elastic", str(tmp_path), proc)
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, output
+    assert [p.name for p in tmp_path.iterdir()] == ["elastic"]  # resumed, no new run folder
+    assert [r["epoch"] for r in _rows(tmp_path / "elastic")] == [str(e) for e in range(1, 7)]

@@ -62,8 +62,21 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                store=_attempt_store(rank, world), rank=rank, world_size=world,
                                 timeout=timedelta(minutes=10))
     return Distributed(rank, world, local), device
+
+
+def _attempt_store(rank: int, world: int) -> Any:
+    """torchrun's key-value store, with keys private to this restart attempt: otherwise a rank
+    restarted by --max-restarts can read the previous attempt's (dead) peer addresses."""
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=rank == 0 and not agent, timeout=timedelta(minutes=10))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"wastecls/attempt{attempt}", store)
 
 
 def all_reduce_sum(*values: torch.Tensor | float) -> list[torch.Tensor]:
