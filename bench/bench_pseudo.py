@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from common import add_data_arguments
+
 RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "160", "--epochs", "12",
           "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light", "--cache", "ram",
           "--workers", "1", "--batch-size", "32", "--pseudo-start", "4",
@@ -31,9 +33,7 @@ RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "160", "--epochs", "12",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
-    parser.add_argument("--weights", type=Path,
-                        default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
+    add_data_arguments(parser)
     parser.add_argument("--modes", default="none,per-epoch,per-batch")
     parser.add_argument("extra", nargs="*", help="flags added after the recipe")
     args = parser.parse_args()

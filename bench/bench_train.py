@@ -27,6 +27,7 @@ from pathlib import Path
 
 import timm
 import torch
+from common import add_data_arguments
 from timm.optim import create_optimizer_v2
 
 RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "12", "--ema",
@@ -62,9 +63,7 @@ def model_only_rate(arch: str, size: int, batch: int, seconds: float = 30.0) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
-    parser.add_argument("--weights", type=Path,
-                        default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
+    add_data_arguments(parser)
     parser.add_argument("--keep", type=Path, help="copy the run folder here")
     parser.add_argument("extra", nargs="*", help="flags added after the recipe")
     args = parser.parse_args()

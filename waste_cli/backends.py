@@ -118,11 +118,10 @@ def load_runner(path: Path, device: torch.device, backend: str, reporter: Report
         if backend == "torch":
             raise ModelError(f"{path} is an ONNX file: use --backend onnxruntime or auto.")
         return OnnxRunner(path)
-    checkpoint = load_checkpoint(path)
     if backend == "onnxruntime" or (backend == "auto" and device.type == "cpu"):
         from waste_cli.export import cached_onnx
 
-        onnx_path = cached_onnx(path, checkpoint, reporter, required=backend == "onnxruntime")
+        onnx_path = cached_onnx(path, reporter, required=backend == "onnxruntime")
         if onnx_path is not None:
             return OnnxRunner(onnx_path)
-    return TorchRunner.from_checkpoint(checkpoint, device)
+    return TorchRunner.from_checkpoint(load_checkpoint(path), device)

@@ -312,16 +312,17 @@ def export(settings: ExportSettings, reporter: Reporter | None = None) -> Export
     return ExportResult(files, checks, source)
 
 
-def cached_onnx(source: Path, checkpoint: dict[str, Any], reporter: Reporter,
-                required: bool) -> Path | None:
+def cached_onnx(source: Path, reporter: Reporter, required: bool) -> Path | None:
     """A verified fp32 ONNX twin of `source`, exported once and cached beside it by hash.
 
-    A changed checkpoint gets a new file (the old one is removed). When the folder cannot be
-    written, or the export fails, this returns None so the caller runs PyTorch instead.
+    A cache hit reads no checkpoint. A changed checkpoint gets a new file (the old one is
+    removed). When the folder cannot be written, or the export fails, this returns None so the
+    caller runs PyTorch instead.
     """
     target = source.with_name(f"{source.stem}.{file_sha256(source)[:16]}.onnx")
     if target.is_file():
         return target
+    checkpoint = load_checkpoint(source)
     settings = ExportSettings(model=source, onnx=True, quiet=True)
     try:
         reporter.info(f"exporting {source} to ONNX once for fast CPU inference ({target.name})")

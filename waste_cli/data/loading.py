@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from waste_cli.console import Reporter
-from waste_cli.data.sources import DECODE_ERRORS
+from waste_cli.data.sources import DECODE_ERRORS, open_image
 from waste_cli.errors import DataError
 
 __all__ = [
@@ -44,8 +44,6 @@ def default_workers() -> int:
 
 def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
     """Open an image as RGB with EXIF orientation; shrink on decode when it is much larger."""
-    from waste_cli.data.sources import open_image
-
     return open_image(path.read_bytes(), draft_size=max_short_side)
 
 
