@@ -1,12 +1,15 @@
 """Inference benchmark for issues 4 and 5, measured in one run on one machine.
 
 1. Model-only forward throughput (tensors already in memory): PyTorch eager over batch sizes
-   and memory formats, and onnxruntime fp32 / int8 over batch sizes.
+   and memory formats, and onnxruntime fp32 / int8 over batch sizes; each in this process with
+   all threads, and spread over one single-threaded process per core (what `predict` does on a
+   CPU). The end-to-end ratios are taken against the best of all of them.
 2. End to end `wastecls predict DIR --format csv --output F` (process start included) with
    --backend torch, onnxruntime (fp32 .onnx) and onnxruntime (int8 .onnx), and the accuracy of
    each against the folder labels.
 3. The seed project's way: a per-image loop (open, transform, model, next).
-4. Peak RSS of `wastecls predict` on 250 images and on all images.
+4. Peak memory of `wastecls predict` on 250 images and on all images: the peak of the summed
+   RSS of its whole process tree (an upper bound: pages the processes share count once each).
 
 Usage: python bench/bench_predict.py --model runs/train/exp/best.pt --data ../shared/data/trashnet
 """
@@ -15,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+import psutil
 import torch
 
 from waste_cli.backends import OnnxRunner
@@ -35,51 +38,92 @@ from waste_cli.data.transforms import eval_transform
 from waste_cli.models import load_checkpoint, model_from_checkpoint
 
 
-def _best_rate(run, batches: dict[int, torch.Tensor], seconds: float = 4.0) -> dict[int, float]:
-    rates = {}
-    for size, batch in batches.items():
-        run(batch)  # warm-up
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            run(batch)
-            done += size
-        rates[size] = done / (time.perf_counter() - start)
-    return rates
+def _rate(run, batch: torch.Tensor, seconds: float) -> float:
+    run(batch)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - start)
 
 
-def model_only(model_path: Path, onnx_paths: dict[str, Path], sizes: list[int]) -> dict:
+def _rate_in_child(make_run, batch, seconds, barrier, results) -> None:
+    torch.set_num_threads(1)
+    run = make_run(1)
+    run(batch)
+    barrier.wait()  # all processes measure at the same time
+    results.put(_rate(run, batch, seconds))
+
+
+def _spread_rate(make_run, batch: torch.Tensor, processes: int, seconds: float) -> float:
+    """Summed img/s of `processes` single-threaded processes running the model at once."""
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=_rate_in_child,
+                                args=(make_run, batch, seconds, barrier, results))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    total = sum(results.get() for _ in children)
+    for child in children:
+        child.join()
+    return total
+
+
+def model_only(model_path: Path, onnx_paths: dict[str, Path], sizes: list[int],
+               seconds: float = 4.0) -> dict[str, dict[int, float]]:
+    """img/s per configuration and batch size; `make_run(threads)` builds a forward call."""
     checkpoint = load_checkpoint(model_path)
-    model = model_from_checkpoint(checkpoint)
     shape = checkpoint["data_config"]["input_size"]
     batches = {b: torch.randn(b, *shape) for b in sizes}
-    results = {}
-    for fmt in ("channels_last", "contiguous"):
-        memory = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        model = model.to(memory_format=memory)
-        prepared = {b: x.contiguous(memory_format=memory) for b, x in batches.items()}
-        with torch.inference_mode():
-            results[f"torch {fmt}"] = _best_rate(model, prepared)
+
+    def torch_run(memory: torch.memory_format):
+        model = model_from_checkpoint(checkpoint).to(memory_format=memory).eval()
+
+        def make_run(threads: int):
+            @torch.inference_mode()
+            def run(x: torch.Tensor) -> torch.Tensor:
+                return model(x.contiguous(memory_format=memory))
+            return run
+        return make_run
+
+    configs = {"torch channels_last": torch_run(torch.channels_last),
+               "torch contiguous": torch_run(torch.contiguous_format)}
     for name, path in onnx_paths.items():
-        results[f"onnxruntime {name}"] = _best_rate(OnnxRunner(path), batches)
+        configs[f"onnxruntime {name}"] = lambda threads, path=path: OnnxRunner(path, threads)
+    processes = os.cpu_count() or 1
+    results = {}
+    for name, make_run in configs.items():
+        run = make_run(None)
+        results[name] = {b: _rate(run, x, seconds) for b, x in batches.items()}
+        results[f"{name}, {processes} processes x 1 thread"] = {
+            b: _spread_rate(make_run, x, processes, seconds) for b, x in batches.items()}
     return results
 
 
 def end_to_end(args: list[str], data: Path, out: Path,
                held_out: set[str] | None = None) -> tuple[float, float, int]:
-    """(images/s, accuracy on the held-out images, peak RSS in MiB) of one predict process."""
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    """(images/s, accuracy on the held-out images, peak MiB) of one predict process tree."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "wastecls", "predict", str(data),
-                           "--format", "csv", "--output", str(out), "-q", *args],
-                          check=True, capture_output=True, text=True)
+    proc = psutil.Popen(["wastecls", "predict", str(data), "--format", "csv", "--output",
+                         str(out), "-q", *args], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        except psutil.NoSuchProcess:  # a worker ended between listing and reading
+            pass
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"predict failed: {proc.stderr.read().decode()}")
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
     scored = [r for r in rows if held_out is None or Path(r["path"]).stem in held_out]
     correct = sum(Path(r["path"]).parent.name == r["label1"] for r in scored)
-    return (len(rows) / seconds, correct / max(len(scored), 1),
-            int(done.stdout.split()[-1]) // 1024)
+    return len(rows) / seconds, correct / max(len(scored), 1), peak // 2**20
 
 
 def per_image_loop(model_path: Path, paths: list[Path]) -> float:
@@ -120,17 +164,20 @@ def main() -> None:
 
         print("\n## model-only forward throughput (img/s), tensors in memory\n")
         rates = model_only(model, onnx, sizes)
+        best_torch = max(max(r.values()) for name, r in rates.items()
+                         if name.startswith("torch"))
+        best_ort = max(max(r.values()) for name, r in rates.items()
+                       if name.startswith("onnxruntime fp32"))
         print("| backend | " + " | ".join(f"batch {b}" for b in sizes) + " |")
         print("|---|" + "---|" * len(sizes))
         for name, by_size in rates.items():
             print(f"| {name} | " + " | ".join(f"{by_size[b]:.1f}" for b in sizes) + " |")
-        best_torch = max(max(rates["torch channels_last"].values()),
-                         max(rates["torch contiguous"].values()))
-        best_ort = max(rates["onnxruntime fp32"].values())
+        print(f"\nbest: torch {best_torch:.1f}, onnxruntime fp32 {best_ort:.1f} img/s")
 
         print("\n## end to end `wastecls predict DIR --format csv --output F`\n")
         scope = f"{len(held_out)} held-out test images" if held_out else "all images"
-        print(f"| backend | img/s | accuracy ({scope}) | peak RSS MiB |\n|---|---|---|---|")
+        print(f"| backend | img/s | accuracy ({scope}) | peak MiB (process tree) |\n"
+              "|---|---|---|---|")
         e2e = {}
         for name, extra in (("torch (.pt)", ["-m", str(model), "--backend", "torch"]),
                             ("onnxruntime fp32", ["-m", str(onnx["fp32"])]),
@@ -163,7 +210,6 @@ def main() -> None:
               f"{rss_small} MiB = {e2e['onnxruntime fp32'][2] / rss_small:.2f}; torch "
               f"{e2e['torch (.pt)'][2]} / {rss_torch_small} MiB = "
               f"{e2e['torch (.pt)'][2] / rss_torch_small:.2f} [<= 1.2]")
-    print(f"\n(peak RSS from getrusage; max over {resource.getpagesize()}-byte pages)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -152,3 +153,42 @@ def test_backend_cache_hit_miss_and_unwritable(model, prepared, monkeypatch):
     assert "running PyTorch instead" in loud.warnings[0]
     with pytest.raises(ModelError, match="Cannot export"):
         load_runner(model, cpu, "onnxruntime", loud)
+
+
+def test_worker_processes_predict_as_this_process_does(model, prepared, tmp_path):
+    """On a CPU, batches decoded and inferred in worker processes (torch and onnxruntime,
+    with --tta) give this process's predictions, in input order, unreadable files included."""
+    folder = tmp_path / "in"
+    shutil.copytree(prepared / "test", folder)
+    (folder / "glass" / "broken.jpg").write_text("not a photo")
+    assert run_cli("export", "-m", model, "--onnx").exit_code == 0
+    for path, backend in ((model, "torch"), (model.with_suffix(".onnx"), "onnxruntime")):
+        runs = []
+        for workers in ("0", "2"):
+            result = run_cli("predict", "-m", path, folder, "--backend", backend, "--tta",
+                             "--batch-size", "2", "--workers", workers, "--format", "csv")
+            assert result.exit_code == 1, result.output  # the broken file
+            runs.append(list(csv.DictReader(io.StringIO(result.stdout))))
+        here, spread = runs
+        assert [r["path"] for r in here] == [r["path"] for r in spread]
+        assert [r["label1"] for r in here] == [r["label1"] for r in spread]
+        assert [float(r["prob1"] or 0) for r in here] == pytest.approx(
+            [float(r["prob1"] or 0) for r in spread], abs=1e-5)
+        assert sum(bool(r["error"]) for r in spread) == 1
+
+
+def test_worker_plan():
+    from waste_cli.inference import MAX_PROCESSES, plan_workers
+
+    class Cpu:
+        on_cpu = True
+
+    class Gpu:
+        on_cpu = False
+
+    cores = min(os.cpu_count() or 1, MAX_PROCESSES)
+    assert plan_workers(Cpu(), None, 4, 4) == (0, False)  # one batch: the loaded model here
+    assert plan_workers(Cpu(), None, 400, 4) == (cores, True)
+    assert plan_workers(Cpu(), 3, 8, 4) == (2, True)  # never more processes than batches
+    assert plan_workers(Cpu(), 0, 400, 4) == (0, False)
+    assert plan_workers(Gpu(), 2, 400, 32) == (2, False)

@@ -27,6 +27,8 @@ class ColourModel:
     """A stand-in model whose answer is the dominant colour of the image."""
 
     name = "colour"
+    on_cpu = True
+    default_batch_size = 4
 
     def __init__(self) -> None:
         self.classes = list(COLOURS)
@@ -36,6 +38,9 @@ class ColourModel:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images.mean(dim=(2, 3)) * 10
+
+    def for_worker(self, threads: int) -> ColourModel:
+        return self
 
 
 def test_labels_stay_attached_on_a_shuffled_pool(tmp_path):

@@ -17,12 +17,13 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_train
 
-from waste_cli.data.loading import weighted_sampler
+from waste_cli.data.loading import ImageDataset, build_loader, weighted_sampler
+from waste_cli.data.transforms import data_config, train_transform
 from waste_cli.errors import DataError, DeviceError, ModelError
 from waste_cli.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from waste_cli.runtime import resolve_device
 
-TIMING = {"images_per_s", "seconds"}
+TIMING = {"images_per_s", "seconds", "data_seconds"}
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -105,6 +106,28 @@ def test_ctrl_c_saves_and_exits_130(prepared, tmp_path):
     assert f"wastecls train --resume {tmp_path / 'int'}" in output.replace("\n", "")
     assert "Traceback" not in output
     assert load_checkpoint(tmp_path / "int" / "last.pt")["train_state"]["epoch"] >= 1
+
+
+def test_augmentations_depend_on_the_epoch_seed_only(sample_dir):
+    """Same augmented batches for any worker count, and for a persistent worker in its 2nd epoch
+    as for a fresh loader started at that epoch (what a resumed run does)."""
+    samples = [(p, 0) for p in sorted(sample_dir.rglob("*.jpg"))[:12]]
+    config = data_config(create_model(TINY["arch"], 2, pretrained=False), 32)
+    dataset = ImageDataset(samples, train_transform(config, "strong"))
+
+    def epochs(workers: int, seeds: list[int]) -> list[torch.Tensor]:
+        generator = torch.Generator()
+        loader = build_loader(dataset, 4, workers=workers, generator=generator, shuffle=True)
+        batches = []
+        for seed in seeds:
+            generator.manual_seed(seed)
+            batches.append(torch.cat([images for images, *_ in loader]))
+        return batches
+
+    first, second = epochs(2, [7, 8])
+    assert not torch.equal(first, second)
+    assert torch.equal(first, epochs(0, [7])[0])
+    assert torch.equal(second, epochs(1, [8])[0])
 
 
 def test_weighted_sampler_draws_classes_equally():

@@ -6,6 +6,7 @@ preprocess exactly as training did and never re-derive anything.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -31,8 +32,13 @@ class Runner(Protocol):
     classes: list[str]
     data_config: dict[str, Any]
     default_batch_size: int
+    on_cpu: bool
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def for_worker(self, threads: int) -> Runner:
+        """The same model for a worker process that runs it with `threads` threads."""
+        ...
 
 
 class TorchRunner:
@@ -45,7 +51,8 @@ class TorchRunner:
         """Wrap a model already on `device` in the memory format `channels_last` says."""
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
         self.model, self.channels_last = model, channels_last
-        self.default_batch_size = 4 if device.type == "cpu" else 32
+        self.on_cpu = device.type == "cpu"
+        self.default_batch_size = 4 if self.on_cpu else 32
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
@@ -59,40 +66,64 @@ class TorchRunner:
         self.model.eval()
         return self.model(to_device(images, self.device, self.channels_last)).float().cpu()
 
+    def for_worker(self, threads: int) -> TorchRunner:
+        """Itself: a forked worker shares the weights; torch's threads are set per process."""
+        return self
+
 
 class OnnxRunner:
     """An exported model on onnxruntime; class names and preprocessing from its metadata."""
 
     name = "onnxruntime"
     default_batch_size = 16
+    on_cpu = True
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path, self.threads = path, threads
+        self._session: Any = self._open()  # also checks the file before any work starts
+        try:
+            info = json.loads(self._session.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{path} has no wastecls metadata ({exc}). Export it with "
+                             "`wastecls export --onnx`.") from None
+        self.classes = list(info["classes"])
+        self.data_config = dict(info["data_config"])
+        self.metadata = info
+        self.input_name = self._session.get_inputs()[0].name
+
+    def _open(self) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = self.threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads must not spin: the loader workers decoding the next batch
         # need those cores (measured in BENCHMARKS.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
-            meta = self.session.get_modelmeta().custom_metadata_map
-            info = json.loads(meta[ONNX_META_KEY])
+            return ort.InferenceSession(str(self.path), options,
+                                        providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for invalid graphs
             raise ModelError(
-                f"Cannot load {path} as a wastecls ONNX model ({type(exc).__name__}: {exc}). "
-                "Export it again with `wastecls export --onnx`."
+                f"Cannot load {self.path} as a wastecls ONNX model ({type(exc).__name__}: "
+                f"{exc}). Export it again with `wastecls export --onnx`."
             ) from None
-        self.classes = list(info["classes"])
-        self.data_config = dict(info["data_config"])
-        self.metadata = info
-        self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self._session is None:
+            self._session = self._open()
         array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).float()
+        return torch.from_numpy(self._session.run(None, {self.input_name: array})[0]).float()
+
+    def for_worker(self, threads: int) -> OnnxRunner:
+        """A copy whose session opens in the worker on first use (sessions are not fork-safe:
+        the forked copy of this one has no thread pool behind it)."""
+        worker = copy.copy(self)
+        worker.threads, worker._session = threads, None
+        return worker
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers: the session stays here
+        return {**self.__dict__, "_session": None}
 
 
 def find_model(model: Path | None, reporter: Reporter) -> Path:

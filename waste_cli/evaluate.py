@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from waste_cli.backends import find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.loading import default_workers, load_rgb
+from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import SPLITS, class_folders, list_images
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text
@@ -144,9 +144,8 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     samples = [(p, index[c]) for c in shared for p in list_images(folder / c)]
     if not samples:
         raise DataError(f"No images in the class folders of {folder}.")
-    workers = default_workers() if settings.workers is None else settings.workers
     logits, bad = run_labelled(runner, samples, settings.batch_size or runner.default_batch_size,
-                               workers, reporter, f"evaluate ({runner.name})")
+                               settings.workers, reporter, f"evaluate ({runner.name})")
     for i in bad:
         reporter.warn(f"skipped unreadable image {samples[i][0]}")
     targets = torch.tensor([label for _, label in samples])

@@ -19,16 +19,17 @@ import torch
 
 from waste_cli.backends import Runner, find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.loading import ImageDataset, build_loader, default_workers, load_rgb
+from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.data.sources import DECODE_ERRORS
-from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_path
+from waste_cli.inference import iterate_batches
 from waste_cli.runtime import resolve_device
 from waste_cli.settings import PredictSettings
 
-__all__ = ["PredictResult", "Prediction", "expand_inputs", "predict", "predict_stream"]
+__all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "predict",
+           "predict_stream"]
 
 
 @dataclass
@@ -90,6 +91,22 @@ def _postprocess(logits: torch.Tensor, runner: Runner, excluded: list[int],
     return probs.topk(min(top_k, len(runner.classes) - len(excluded)), dim=1)
 
 
+class FlipAveraged:
+    """--tta: the log of the mean softmax over an image and its mirror image."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.name, self.classes = runner, runner.name, runner.classes
+        self.data_config, self.on_cpu = runner.data_config, runner.on_cpu
+        self.default_batch_size = runner.default_batch_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        both = self.runner(images).softmax(1) + self.runner(images.flip(-1)).softmax(1)
+        return (both / 2).log()
+
+    def for_worker(self, threads: int) -> FlipAveraged:
+        return FlipAveraged(self.runner.for_worker(threads))
+
+
 def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
                    reporter: Reporter) -> Iterator[Prediction]:
     """Yield one Prediction per path, in input order, batch by batch."""
@@ -98,18 +115,14 @@ def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
         raise ConfigError(f"--exclude-class {', '.join(unknown)}: the model has no such class "
                           f"(it knows {', '.join(runner.classes)}).")
     excluded = [runner.classes.index(c) for c in settings.exclude_class]
-    dataset = ImageDataset([(p, -1) for p in paths], eval_transform(runner.data_config))
-    workers = default_workers() if settings.workers is None else settings.workers
-    loader = build_loader(dataset, settings.batch_size or runner.default_batch_size,
-                          workers=min(workers, max(1, len(paths) // 8)))
+    model = FlipAveraged(runner) if settings.tta else runner
+    batches = iterate_batches(model, [(p, -1) for p in paths],
+                              settings.batch_size or runner.default_batch_size, settings.workers)
     with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
-        for images, _, indices, bad in loader:
+        for logits, _, indices, bad in batches:
             results: dict[int, Prediction] = {
                 i: Prediction(paths[i], error=_unreadable_reason(paths[i])) for i in bad}
             if len(indices):
-                logits = runner(images)
-                if settings.tta:
-                    logits = (logits.softmax(1) + runner(images.flip(-1)).softmax(1)).log()
                 probs, labels = _postprocess(logits, runner, excluded, settings.top_k)
                 for i, p, y in zip(indices.tolist(), probs.tolist(), labels.tolist(),
                                    strict=True):

@@ -258,6 +258,11 @@ class InferenceSettings(ModelRunSettings):
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), else torch."
     )
+    workers: int | None = Field(
+        None, ge=0, description="On a CPU: processes that each decode and run the model on "
+        "their own batches (default: one per core, at most 8); on a GPU: decoding processes "
+        "(default: all cores but one). 0: all in this process."
+    )
 
 
 class EvaluateSettings(InferenceSettings):

@@ -9,8 +9,10 @@ last.pt at epoch k replays exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -76,7 +78,7 @@ __all__ = ["TrainResult", "TrainingInterrupted", "load_train_data", "train"]
 MACHINE_SETTINGS = ("device", "workers", "quiet", "nproc", "neptune", "neptune_mode",
                     "neptune_project")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
-                  "val_macro_f1", "lr", "images_per_s", "seconds")
+                  "val_macro_f1", "lr", "images_per_s", "seconds", "data_seconds")
 
 
 class TrainingInterrupted(WasteclsError):
@@ -224,12 +226,21 @@ class _PseudoEpoch:
     fixmatch: FixMatchState | None = None
 
 
-def _cached(settings: TrainSettings, config: dict[str, Any], paths: list[Path], workers: int,
+def _default_workers(settings: TrainSettings) -> int:
+    """Loader processes when --workers is not given.
+
+    With --cache ram none: augmenting a decoded image costs about 1 ms, and loader processes
+    forked from the large training process slowed its steps by 10-30% (copy-on-write faults,
+    scheduling; BENCHMARKS.md), far more than they saved."""
+    return 0 if settings.cache == "ram" else default_workers()
+
+
+def _cached(settings: TrainSettings, config: dict[str, Any], paths: list[Path],
             reporter: Reporter) -> list[Any] | None:
     if settings.cache != "ram":
         return None
     short = math.ceil(config["input_size"][-1] / config["crop_pct"])
-    return cache_images(paths, short, max(workers, 1), reporter)
+    return cache_images(paths, short, os.cpu_count() or 1, reporter)  # threads: no fork
 
 
 def _labelled_sampler(settings: TrainSettings, data: TrainData, generator: torch.Generator):
@@ -259,11 +270,11 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator()
-    workers = default_workers() if settings.workers is None else settings.workers
+    workers = _default_workers(settings) if settings.workers is None else settings.workers
     pin = device.type == "cuda"
-    train_cache = _cached(settings, config, [p for p, _ in data.train], workers, reporter)
-    val_cache = _cached(settings, config, [p for p, _ in data.val], workers, reporter)
-    pool_cache = (_cached(settings, config, pool.paths, workers, reporter)
+    train_cache = _cached(settings, config, [p for p, _ in data.train], reporter)
+    val_cache = _cached(settings, config, [p for p, _ in data.val], reporter)
+    pool_cache = (_cached(settings, config, pool.paths, reporter)
                   if pool is not None and settings.pseudolabel == "per-epoch" else None)
     train_set = ImageDataset(data.train, train_transform(config, settings.aug), train_cache)
     order = _labelled_sampler(settings, data, generator) or (
@@ -337,7 +348,8 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
     mine = list(range(s.dist.rank, len(s.pool.paths), s.dist.world))  # this rank's share
     logits = torch.full((len(s.pool.paths), len(s.data.classes)), float("nan"))
     logits[mine] = run_labelled(runner, [(s.pool.paths[i], -1) for i in mine],
-                                settings.batch_size, s.workers, reporter, "pseudo-label pool")[0]
+                                settings.batch_size, s.workers, reporter, "pseudo-label pool",
+                                spread_model=False)[0]
     if s.dist.active:
         shares: list[Any] = [None] * s.dist.world
         torch.distributed.all_gather_object(shares, (mine, logits[mine]))
@@ -400,11 +412,18 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
     if not s.dist.active:  # under DDP the trainable set is fixed before wrapping
         _freeze_backbone(s.net, frozen)
     _set_train_mode(s.net, frozen)
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, waited = 0.0, 0, 0, 0.0
     start = time.perf_counter()
     planned, steps = len(s.train_loader), len(loader)
     with reporter.bar(f"epoch {epoch + 1}/{s.settings.epochs}", len(loader.sampler)) as bar:
-        for step, (images, labels, indices, bad) in enumerate(loader):
+        batches = iter(loader)
+        for step in itertools.count():
+            ready = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            waited += time.perf_counter() - ready  # timm's "data time": is loading the limit?
+            images, labels, indices, bad = batch
             skipped.update(i for i in bad if i < len(s.data.train))
             if not len(labels):
                 continue
@@ -429,7 +448,7 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
     seconds = time.perf_counter() - start
     loss_sum, correct, seen = (float(t) for t in all_reduce_sum(loss_sum, correct, seen))
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "images_per_s": seen / seconds, "seconds": seconds}, updates
+            "images_per_s": seen / seconds, "seconds": seconds, "data_seconds": waited}, updates
 
 
 def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
