@@ -339,3 +339,28 @@ def test_resume_of_missing_run_is_an_error(tmp_path):
     result = run_cli("train", "--data", tmp_path, "--resume", tmp_path / "nope")
     assert result.exit_code == 1 and "does not exist" in result.output
     assert os.path.exists(tmp_path)
+
+
+@pytest.mark.parametrize("size,crop_pct,interpolation", [
+    (224, 0.875, "bicubic"), (32, 0.95, "bilinear"), (40, 1.0, "bicubic"), (64, 0.9, "nearest")])
+def test_own_eval_transform_equals_timms(sample_dir, tmp_path, size, crop_pct, interpolation):
+    from timm.data import create_transform
+
+    from waste_cli.data.loading import load_rgb
+    from waste_cli.data.transforms import CenterCropEval, eval_transform
+
+    config = {"input_size": [3, size, size], "interpolation": interpolation,
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+              "crop_pct": crop_pct, "crop_mode": "center"}
+    timms = create_transform(input_size=(3, size, size), is_training=False,
+                             interpolation=interpolation, mean=tuple(config["mean"]),
+                             std=tuple(config["std"]), crop_pct=crop_pct, crop_mode="center")
+    ours = eval_transform(config)
+    assert isinstance(ours, CenterCropEval)
+    photo = load_rgb(next(sample_dir.rglob("*.jpg")))
+    images = [photo, photo.rotate(90, expand=True), photo.resize((size + 3, size + 1)),
+              photo.resize((7, 300)), photo.resize((1000, 997))]
+    for image in images:
+        assert torch.equal(ours(image), timms(image)), image.size
+    assert not CenterCropEval.handles({**config, "crop_mode": "squash"})
+    assert not isinstance(eval_transform({**config, "crop_pct": 1.2}), CenterCropEval)

@@ -2,6 +2,9 @@
 
 A checkpoint is one plain dict (tensors, numbers, strings, lists) so that it loads with
 `torch.load(path, weights_only=True)`: no pickled code is ever executed. See `CHECKPOINT_FORMAT`.
+
+timm is imported inside the functions that build models: importing it takes 1.5 s (it pulls in
+torch._dynamo through torchvision), which `predict` on an ONNX model never needs.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from typing import Any
 from unittest import mock
 from urllib.parse import urlparse
 
-import timm
 import torch
 from torch import nn
 
@@ -44,6 +46,8 @@ ARCH_ALIASES = {
 
 def resolve_arch(arch: str) -> str:
     """A timm model name for `arch`; an unknown name is an error listing the closest ones."""
+    import timm
+
     name = ARCH_ALIASES.get(arch.lower(), arch)
     if name in timm.list_models() or timm.is_model(name.split(".")[0]):
         return name
@@ -82,6 +86,7 @@ def _zero_head(model: nn.Module) -> nn.Module:
 def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """timm's pretrained model; offline, only the local Hugging Face cache is tried."""
     import huggingface_hub.constants as hub_constants
+    import timm
 
     online = _hub_reachable()
     offline_patch = mock.patch.object(hub_constants, "HF_HUB_OFFLINE", not online)
@@ -113,6 +118,8 @@ def create_model(
     pretrained source when `pretrained`, else random initialisation. Options left as None keep
     timm's defaults for the architecture.
     """
+    import timm
+
     name = resolve_arch(arch)
     kwargs = {k: v for k, v in {"drop_rate": drop_rate}.items() if v is not None}
     if pretrained and weights is None:
@@ -244,6 +251,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """The trained model of a checkpoint, in eval mode on the CPU."""
+    import timm
+
     model = timm.create_model(checkpoint["arch"], pretrained=False,
                               num_classes=len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
