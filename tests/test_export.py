@@ -74,6 +74,12 @@ def test_half_and_int8_report_accuracy(model, prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "->" in result.output  # accuracy before -> after, on labelled verify images
     assert OnnxRunner(tmp_path / "q.onnx").metadata["precision"] == "int8"
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "QuantizeLinear" in ops  # static int8 ...
+    readers = [n.op_type for n in graph.node if "image" in n.input]
+    writers = [n.op_type for n in graph.node if "logits" in n.output]
+    assert "QuantizeLinear" not in readers and "DequantizeLinear" not in writers  # ends in float
 
 
 def test_failed_verification_leaves_no_file(model, monkeypatch):
