@@ -1,8 +1,9 @@
 """`wastecls predict`: classify files, folders and globs, streaming.
 
-A pipeline in the Ultralytics manner: set up the model -> expand the sources -> decode and
-preprocess in loader workers -> batched inference -> postprocess (TTA, excluded classes, top-k)
--> write each result as it comes. Memory does not grow with the number of inputs.
+A pipeline in the Ultralytics manner: set up the model -> expand the sources -> decode,
+preprocess and infer in batches (on a CPU, inside one single-threaded worker process per core;
+see `inference.iterate_batches`) -> postprocess (TTA, excluded classes, top-k) -> write each
+result as it comes, in input order. Memory does not grow with the number of inputs.
 """
 
 from __future__ import annotations

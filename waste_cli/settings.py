@@ -132,7 +132,8 @@ class ModelRunSettings(CommandSettings):
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     workers: int | None = Field(
-        None, ge=0, description="Data-loader processes (default: all cores but one, at most 8)."
+        None, ge=0, description="Data-loader processes (default: all cores but one, at most 8; "
+        "none on a CPU with --cache ram)."
     )
     batch_size: int = Field(32, ge=1, description="Images per batch.")
 

@@ -226,13 +226,14 @@ class _PseudoEpoch:
     fixmatch: FixMatchState | None = None
 
 
-def _default_workers(settings: TrainSettings) -> int:
+def _default_workers(settings: TrainSettings, device: torch.device) -> int:
     """Loader processes when --workers is not given.
 
-    With --cache ram none: augmenting a decoded image costs about 1 ms, and loader processes
-    forked from the large training process slowed its steps by 10-30% (copy-on-write faults,
-    scheduling; BENCHMARKS.md), far more than they saved."""
-    return 0 if settings.cache == "ram" else default_workers()
+    None when training on the CPU from --cache ram: augmenting a decoded image costs about 1 ms,
+    and loader processes forked from the large training process slowed its steps by 10-30%
+    (copy-on-write faults, then a third process on the compute cores; BENCHMARKS.md). A GPU
+    leaves the cores free, and there the loader processes are what keeps it fed."""
+    return 0 if settings.cache == "ram" and device.type == "cpu" else default_workers()
 
 
 def _cached(settings: TrainSettings, config: dict[str, Any], paths: list[Path],
@@ -270,7 +271,8 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator()
-    workers = _default_workers(settings) if settings.workers is None else settings.workers
+    workers = (_default_workers(settings, device) if settings.workers is None
+               else settings.workers)
     pin = device.type == "cuda"
     train_cache = _cached(settings, config, [p for p, _ in data.train], reporter)
     val_cache = _cached(settings, config, [p for p, _ in data.val], reporter)
