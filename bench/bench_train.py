@@ -36,7 +36,9 @@ RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "14",
 
 
 def _flag(args: list[str], name: str, default: str) -> str:
-    return args[args.index(name) + 1] if name in args else default
+    """The value of the last `name` in `args` (extra flags override the recipe, as in the CLI)."""
+    positions = [i for i, arg in enumerate(args) if arg == name]
+    return args[positions[-1] + 1] if positions else default
 
 
 def model_only_rate(arch: str, size: int, batch: int, amp: bool, seconds: float = 30.0) -> float:
