@@ -30,7 +30,7 @@ import torch
 from common import add_data_arguments
 from timm.optim import create_optimizer_v2
 
-RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "224", "--epochs", "14", "--ema",
+RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "256", "--amp", "--epochs", "10", "--ema",
           "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
           "--cache", "ram", "--batch-size", "32"]
 
