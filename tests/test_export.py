@@ -198,3 +198,4 @@ def test_worker_plan():
     assert plan_workers(Cpu(), 3, 8, 4) == (2, True)  # never more processes than batches
     assert plan_workers(Cpu(), 0, 400, 4) == (0, False)
     assert plan_workers(Gpu(), 2, 400, 32) == (2, False)
+    assert plan_workers(Cpu(), None, 400, 4, spread_model=False)[1] is False  # training

@@ -50,7 +50,7 @@ class TorchRunner:
                  device: torch.device, channels_last: bool) -> None:
         """Wrap a model already on `device` in the memory format `channels_last` says."""
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
-        self.model, self.channels_last = model, channels_last
+        self.model, self.channels_last = model.eval(), channels_last
         self.on_cpu = device.type == "cpu"
         self.default_batch_size = 4 if self.on_cpu else 32
 
@@ -63,7 +63,6 @@ class TorchRunner:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
         return self.model(to_device(images, self.device, self.channels_last)).float().cpu()
 
     def for_worker(self, threads: int) -> TorchRunner:
@@ -118,8 +117,8 @@ class OnnxRunner:
     def for_worker(self, threads: int) -> OnnxRunner:
         """A copy whose session opens in the worker on first use (sessions are not fork-safe:
         the forked copy of this one has no thread pool behind it)."""
-        worker = copy.copy(self)
-        worker.threads, worker._session = threads, None
+        worker = copy.copy(self)  # through __getstate__: without the session
+        worker.threads = threads
         return worker
 
     def __getstate__(self) -> dict[str, Any]:  # spawned workers: the session stays here

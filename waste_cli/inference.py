@@ -67,16 +67,17 @@ def iterate_logits(
         yield logits.float().cpu(), labels, indices, bad
 
 
-def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: int
-                 ) -> tuple[int, bool]:
+def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: int,
+                 spread_model: bool = True) -> tuple[int, bool]:
     """(worker processes, whether they run the model too) for `images` inputs.
 
     On a CPU, `workers` processes each decode and infer (default: one per core, at most
-    eight; a single batch runs here, where the model is already loaded); elsewhere they only
-    decode (default: all cores but one). 0 always means everything in this process.
+    eight; a single batch runs here, where the model is already loaded); elsewhere, or without
+    `spread_model`, they only decode (default: all cores but one). 0 always means everything in
+    this process.
     """
-    batches = math.ceil(images / batch_size)
-    if runner.on_cpu:
+    if runner.on_cpu and spread_model:
+        batches = math.ceil(images / batch_size)
         wanted = min(os.cpu_count() or 1, MAX_PROCESSES) if workers is None else workers
         count = min(wanted, batches) if batches > 1 or workers is not None else 0
         return count, count > 0
@@ -89,9 +90,6 @@ class _InferredBatches(Dataset):
 
     def __init__(self, images: ImageDataset, runner: Runner) -> None:
         self.images, self.runner = images, runner
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, batch: list[int]) -> Batch:
         images, labels, indices, bad = collate_skipping_bad([self.images[i] for i in batch])
@@ -115,9 +113,7 @@ def iterate_batches(
     `spread_model=False` keeps the model in this process whatever the device (training: a
     fork of its large process makes its next steps pay copy-on-write faults)."""
     dataset = ImageDataset(samples, eval_transform(runner.data_config))
-    count, in_workers = plan_workers(runner, workers, len(samples), batch_size)
-    if in_workers and not spread_model:
-        count, in_workers = min(count, default_workers()), False
+    count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
     if not in_workers:
         for images, labels, indices, bad in build_loader(dataset, batch_size, workers=count):
             yield (runner(images) if len(indices) else torch.empty(0)), labels, indices, bad
