@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from common import add_data_arguments
 
-from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import list_images
-from waste_cli.data.sources import open_image
+from waste_cli.data.sources import load_rgb, open_image
 from waste_cli.data.transforms import eval_transform
 
 

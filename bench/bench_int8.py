@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -27,8 +26,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from waste_cli.backends import OnnxRunner
-from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import list_images
+from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
 from waste_cli.export import _stem_and_classifier
 
@@ -45,16 +44,17 @@ VARIANTS = {  # name: (images, method, extra options, keep the ends in float)
 
 
 class Batches(CalibrationDataReader):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.batches = iter(images.split(16))
+    def __init__(self, images: np.ndarray) -> None:
+        self.batches = iter(np.split(images, range(16, len(images), 16)))
 
     def get_next(self) -> dict | None:
         batch = next(self.batches, None)
-        return None if batch is None else {"image": batch.numpy()}
+        return None if batch is None else {"image": batch}
 
 
 def speed(runner: OnnxRunner, seconds: float = 4.0) -> float:
-    batch = torch.randn(16, *runner.data_config["input_size"])
+    batch = np.random.default_rng(0).standard_normal(
+        (16, *runner.data_config["input_size"]), dtype=np.float32)
     runner(batch)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -76,19 +76,19 @@ def main() -> None:
         base = OnnxRunner(fp32)
         transform = eval_transform(base.data_config)
         val = list_images(args.data / "val")
-        images = torch.stack([transform(load_rgb(p)) for p in val])
-        truth = torch.tensor([base.classes.index(p.parent.name) for p in val])
+        images = np.stack([transform(load_rgb(p)) for p in val])
+        truth = np.array([base.classes.index(p.parent.name) for p in val])
         reference = base(images).argmax(1)
         train = list_images(args.data / "train")
         quant_pre_process(str(fp32), str(staged), skip_symbolic_shape=True)
         ends = _stem_and_classifier(staged)
-        print(f"fp32: val accuracy {(reference == truth).float().mean():.2%}, "
+        print(f"fp32: val accuracy {(reference == truth).mean():.2%}, "
               f"{speed(base):.0f} img/s at batch 16\n")
         print("| calibration | agreement with fp32 | val accuracy | quantize s | img/s |\n"
               "|---|---|---|---|---|")
         for seed, (name, (count, method, extra, float_ends)) in enumerate(VARIANTS.items()):
             chosen = np.random.default_rng(seed).permutation(len(train))[:count]
-            calibration = torch.stack([transform(load_rgb(train[i])) for i in chosen])
+            calibration = np.stack([transform(load_rgb(train[i])) for i in chosen])
             out = Path(tmp) / f"int8-{seed}.onnx"
             start = time.perf_counter()
             quantize_static(str(staged), str(out), Batches(calibration),
@@ -99,8 +99,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             runner = OnnxRunner(out)
             predicted = runner(images).argmax(1)
-            print(f"| {name} | {(predicted == reference).float().mean():.1%} | "
-                  f"{(predicted == truth).float().mean():.2%} | {seconds:.0f} | "
+            print(f"| {name} | {(predicted == reference).mean():.1%} | "
+                  f"{(predicted == truth).mean():.2%} | {seconds:.0f} | "
                   f"{speed(runner):.0f} |", flush=True)
 
 

@@ -7,8 +7,11 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -30,13 +33,13 @@ def model(trained, tmp_path) -> Path:
     return folder / "best.pt"
 
 
-def _images(prepared: Path, runner) -> torch.Tensor:
-    from waste_cli.data.loading import load_rgb
+def _images(prepared: Path, runner) -> np.ndarray:
+    from waste_cli.data.sources import load_rgb
     from waste_cli.data.transforms import eval_transform
 
     transform = eval_transform(runner.data_config)
     paths = sorted((prepared / "test").rglob("*.jpg"))[:5]
-    return torch.stack([transform(load_rgb(p)) for p in paths])
+    return np.stack([transform(load_rgb(p)) for p in paths])
 
 
 def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
@@ -60,9 +63,10 @@ def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
     assert runner.data_config == checkpoint["data_config"]
     images = _images(prepared, runner)
     for batch in (images[:1], images):  # batch 1 and batch 5
-        assert torch.allclose(runner(batch), reference(batch), atol=1e-4)
+        assert np.allclose(runner(batch), reference(batch), atol=1e-4)
     module = torch.jit.load(str(ts_path))
-    assert torch.allclose(module(images), reference(images), atol=1e-4)
+    assert np.allclose(module(torch.from_numpy(images)).detach().numpy(), reference(images),
+                       atol=1e-4)
 
 
 def test_half_and_int8_report_accuracy(model, prepared, tmp_path):
@@ -126,6 +130,20 @@ def test_predict_and_evaluate_on_onnx_match_the_checkpoint(model, prepared):
     assert reports[1]["backend"] == "onnxruntime"
 
 
+def test_predict_on_onnx_never_imports_torch(model, prepared):
+    """Importing torch is most of a predict run's start-up; an ONNX model does not need it."""
+    assert run_cli("export", "-m", model, "--onnx").exit_code == 0
+    script = ("import sys\nfrom waste_cli.cli import main\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+              "print('torch' in sys.modules, 'timm' in sys.modules, code)")
+    for workers in ("0", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, "predict", "-m", str(model.with_suffix(".onnx")),
+             str(prepared / "test"), "--workers", workers, "--batch-size", "2", "-q",
+             "--format", "csv"], capture_output=True, text=True, check=True).stdout
+        assert out.splitlines()[-1] == "False False 0", out
+
+
 def test_backend_cache_hit_miss_and_unwritable(model, prepared, monkeypatch):
     from waste_cli.backends import load_runner
 
@@ -133,7 +151,7 @@ def test_backend_cache_hit_miss_and_unwritable(model, prepared, monkeypatch):
     original = export_module._write_onnx
     monkeypatch.setattr(export_module, "_write_onnx",
                         lambda *a, **k: (calls.append(1), original(*a, **k)))
-    cpu, reporter = torch.device("cpu"), Reporter(quiet=True)
+    cpu, reporter = "cpu", Reporter(quiet=True)
     first = load_runner(model, cpu, "auto", reporter)
     assert first.name == "onnxruntime" and len(calls) == 1
     cached = list(model.parent.glob("best.*.onnx"))

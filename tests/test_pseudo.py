@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SAMPLE, run_cli, tiny_train
@@ -36,8 +37,8 @@ class ColourModel:
                             "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
                             "crop_mode": "center"}
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.mean(dim=(2, 3)) * 10
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return images.mean(axis=(2, 3)) * 10
 
     def for_worker(self, threads: int) -> ColourModel:
         return self
@@ -56,7 +57,7 @@ def test_labels_stay_attached_on_a_shuffled_pool(tmp_path):
     pool.truth = truth
     logits, bad = run_labelled(ColourModel(), [(p, -1) for p in pool.paths], 4, 2,
                                Reporter(quiet=True), "label")
-    accepted, stats = label_pool(logits, pool, list(COLOURS), threshold=0.5)
+    accepted, stats = label_pool(torch.from_numpy(logits), pool, list(COLOURS), threshold=0.5)
     assert not bad and len(accepted) == 30
     for index, label in accepted:
         assert list(COLOURS)[label] == truth[pool.paths[index].name]

@@ -1,7 +1,8 @@
 """Model runners: one interface over a PyTorch checkpoint and an ONNX file.
 
 Every runner carries the class names and the data config it was trained with, so callers
-preprocess exactly as training did and never re-derive anything.
+preprocess exactly as training did and never re-derive anything. Runners take and return numpy
+arrays, and torch is imported only when a PyTorch model is run: an ONNX model starts without it.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from waste_cli.console import Reporter
 from waste_cli.errors import ModelError
-from waste_cli.inference import to_device
-from waste_cli.models import load_checkpoint, model_from_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OnnxRunner", "Runner", "TorchRunner", "find_model", "load_runner"]
 
@@ -26,7 +27,7 @@ ONNX_META_KEY = "wastecls"
 
 
 class Runner(Protocol):
-    """Images (normalised float32 NCHW) in, float32 logits on the CPU out."""
+    """Images (normalised float32 NCHW numpy array) in, float32 logits (numpy) out."""
 
     name: str
     classes: list[str]
@@ -34,7 +35,7 @@ class Runner(Protocol):
     default_batch_size: int
     on_cpu: bool
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
     def for_worker(self, threads: int) -> Runner:
         """The same model for a worker process that runs it with `threads` threads."""
@@ -58,12 +59,21 @@ class TorchRunner:
     def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
         """channels_last, in batches of 4 on a CPU: the fastest end to end on a 2-core CPU
         (BENCHMARKS.md), although contiguous tensors win model-only timings there."""
+        import torch
+
+        from waste_cli.models import model_from_checkpoint
+
         model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
         return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True)
 
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(to_device(images, self.device, self.channels_last)).float().cpu()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from waste_cli.runtime import to_device
+
+        with torch.inference_mode():
+            batch = to_device(torch.from_numpy(images), self.device, self.channels_last)
+            return self.model(batch).float().cpu().numpy()
 
     def for_worker(self, threads: int) -> TorchRunner:
         """Itself: a forked worker shares the weights; torch's threads are set per process."""
@@ -108,11 +118,11 @@ class OnnxRunner:
                 f"{exc}). Export it again with `wastecls export --onnx`."
             ) from None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         if self._session is None:
             self._session = self._open()
-        array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
-        return torch.from_numpy(self._session.run(None, {self.input_name: array})[0]).float()
+        array = np.ascontiguousarray(images, dtype=np.float32)
+        return self._session.run(None, {self.input_name: array})[0].astype(np.float32, copy=False)
 
     def for_worker(self, threads: int) -> OnnxRunner:
         """A copy whose session opens in the worker on first use (sessions are not fork-safe:
@@ -141,17 +151,25 @@ def find_model(model: Path | None, reporter: Reporter) -> Path:
     return candidates[-1]
 
 
-def load_runner(path: Path, device: torch.device, backend: str, reporter: Reporter) -> Runner:
-    """A runner for a .pt checkpoint or an .onnx file on the requested backend."""
-    is_onnx = path.suffix.lower() == ".onnx"
-    if is_onnx:
+def load_runner(path: Path, device: str, backend: str, reporter: Reporter) -> Runner:
+    """A runner for a .pt checkpoint or an .onnx file on the requested backend and device
+    (`--device`; an ONNX model runs on the CPU and only checks that a named device exists)."""
+    if path.suffix.lower() == ".onnx":
         if backend == "torch":
             raise ModelError(f"{path} is an ONNX file: use --backend onnxruntime or auto.")
+        if device not in ("auto", "cpu"):
+            from waste_cli.runtime import resolve_device
+
+            resolve_device(device)
         return OnnxRunner(path)
-    if backend == "onnxruntime" or (backend == "auto" and device.type == "cpu"):
+    from waste_cli.models import load_checkpoint
+    from waste_cli.runtime import resolve_device
+
+    torch_device = resolve_device(device)
+    if backend == "onnxruntime" or (backend == "auto" and torch_device.type == "cpu"):
         from waste_cli.export import cached_onnx
 
         onnx_path = cached_onnx(path, reporter, required=backend == "onnxruntime")
         if onnx_path is not None:
             return OnnxRunner(onnx_path)
-    return TorchRunner.from_checkpoint(load_checkpoint(path), device)
+    return TorchRunner.from_checkpoint(load_checkpoint(path), torch_device)

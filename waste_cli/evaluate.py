@@ -18,14 +18,13 @@ import torch.nn.functional as F
 
 from waste_cli.backends import find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import SPLITS, class_folders, list_images
+from waste_cli.data.sources import load_rgb
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text
 from waste_cli.inference import run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
-from waste_cli.runtime import resolve_device
 from waste_cli.settings import EvaluateSettings
 from waste_cli.tracking import write_json
 
@@ -136,9 +135,8 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     """Evaluate a checkpoint or ONNX model on a labelled folder; optionally write files."""
     reporter = reporter or Reporter(settings.quiet)
     model_path = find_model(settings.model, reporter)
-    device = resolve_device(settings.device)
     folder = labelled_folder(settings.data, settings.split)
-    runner = load_runner(model_path, device, settings.backend, reporter)
+    runner = load_runner(model_path, settings.device, settings.backend, reporter)
     shared = _match_classes(runner.classes, folder, settings.allow_subset)
     index = {name: i for i, name in enumerate(runner.classes)}
     samples = [(p, index[c]) for c in shared for p in list_images(folder / c)]
@@ -146,6 +144,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         raise DataError(f"No images in the class folders of {folder}.")
     logits, bad = run_labelled(runner, samples, settings.batch_size or runner.default_batch_size,
                                settings.workers, reporter, f"evaluate ({runner.name})")
+    logits = torch.from_numpy(logits)
     for i in bad:
         reporter.warn(f"skipped unreadable image {samples[i][0]}")
     targets = torch.tensor([label for _, label in samples])

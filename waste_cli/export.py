@@ -17,14 +17,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from waste_cli import __version__
 from waste_cli.backends import ONNX_META_KEY, OnnxRunner, find_model
 from waste_cli.console import Reporter
-from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import class_folders, list_images
+from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import ConfigError, ModelError, WasteclsError
 from waste_cli.fileio import atomic_path, atomic_write_text
@@ -179,7 +180,8 @@ def _write_torchscript(model: nn.Module, path: Path, meta: dict[str, Any],
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    return OnnxRunner(path)
+    runner = OnnxRunner(path)
+    return lambda images: torch.from_numpy(runner(images.numpy()))
 
 
 def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -239,7 +241,7 @@ def _tensors(samples: list[tuple[Path, int | None]], config: dict[str, Any],
     if not samples:
         raise ConfigError("No images to verify or calibrate with: pass --verify-data DIR.")
     transform = eval_transform(config)
-    images = torch.stack([transform(load_rgb(p)) for p, _ in samples])
+    images = torch.from_numpy(np.stack([transform(load_rgb(p)) for p, _ in samples]))
     labels = [y for _, y in samples]
     return images, (torch.tensor(labels) if None not in labels else None)
 

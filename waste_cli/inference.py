@@ -1,70 +1,76 @@
-"""Batched inference: the forward loops of validation, evaluate, predict and pseudo-labelling.
+"""Batched inference: the forward loops of evaluate, predict and pseudo-labelling.
+
+Images are decoded into numpy arrays and runners take and return numpy arrays, so predicting
+with an ONNX model never imports torch (1.1-1.6 s of every start on this machine).
 
 Two ways to spread the work over a machine:
 
-- model in this process, decoding in loader workers (GPUs, and training, whose process must not
-  be forked again);
 - on a CPU, whole batches in worker processes: each decodes, preprocesses *and* runs its own
   batches with one thread. Decoding then never competes with the model's threads for the same
-  cores, and a small model scales better over processes than over threads (BENCHMARKS.md).
+  cores, and a small model scales better over processes than over threads (BENCHMARKS.md);
+- elsewhere (GPUs), or when the model must stay in this process (a training process, whose
+  forked copies would make its next steps pay copy-on-write faults), workers only decode.
+
+Results always come back in input order, with at most two batches per worker in flight, so
+memory does not grow with the number of inputs.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from functools import partial
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+import numpy as np
 
 from waste_cli.console import Reporter
-from waste_cli.data.loading import (
-    Batch,
-    ImageDataset,
-    build_loader,
-    collate_skipping_bad,
-    default_workers,
-)
+from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.data.transforms import eval_transform
-from waste_cli.runtime import autocast
+from waste_cli.errors import WasteclsError
 
 if TYPE_CHECKING:
     from waste_cli.backends import Runner
 
-__all__ = ["iterate_batches", "iterate_logits", "plan_workers", "run_labelled", "to_device"]
+__all__ = ["MAX_PROCESSES", "Batch", "EvalImages", "default_workers", "iterate_batches",
+           "plan_workers", "run_labelled"]
 
 MAX_PROCESSES = 8  # each holds a copy of the model
 
-
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Move a batch to `device` in the memory format the model was set up with."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt)
+# (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
 
 
-@torch.inference_mode()
-def iterate_logits(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    *,
-    amp: bool = False,
-    channels_last: bool = True,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]]:
-    """Yield (float32 logits on CPU, labels, sample indices, unreadable indices) per batch."""
-    model.eval()
-    for images, labels, indices, bad in loader:
-        if not len(labels):
-            yield torch.empty(0), labels, indices, bad
-            continue
-        with autocast(device, amp):
-            logits = model(to_device(images, device, channels_last))
-        yield logits.float().cpu(), labels, indices, bad
+def default_workers() -> int:
+    """Loader processes beside a model that has its own threads: all cores but one, 1 to 8."""
+    return max(1, min(MAX_PROCESSES, (os.cpu_count() or 2) - 1))
+
+
+class EvalImages:
+    """Samples (path, class index) -> batches preprocessed exactly as the model was evaluated."""
+
+    def __init__(self, samples: list[tuple[Path, int]], data_config: dict[str, Any]) -> None:
+        self.samples, self.transform = samples, eval_transform(data_config)
+        self.shape = tuple(data_config["input_size"])
+
+    def batch(self, indices: list[int]) -> Batch:
+        """Decode and preprocess `indices`; unreadable images are listed, not raised."""
+        arrays, readable, bad = [], [], []
+        for i in indices:
+            try:
+                arrays.append(self.transform(load_rgb(self.samples[i][0])))
+                readable.append(i)
+            except DECODE_ERRORS:
+                bad.append(i)
+        images = np.stack(arrays) if arrays else np.empty((0, *self.shape), np.float32)
+        labels = np.array([self.samples[i][1] for i in readable], dtype=np.int64)
+        return images, labels, np.array(readable, dtype=np.int64), bad
 
 
 def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: int,
@@ -85,58 +91,86 @@ def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: i
     return min(wanted, max(1, images // 8)), False
 
 
-class _InferredBatches(Dataset):
-    """Index = a list of sample indices; item = that batch decoded, preprocessed and inferred."""
-
-    def __init__(self, images: ImageDataset, runner: Runner) -> None:
-        self.images, self.runner = images, runner
-
-    def __getitem__(self, batch: list[int]) -> Batch:
-        images, labels, indices, bad = collate_skipping_bad([self.images[i] for i in batch])
-        return (self.runner(images) if len(indices) else torch.empty(0)), labels, indices, bad
+def _infer(runner: Runner, batch: Batch) -> Batch:
+    images, labels, indices, bad = batch
+    logits = (runner(images) if len(indices)
+              else np.empty((0, len(runner.classes)), np.float32))
+    return logits, labels, indices, bad
 
 
-def _unchanged(item: Batch) -> Batch:
-    return item
+_WORKER: tuple[EvalImages, Runner | None] | None = None  # this worker process's job
 
 
-def _set_threads(threads: int, _worker_id: int) -> None:
-    torch.set_num_threads(threads)
+def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> None:
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    if "torch" in sys.modules:  # forked from a process that uses torch: share the cores
+        sys.modules["torch"].set_num_threads(threads)
+    _WORKER = images, runner
+
+
+def _work(indices: list[int]) -> Batch:
+    assert _WORKER is not None
+    images, runner = _WORKER
+    batch = images.batch(indices)
+    return batch if runner is None else _infer(runner, batch)
+
+
+def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
+                  batches: Iterable[list[int]]) -> Iterator[Batch]:
+    """Run `_work` on `batches` in `count` processes; results in order, two per worker ahead."""
+    pending: deque[Future[Batch]] = deque()
+    with ProcessPoolExecutor(count, initializer=_start_worker,
+                             initargs=(images, runner, threads)) as pool:
+        try:
+            for indices in batches:
+                pending.append(pool.submit(_work, indices))
+                if len(pending) >= 2 * count:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise WasteclsError(
+                "An inference worker process died (out of memory?). Try a smaller --batch-size, "
+                "fewer --workers, or --workers 0 to run in one process."
+            ) from None
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def iterate_batches(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
     *, spread_model: bool = True,
 ) -> Iterator[Batch]:
-    """Yield (logits, labels, sample indices, unreadable indices) per batch, in sample order.
-
-    `spread_model=False` keeps the model in this process whatever the device (training: a
-    fork of its large process makes its next steps pay copy-on-write faults)."""
-    dataset = ImageDataset(samples, eval_transform(runner.data_config))
+    """Yield (float32 logits, labels, sample indices, unreadable indices) per batch, in sample
+    order. `spread_model=False` keeps the model in this process whatever the device."""
+    images = EvalImages(samples, runner.data_config)
+    batches = (list(range(i, min(i + batch_size, len(samples))))
+               for i in range(0, len(samples), batch_size))
     count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
-    if not in_workers:
-        for images, labels, indices, bad in build_loader(dataset, batch_size, workers=count):
-            yield (runner(images) if len(indices) else torch.empty(0)), labels, indices, bad
-        return
-    threads = max(1, (os.cpu_count() or 1) // count)
-    batches = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
-    yield from DataLoader(_InferredBatches(dataset, runner.for_worker(threads)), batch_size=None,
-                          sampler=batches, num_workers=count, collate_fn=_unchanged,
-                          worker_init_fn=partial(_set_threads, threads), prefetch_factor=2)
+    threads = max(1, (os.cpu_count() or 1) // max(1, count))
+    if not count:
+        for indices in batches:
+            yield _infer(runner, images.batch(indices))
+    elif in_workers:
+        yield from _in_processes(count, threads, images, runner.for_worker(threads), batches)
+    else:
+        for batch in _in_processes(count, threads, images, None, batches):
+            yield _infer(runner, batch)
 
 
 def run_labelled(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
     reporter: Reporter, description: str, *, spread_model: bool = True,
-) -> tuple[torch.Tensor, list[int]]:
-    """Logits for every sample (NaN rows for unreadable images) and the unreadable indices."""
-    logits = torch.full((len(samples), len(runner.classes)), float("nan"))
+) -> tuple[np.ndarray, list[int]]:
+    """float32 logits for every sample (NaN rows for unreadable images), unreadable indices."""
+    logits = np.full((len(samples), len(runner.classes)), np.nan, dtype=np.float32)
     bad: list[int] = []
     with reporter.bar(description, len(samples)) as bar:
         for batch_logits, _, indices, unreadable in iterate_batches(
                 runner, samples, batch_size, workers, spread_model=spread_model):
             bad += unreadable
-            if len(indices):
-                logits[indices] = batch_logits
+            logits[indices] = batch_logits
             bar.advance(len(indices) + len(unreadable))
     return logits, bad

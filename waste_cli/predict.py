@@ -16,17 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import torch
+import numpy as np
 
 from waste_cli.backends import Runner, find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.loading import load_rgb
 from waste_cli.data.scan import is_image_path, list_images
-from waste_cli.data.sources import DECODE_ERRORS
+from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_path
 from waste_cli.inference import iterate_batches
-from waste_cli.runtime import resolve_device
 from waste_cli.settings import PredictSettings
 
 __all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "predict",
@@ -83,13 +81,22 @@ def _unreadable_reason(path: Path) -> str:
     return "unreadable image"
 
 
-def _postprocess(logits: torch.Tensor, runner: Runner, excluded: list[int],
-                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32 (a -inf logit gets probability 0)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _postprocess(logits: np.ndarray, runner: Runner, excluded: list[int],
+                 top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, class indices) of the top k classes, best first, per row."""
     if excluded:
-        logits = logits.clone()
-        logits[:, excluded] = float("-inf")
-    probs = logits.softmax(1)
-    return probs.topk(min(top_k, len(runner.classes) - len(excluded)), dim=1)
+        logits = logits.copy()
+        logits[:, excluded] = -np.inf
+    probs = _softmax(logits)
+    k = min(top_k, len(runner.classes) - len(excluded))
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower class index
+    return np.take_along_axis(probs, best, axis=1), best
 
 
 class FlipAveraged:
@@ -100,9 +107,11 @@ class FlipAveraged:
         self.data_config, self.on_cpu = runner.data_config, runner.on_cpu
         self.default_batch_size = runner.default_batch_size
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        both = self.runner(images).softmax(1) + self.runner(images.flip(-1)).softmax(1)
-        return (both / 2).log()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        mirrored = np.ascontiguousarray(images[..., ::-1])
+        both = _softmax(self.runner(images)) + _softmax(self.runner(mirrored))
+        with np.errstate(divide="ignore"):  # a probability that underflowed: -inf, as in torch
+            return np.log(both / 2)
 
     def for_worker(self, threads: int) -> FlipAveraged:
         return FlipAveraged(self.runner.for_worker(threads))
@@ -173,7 +182,7 @@ def predict(settings: PredictSettings, stdout: IO[str],
     """Predict every input; write results to --output (atomically) or `stdout` as they come."""
     reporter = reporter or Reporter(settings.quiet)
     model_path = find_model(settings.model, reporter)
-    runner = load_runner(model_path, resolve_device(settings.device), settings.backend, reporter)
+    runner = load_runner(model_path, settings.device, settings.backend, reporter)
     paths, failed = expand_inputs(settings.inputs)
     fmt = _output_format(settings)
     count = 0

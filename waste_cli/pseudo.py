@@ -229,12 +229,11 @@ def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
     """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
     from waste_cli.backends import find_model, load_runner
     from waste_cli.predict import expand_inputs, predict_stream
-    from waste_cli.runtime import resolve_device
 
     reporter = reporter or Reporter(settings.quiet)
     model_path = find_model(settings.model, reporter)
     folder = settings.data or _default_pool(model_path)
-    runner = load_runner(model_path, resolve_device(settings.device), settings.backend, reporter)
+    runner = load_runner(model_path, settings.device, settings.backend, reporter)
     paths, failed = expand_inputs([str(folder)])
     options = PredictSettings(inputs=[str(folder)], top_k=2, workers=settings.workers,
                               batch_size=settings.batch_size,

@@ -12,7 +12,7 @@ import torch
 
 from waste_cli.errors import DeviceError
 
-__all__ = ["autocast", "resolve_device", "seed_everything"]
+__all__ = ["autocast", "resolve_device", "seed_everything", "to_device"]
 
 
 def _available() -> list[str]:
@@ -82,3 +82,9 @@ def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=amp_dtype(device)):
         yield
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Move a batch to `device` in the memory format the model was set up with."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt)

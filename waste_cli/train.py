@@ -36,7 +36,6 @@ from waste_cli.data.loading import (
     ImageDataset,
     build_loader,
     cache_images,
-    default_workers,
     weighted_sampler,
 )
 from waste_cli.data.prepare import split_groups
@@ -51,7 +50,7 @@ from waste_cli.distributed import (
     shard,
 )
 from waste_cli.errors import ConfigError, DataError, WasteclsError
-from waste_cli.inference import iterate_logits, run_labelled, to_device
+from waste_cli.inference import default_workers, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, load_checkpoint, resolve_arch, save_checkpoint
 from waste_cli.plots import plot_confusion_matrix, plot_curves
@@ -68,7 +67,7 @@ from waste_cli.pseudo import (
     pseudo_weight,
     read_manifests,
 )
-from waste_cli.runtime import autocast, resolve_device, seed_everything
+from waste_cli.runtime import autocast, resolve_device, seed_everything, to_device
 from waste_cli.settings import TrainSettings, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
@@ -349,9 +348,9 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
     runner = TorchRunner(model, s.data.classes, s.config, s.device, settings.channels_last)
     mine = list(range(s.dist.rank, len(s.pool.paths), s.dist.world))  # this rank's share
     logits = torch.full((len(s.pool.paths), len(s.data.classes)), float("nan"))
-    logits[mine] = run_labelled(runner, [(s.pool.paths[i], -1) for i in mine],
-                                settings.batch_size, s.workers, reporter, "pseudo-label pool",
-                                spread_model=False)[0]
+    logits[mine] = torch.from_numpy(run_labelled(
+        runner, [(s.pool.paths[i], -1) for i in mine], settings.batch_size, s.workers, reporter,
+        "pseudo-label pool", spread_model=False)[0])
     if s.dist.active:
         shares: list[Any] = [None] * s.dist.world
         torch.distributed.all_gather_object(shares, (mine, logits[mine]))
@@ -453,6 +452,17 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
             "images_per_s": seen / seconds, "seconds": seconds, "data_seconds": waited}, updates
 
 
+@torch.inference_mode()
+def _val_logits(model: nn.Module, s: _Setup) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 logits on the CPU, labels) per validation batch, readable images only."""
+    model.eval()
+    for images, labels, _, _ in s.val_loader:
+        if len(labels):
+            with autocast(s.device, s.settings.amp):
+                logits = model(to_device(images, s.device, s.settings.channels_last))
+            yield logits.float().cpu(), labels
+
+
 def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
     model = s.ema.module if s.ema is not None else s.net
     if s.dist.active:  # every rank validates rank 0's weights and BatchNorm statistics
@@ -462,11 +472,7 @@ def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
     cm = torch.zeros(n, n, dtype=torch.long)
     loss_sum, seen = 0.0, 0
     plain_loss = nn.CrossEntropyLoss(reduction="sum")
-    for logits, labels, _, _ in iterate_logits(model, s.val_loader, s.device,
-                                               amp=s.settings.amp,
-                                               channels_last=s.settings.channels_last):
-        if not len(labels):
-            continue
+    for logits, labels in _val_logits(model, s):
         loss_sum += float(plain_loss(logits, labels))
         seen += len(labels)
         cm += confusion_matrix(labels, logits.argmax(1), n)

@@ -6,7 +6,6 @@ collate function drops it and reports its index, and the trainer warns once per 
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from torch.utils.data import (
 )
 
 from waste_cli.console import Reporter
-from waste_cli.data.sources import DECODE_ERRORS, open_image
+from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import DataError
 
 __all__ = [
@@ -38,22 +37,10 @@ __all__ = [
     "cache_images",
     "class_balanced_weights",
     "collate_skipping_bad",
-    "default_workers",
-    "load_rgb",
     "weighted_sampler",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
-
-
-def default_workers() -> int:
-    """All cores but one (the model needs one), at least one, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
-    """Open an image as RGB with EXIF orientation; shrink on decode when it is much larger."""
-    return open_image(path.read_bytes(), draft_size=max_short_side)
 
 
 def _resize_short(image: Image.Image, short: int) -> Image.Image:
@@ -121,9 +108,9 @@ class ImageDataset(Dataset):
         except DECODE_ERRORS:
             return None, label, index
         if seed is None:
-            return self.transform(image), label, index
-        with _seeded(seed):
-            return self.transform(image), label, index
+            return torch.as_tensor(self.transform(image)), label, index
+        with _seeded(seed):  # as_tensor: the eval transform gives numpy arrays
+            return torch.as_tensor(self.transform(image)), label, index
 
 
 @contextmanager

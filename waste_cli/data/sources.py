@@ -24,6 +24,7 @@ __all__ = [
     "SourceImage",
     "SourceResult",
     "folder_sources",
+    "load_rgb",
     "open_image",
     "process_source",
 ]
@@ -92,6 +93,11 @@ def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
             image.draft("RGB", (int(image.width / scale), int(image.height / scale)))
         image.load()
     return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
+    """Open an image file as RGB with EXIF orientation; shrink on decode when much larger."""
+    return open_image(path.read_bytes(), draft_size=max_short_side)
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
