@@ -117,6 +117,20 @@ def test_predict_exclude_class_and_tta(trained, inputs):
     assert result.exit_code == 2 and "no such class" in result.output
 
 
+def test_predict_reports_where_the_time_went(trained, inputs):
+    from waste_cli.predict import predict
+    from waste_cli.settings import PredictSettings
+
+    for workers, processes in ((0, 1), (2, 2)):
+        settings = PredictSettings(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
+                                   backend="torch", workers=workers, batch_size=1, quiet=True)
+        result = predict(settings, io.StringIO())
+        speed = result.speed
+        assert speed.images == result.predicted == 3 and speed.processes == processes
+        assert speed.preprocess > 0 and speed.inference > 0
+    assert "ms inference per image, in 2 processes" in speed.summary()
+
+
 def test_predict_bad_inputs_are_reported_and_skipped(trained, inputs, tmp_path):
     good = next((inputs / "nested" / "glass").glob("*.jpg"))
     (tmp_path / "text.jpg").write_text("hello")

@@ -84,7 +84,9 @@ class OnnxRunner:
     """An exported model on onnxruntime; class names and preprocessing from its metadata."""
 
     name = "onnxruntime"
-    default_batch_size = 16
+    # One single-threaded session per core runs small batches fastest, end to end (fp32 and
+    # int8 measured at batch 1-16 on 2,527 photos, BENCHMARKS.md).
+    default_batch_size = 4
     on_cpu = True
 
     def __init__(self, path: Path, threads: int | None = None) -> None:

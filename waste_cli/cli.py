@@ -328,6 +328,7 @@ def predict(settings: PredictSettings) -> None:
         err_console.print(f"{result.predicted} images predicted, {len(result.failed)} failed "
                           f"({result.model}, {result.backend})"
                           + (f"; results in {settings.output}" if settings.output else ""))
+        err_console.print(result.speed.summary())
     if result.failed:
         raise typer.Exit(1)
 

@@ -21,10 +21,12 @@ import math
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,13 +40,39 @@ from waste_cli.errors import WasteclsError
 if TYPE_CHECKING:
     from waste_cli.backends import Runner
 
-__all__ = ["MAX_PROCESSES", "Batch", "EvalImages", "default_workers", "iterate_batches",
-           "plan_workers", "run_labelled"]
+__all__ = ["MAX_PROCESSES", "Batch", "EvalImages", "Speed", "default_workers",
+           "iterate_batches", "plan_workers", "run_labelled"]
 
 MAX_PROCESSES = 8  # each holds a copy of the model
 
 # (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
+
+
+@dataclass
+class Speed:
+    """Where a run's time went, per image (Ultralytics' "Speed:" line), summed over processes.
+
+    `inference` per image, times the images, over the processes that ran the model, is how long
+    the model alone would have needed: the end-to-end rate can be compared with it inside one
+    run, whatever the machine's speed was doing meanwhile.
+    """
+
+    images: int = 0
+    preprocess: float = 0.0  # seconds: read, decode, resize, crop, normalise
+    inference: float = 0.0  # seconds in the model
+    processes: int = 1  # that ran the model
+
+    def add(self, images: int, preprocess: float, inference: float) -> None:
+        self.images += images
+        self.preprocess += preprocess
+        self.inference += inference
+
+    def summary(self) -> str:
+        each = 1000 / max(self.images, 1)
+        return (f"Speed: {self.preprocess * each:.1f} ms preprocess, {self.inference * each:.1f} "
+                f"ms inference per image, in {self.processes} process"
+                + ("es" if self.processes > 1 else ""))
 
 
 def default_workers() -> int:
@@ -91,11 +119,19 @@ def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: i
     return min(wanted, max(1, images // 8)), False
 
 
-def _infer(runner: Runner, batch: Batch) -> Batch:
+def _infer(runner: Runner, batch: Batch) -> tuple[Batch, float]:
+    """(the batch with logits instead of images, seconds in the model)."""
     images, labels, indices, bad = batch
+    start = time.perf_counter()
     logits = (runner(images) if len(indices)
               else np.empty((0, len(runner.classes)), np.float32))
-    return logits, labels, indices, bad
+    return (logits, labels, indices, bad), time.perf_counter() - start
+
+
+def _preprocess(images: EvalImages, indices: list[int]) -> tuple[Batch, float]:
+    start = time.perf_counter()
+    batch = images.batch(indices)
+    return batch, time.perf_counter() - start
 
 
 _WORKER: tuple[EvalImages, Runner | None] | None = None  # this worker process's job
@@ -109,17 +145,21 @@ def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> No
     _WORKER = images, runner
 
 
-def _work(indices: list[int]) -> Batch:
+def _work(indices: list[int]) -> tuple[Batch, float, float]:
+    """(batch, preprocess seconds, model seconds) of one batch, in a worker process."""
     assert _WORKER is not None
     images, runner = _WORKER
-    batch = images.batch(indices)
-    return batch if runner is None else _infer(runner, batch)
+    batch, preprocess = _preprocess(images, indices)
+    if runner is None:
+        return batch, preprocess, 0.0
+    batch, inference = _infer(runner, batch)
+    return batch, preprocess, inference
 
 
 def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
-                  batches: Iterable[list[int]]) -> Iterator[Batch]:
+                  batches: Iterable[list[int]]) -> Iterator[tuple[Batch, float, float]]:
     """Run `_work` on `batches` in `count` processes; results in order, two per worker ahead."""
-    pending: deque[Future[Batch]] = deque()
+    pending: deque[Future[tuple[Batch, float, float]]] = deque()
     with ProcessPoolExecutor(count, initializer=_start_worker,
                              initargs=(images, runner, threads)) as pool:
         try:
@@ -141,23 +181,34 @@ def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner |
 
 def iterate_batches(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
-    *, spread_model: bool = True,
+    *, spread_model: bool = True, speed: Speed | None = None,
 ) -> Iterator[Batch]:
     """Yield (float32 logits, labels, sample indices, unreadable indices) per batch, in sample
-    order. `spread_model=False` keeps the model in this process whatever the device."""
+    order. `spread_model=False` keeps the model in this process whatever the device; `speed`
+    collects where the time went."""
     images = EvalImages(samples, runner.data_config)
     batches = (list(range(i, min(i + batch_size, len(samples))))
                for i in range(0, len(samples), batch_size))
     count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
     threads = max(1, (os.cpu_count() or 1) // max(1, count))
-    if not count:
-        for indices in batches:
-            yield _infer(runner, images.batch(indices))
-    elif in_workers:
-        yield from _in_processes(count, threads, images, runner.for_worker(threads), batches)
+    speed = speed or Speed()
+    speed.processes = count if in_workers else 1
+    if in_workers:
+        worker = runner.for_worker(threads)
+        for batch, preprocess, inference in _in_processes(count, threads, images, worker,
+                                                          batches):
+            speed.add(len(batch[2]), preprocess, inference)
+            yield batch
+        return
+    if count:  # worker processes decode, the model runs here
+        decoded = ((batch, preprocess) for batch, preprocess, _ in _in_processes(
+            count, threads, images, None, batches))
     else:
-        for batch in _in_processes(count, threads, images, None, batches):
-            yield _infer(runner, batch)
+        decoded = (_preprocess(images, indices) for indices in batches)
+    for pixels, preprocess in decoded:
+        batch, inference = _infer(runner, pixels)
+        speed.add(len(batch[2]), preprocess, inference)
+        yield batch
 
 
 def run_labelled(

@@ -24,7 +24,7 @@ from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_path
-from waste_cli.inference import iterate_batches
+from waste_cli.inference import Speed, iterate_batches
 from waste_cli.settings import PredictSettings
 
 __all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "predict",
@@ -45,6 +45,7 @@ class PredictResult:
     backend: str
     predicted: int
     failed: list[Prediction]
+    speed: Speed
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
@@ -118,7 +119,7 @@ class FlipAveraged:
 
 
 def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
-                   reporter: Reporter) -> Iterator[Prediction]:
+                   reporter: Reporter, speed: Speed | None = None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in input order, batch by batch."""
     unknown = sorted(set(settings.exclude_class) - set(runner.classes))
     if unknown:
@@ -127,7 +128,8 @@ def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
     excluded = [runner.classes.index(c) for c in settings.exclude_class]
     model = FlipAveraged(runner) if settings.tta else runner
     batches = iterate_batches(model, [(p, -1) for p in paths],
-                              settings.batch_size or runner.default_batch_size, settings.workers)
+                              settings.batch_size or runner.default_batch_size, settings.workers,
+                              speed=speed)
     with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
         for logits, _, indices, bad in batches:
             results: dict[int, Prediction] = {
@@ -185,14 +187,14 @@ def predict(settings: PredictSettings, stdout: IO[str],
     runner = load_runner(model_path, settings.device, settings.backend, reporter)
     paths, failed = expand_inputs(settings.inputs)
     fmt = _output_format(settings)
-    count = 0
+    count, speed = 0, Speed()
 
     def run(handle: IO[str]) -> None:
         nonlocal count
         writer = _Writer(fmt, handle, settings.top_k)
         for item in failed:
             writer.write(item)
-        for item in predict_stream(runner, paths, settings, reporter):
+        for item in predict_stream(runner, paths, settings, reporter, speed):
             writer.write(item)
             if item.error:
                 failed.append(item)
@@ -204,4 +206,4 @@ def predict(settings: PredictSettings, stdout: IO[str],
     else:
         with atomic_path(settings.output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
             run(handle)
-    return PredictResult(model_path, runner.name, count, failed)
+    return PredictResult(model_path, runner.name, count, failed, speed)

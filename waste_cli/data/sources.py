@@ -92,7 +92,8 @@ def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
             scale = min(image.size) / draft_size
             image.draft("RGB", (int(image.width / scale), int(image.height / scale)))
         image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    ImageOps.exif_transpose(image, in_place=True)  # upright photos: no copy
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
