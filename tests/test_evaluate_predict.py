@@ -40,6 +40,8 @@ def test_evaluate_writes_reports_and_pictures(trained, prepared, tmp_path):
     assert "Per class" in result.output and "Confusion matrix" in result.output
     report = json.loads((out / "report.json").read_text())
     assert report["images"] == 12 and 0 <= report["accuracy"] <= 1
+    assert report["speed_ms_per_image"]["inference"] > 0 and "ms inference per image" in (
+        result.output)
     rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
     assert len(rows) == 12 and {"path", "true", "predicted", "confidence", "loss"} <= set(rows[0])
     correct = sum(r["true"] == r["predicted"] for r in rows)

@@ -300,6 +300,7 @@ def evaluate(settings: EvaluateSettings) -> None:
     pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
                       for p in report["most_confused"])
     out_console.print(f"Most confused: {pairs or 'none'}")
+    out_console.print(result.speed.summary())
     if result.out:
         out_console.print(f"Wrote report.json, per_class.csv, predictions.csv, "
                           f"confusion_matrix.png and top_losses.png to {result.out}")

@@ -22,7 +22,7 @@ from waste_cli.data.scan import SPLITS, class_folders, list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text
-from waste_cli.inference import run_labelled
+from waste_cli.inference import Speed, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.settings import EvaluateSettings
@@ -37,6 +37,7 @@ class EvaluateResult:
     model: Path
     backend: str
     out: Path | None
+    speed: Speed
 
 
 def labelled_folder(data: Path, split: str) -> Path:
@@ -142,17 +143,20 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     samples = [(p, index[c]) for c in shared for p in list_images(folder / c)]
     if not samples:
         raise DataError(f"No images in the class folders of {folder}.")
+    speed = Speed()
     logits, bad = run_labelled(runner, samples, settings.batch_size or runner.default_batch_size,
-                               settings.workers, reporter, f"evaluate ({runner.name})")
+                               settings.workers, reporter, f"evaluate ({runner.name})",
+                               speed=speed)
     logits = torch.from_numpy(logits)
     for i in bad:
         reporter.warn(f"skipped unreadable image {samples[i][0]}")
     targets = torch.tensor([label for _, label in samples])
     report = build_report(logits, targets, runner.classes, settings.top_k,
                           [str(samples[i][0]) for i in bad])
-    report |= {"model": str(model_path), "backend": runner.name, "data": str(folder)}
+    report |= {"model": str(model_path), "backend": runner.name, "data": str(folder),
+               "speed_ms_per_image": speed.per_image_ms()}
     if settings.out is not None:
         _write_outputs(settings.out, report, samples, logits, runner.classes,
                        settings.top_losses)
-    return EvaluateResult(report, model_path, runner.name, settings.out)
+    return EvaluateResult(report, model_path, runner.name, settings.out, speed)
 

@@ -68,10 +68,15 @@ class Speed:
         self.preprocess += preprocess
         self.inference += inference
 
-    def summary(self) -> str:
+    def per_image_ms(self) -> dict[str, float]:
         each = 1000 / max(self.images, 1)
-        return (f"Speed: {self.preprocess * each:.1f} ms preprocess, {self.inference * each:.1f} "
-                f"ms inference per image, in {self.processes} process"
+        return {"preprocess": round(self.preprocess * each, 3),
+                "inference": round(self.inference * each, 3), "processes": self.processes}
+
+    def summary(self) -> str:
+        ms = self.per_image_ms()
+        return (f"Speed: {ms['preprocess']:.1f} ms preprocess, {ms['inference']:.1f} ms "
+                f"inference per image, in {self.processes} process"
                 + ("es" if self.processes > 1 else ""))
 
 
@@ -214,13 +219,14 @@ def iterate_batches(
 def run_labelled(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
     reporter: Reporter, description: str, *, spread_model: bool = True,
+    speed: Speed | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """float32 logits for every sample (NaN rows for unreadable images), unreadable indices."""
     logits = np.full((len(samples), len(runner.classes)), np.nan, dtype=np.float32)
     bad: list[int] = []
     with reporter.bar(description, len(samples)) as bar:
         for batch_logits, _, indices, unreadable in iterate_batches(
-                runner, samples, batch_size, workers, spread_model=spread_model):
+                runner, samples, batch_size, workers, spread_model=spread_model, speed=speed):
             bad += unreadable
             logits[indices] = batch_logits
             bar.advance(len(indices) + len(unreadable))
