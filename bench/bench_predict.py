@@ -5,8 +5,11 @@
    all threads, and spread over one single-threaded process per core (what `predict` does on a
    CPU). The end-to-end ratios are taken against the best of all of them.
 2. End to end `wastecls predict DIR --format csv --output F` (process start included) with
-   --backend torch, onnxruntime (fp32 .onnx) and onnxruntime (int8 .onnx), and the accuracy of
-   each against the folder labels.
+   --backend torch, onnxruntime (fp32 .onnx), onnxruntime (int8 .onnx) and the default (a .pt
+   with --backend auto: its first run exports the ONNX twin, the second finds it), the accuracy
+   of each against the folder labels, and the rate the model ran at inside each run (predict's
+   `Speed:` line). onnxruntime fp32's best model-only rate is measured again just before and
+   after its run, as the machine's speed drifts.
 3. The seed project's way: a per-image loop (open, transform, model, next).
 4. Peak memory of `wastecls predict` on 250 images and on all images: the peak of the summed
    RSS of its whole process tree (an upper bound: pages the processes share count once each).
