@@ -201,6 +201,18 @@ def test_worker_processes_predict_as_this_process_does(model, prepared, tmp_path
         assert sum(bool(r["error"]) for r in spread) == 1
 
 
+def test_tasks_cover_every_image_in_order_and_share_small_inputs():
+    from waste_cli.inference import TASK_IMAGES, _tasks
+
+    for images, batch_size, workers in ((2527, 2, 2), (13, 2, 2), (5, 32, 2), (40, 3, 8)):
+        tasks = list(_tasks(images, batch_size, workers))
+        batches = [batch for task in tasks for batch in task]
+        assert [i for batch in batches for i in batch] == list(range(images))
+        assert all(0 < len(batch) <= batch_size for batch in batches)
+        assert all(sum(map(len, task)) <= max(TASK_IMAGES, batch_size) for task in tasks)
+        assert len(tasks) >= min(workers, len(batches))  # no worker left idle
+
+
 def test_worker_plan():
     from waste_cli.inference import MAX_PROCESSES, plan_workers
 

@@ -85,8 +85,9 @@ class OnnxRunner:
 
     name = "onnxruntime"
     # One single-threaded session per core runs small batches fastest, end to end (fp32 and
-    # int8 measured at batch 1-16 on 2,527 photos, BENCHMARKS.md).
-    default_batch_size = 4
+    # int8 measured at batch 1-16 on 2,527 photos, BENCHMARKS.md); workers get them in tasks
+    # of 16 images (inference.TASK_IMAGES), so small batches cost no extra round trips.
+    default_batch_size = 2
     on_cpu = True
 
     def __init__(self, path: Path, threads: int | None = None) -> None:

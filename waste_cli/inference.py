@@ -44,6 +44,7 @@ __all__ = ["MAX_PROCESSES", "Batch", "EvalImages", "Speed", "default_workers",
            "iterate_batches", "plan_workers", "run_labelled"]
 
 MAX_PROCESSES = 8  # each holds a copy of the model
+TASK_IMAGES = 16  # images per job sent to a worker: small batches without a round trip each
 
 # (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
@@ -150,30 +151,34 @@ def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> No
     _WORKER = images, runner
 
 
-def _work(indices: list[int]) -> tuple[Batch, float, float]:
-    """(batch, preprocess seconds, model seconds) of one batch, in a worker process."""
+def _work(task: list[list[int]]) -> list[tuple[Batch, float, float]]:
+    """(batch, preprocess seconds, model seconds) for each batch of a task, in a worker."""
     assert _WORKER is not None
     images, runner = _WORKER
-    batch, preprocess = _preprocess(images, indices)
-    if runner is None:
-        return batch, preprocess, 0.0
-    batch, inference = _infer(runner, batch)
-    return batch, preprocess, inference
+    done = []
+    for indices in task:
+        batch, preprocess = _preprocess(images, indices)
+        inference = 0.0
+        if runner is not None:
+            batch, inference = _infer(runner, batch)
+        done.append((batch, preprocess, inference))
+    return done
 
 
 def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
-                  batches: Iterable[list[int]]) -> Iterator[tuple[Batch, float, float]]:
-    """Run `_work` on `batches` in `count` processes; results in order, two per worker ahead."""
-    pending: deque[Future[tuple[Batch, float, float]]] = deque()
+                  tasks: Iterable[list[list[int]]]) -> Iterator[tuple[Batch, float, float]]:
+    """Run `_work` on `tasks` in `count` processes; results in order, two tasks per worker
+    ahead."""
+    pending: deque[Future[list[tuple[Batch, float, float]]]] = deque()
     with ProcessPoolExecutor(count, initializer=_start_worker,
                              initargs=(images, runner, threads)) as pool:
         try:
-            for indices in batches:
-                pending.append(pool.submit(_work, indices))
+            for task in tasks:
+                pending.append(pool.submit(_work, task))
                 if len(pending) >= 2 * count:
-                    yield pending.popleft().result()
+                    yield from pending.popleft().result()
             while pending:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         except BrokenProcessPool:
             raise WasteclsError(
                 "An inference worker process died (out of memory?). Try a smaller --batch-size, "
@@ -184,6 +189,16 @@ def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner |
                 future.cancel()
 
 
+def _tasks(images: int, batch_size: int, workers: int) -> Iterator[list[list[int]]]:
+    """Consecutive batches grouped into tasks of about TASK_IMAGES images, fewer when that
+    would leave a worker without one."""
+    batches = math.ceil(images / batch_size)
+    per_task = max(1, min(TASK_IMAGES // batch_size, batches // workers)) * batch_size
+    for start in range(0, images, per_task):
+        end = min(start + per_task, images)
+        yield [list(range(i, min(i + batch_size, end))) for i in range(start, end, batch_size)]
+
+
 def iterate_batches(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
     *, spread_model: bool = True, speed: Speed | None = None,
@@ -192,24 +207,23 @@ def iterate_batches(
     order. `spread_model=False` keeps the model in this process whatever the device; `speed`
     collects where the time went."""
     images = EvalImages(samples, runner.data_config)
-    batches = (list(range(i, min(i + batch_size, len(samples))))
-               for i in range(0, len(samples), batch_size))
     count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
     threads = max(1, (os.cpu_count() or 1) // max(1, count))
     speed = speed or Speed()
     speed.processes = count if in_workers else 1
     if in_workers:
         worker = runner.for_worker(threads)
-        for batch, preprocess, inference in _in_processes(count, threads, images, worker,
-                                                          batches):
+        for batch, preprocess, inference in _in_processes(
+                count, threads, images, worker, _tasks(len(samples), batch_size, count)):
             speed.add(len(batch[2]), preprocess, inference)
             yield batch
         return
     if count:  # worker processes decode, the model runs here
         decoded = ((batch, preprocess) for batch, preprocess, _ in _in_processes(
-            count, threads, images, None, batches))
+            count, threads, images, None, _tasks(len(samples), batch_size, count)))
     else:
-        decoded = (_preprocess(images, indices) for indices in batches)
+        decoded = (_preprocess(images, batch) for task in _tasks(len(samples), batch_size, 1)
+                   for batch in task)
     for pixels, preprocess in decoded:
         batch, inference = _infer(runner, pixels)
         speed.add(len(batch[2]), preprocess, inference)
