@@ -363,5 +363,7 @@ def test_own_eval_transform_equals_timms(sample_dir, tmp_path, size, crop_pct, i
               photo.resize((7, 300)), photo.resize((1000, 997))]
     for image in images:
         assert np.array_equal(ours(image), timms(image).numpy()), image.size
+        row = np.empty((3, size, size), np.float32)  # a batch's row, as inference fills it
+        assert ours(image, out=row) is row and np.array_equal(row, timms(image).numpy())
     assert not CenterCropEval.handles({**config, "crop_mode": "squash"})
     assert not isinstance(eval_transform({**config, "crop_pct": 1.2}), CenterCropEval)

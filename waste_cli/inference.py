@@ -95,16 +95,16 @@ class EvalImages:
 
     def batch(self, indices: list[int]) -> Batch:
         """Decode and preprocess `indices`; unreadable images are listed, not raised."""
-        arrays, readable, bad = [], [], []
+        images = np.empty((len(indices), *self.shape), np.float32)
+        readable, bad = [], []
         for i in indices:
             try:
-                arrays.append(self.transform(load_rgb(self.samples[i][0])))
+                self.transform(load_rgb(self.samples[i][0]), out=images[len(readable)])
                 readable.append(i)
             except DECODE_ERRORS:
                 bad.append(i)
-        images = np.stack(arrays) if arrays else np.empty((0, *self.shape), np.float32)
         labels = np.array([self.samples[i][1] for i in readable], dtype=np.int64)
-        return images, labels, np.array(readable, dtype=np.int64), bad
+        return images[: len(readable)], labels, np.array(readable, dtype=np.int64), bad
 
 
 def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: int,
