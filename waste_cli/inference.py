@@ -11,8 +11,8 @@ Two ways to spread the work over a machine:
 - elsewhere (GPUs), or when the model must stay in this process (a training process, whose
   forked copies would make its next steps pay copy-on-write faults), workers only decode.
 
-Results always come back in input order, with at most two batches per worker in flight, so
-memory does not grow with the number of inputs.
+Results always come back in input order, with at most two tasks (of about 16 images) per
+worker in flight, so memory does not grow with the number of inputs.
 """
 
 from __future__ import annotations
