@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,10 +24,9 @@ from waste_cli import __version__
 from waste_cli.backends import ONNX_META_KEY, OnnxRunner, find_model
 from waste_cli.console import Reporter
 from waste_cli.data.scan import class_folders, list_images
-from waste_cli.data.sources import load_rgb
-from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import ConfigError, ModelError, WasteclsError
 from waste_cli.fileio import atomic_path, atomic_write_text
+from waste_cli.inference import EvalImages
 from waste_cli.models import load_checkpoint, model_from_checkpoint
 from waste_cli.settings import ExportSettings
 
@@ -238,12 +236,13 @@ def _default_images(checkpoint: dict[str, Any], split: str) -> list[tuple[Path, 
 def _tensors(samples: list[tuple[Path, int | None]], config: dict[str, Any],
              count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     samples = _evenly(samples, count)
-    if not samples:
-        raise ConfigError("No images to verify or calibrate with: pass --verify-data DIR.")
-    transform = eval_transform(config)
-    images = torch.from_numpy(np.stack([transform(load_rgb(p)) for p, _ in samples]))
-    labels = [y for _, y in samples]
-    return images, (torch.tensor(labels) if None not in labels else None)
+    images, _, readable, _ = EvalImages([(p, -1) for p, _ in samples], config).batch(
+        list(range(len(samples))))  # unreadable images are left out
+    if not len(readable):
+        raise ConfigError("No readable images to verify or calibrate with: pass "
+                          "--verify-data DIR.")
+    labels = [samples[i][1] for i in readable]
+    return torch.from_numpy(images), (torch.tensor(labels) if None not in labels else None)
 
 
 def _verify(reference: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor],

@@ -151,18 +151,28 @@ def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> No
     _WORKER = images, runner
 
 
-def _work(task: list[list[int]]) -> list[tuple[Batch, float, float]]:
-    """(batch, preprocess seconds, model seconds) for each batch of a task, in a worker."""
-    assert _WORKER is not None
-    images, runner = _WORKER
-    done = []
+def _run_task(images: EvalImages, runner: Runner | None,
+              task: list[list[int]]) -> Iterator[tuple[Batch, float, float]]:
+    """(batch, preprocess seconds, model seconds) for each batch of a task; without a runner
+    the batch keeps its images and the model seconds are 0."""
     for indices in task:
         batch, preprocess = _preprocess(images, indices)
-        inference = 0.0
-        if runner is not None:
-            batch, inference = _infer(runner, batch)
-        done.append((batch, preprocess, inference))
-    return done
+        batch, inference = _infer(runner, batch) if runner is not None else (batch, 0.0)
+        yield batch, preprocess, inference
+
+
+def _infer_here(runner: Runner, decoded: Iterable[tuple[Batch, float, float]]
+                ) -> Iterator[tuple[Batch, float, float]]:
+    """Run the model in this process on batches decoded elsewhere."""
+    for pixels, preprocess, _ in decoded:
+        batch, inference = _infer(runner, pixels)
+        yield batch, preprocess, inference
+
+
+def _work(task: list[list[int]]) -> list[tuple[Batch, float, float]]:
+    """`_run_task` in a worker process, on the job its initializer gave it."""
+    assert _WORKER is not None
+    return list(_run_task(*_WORKER, task))
 
 
 def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
@@ -209,23 +219,16 @@ def iterate_batches(
     images = EvalImages(samples, runner.data_config)
     count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
     threads = max(1, (os.cpu_count() or 1) // max(1, count))
+    tasks = _tasks(len(samples), batch_size, max(1, count))
     speed = speed or Speed()
     speed.processes = count if in_workers else 1
     if in_workers:
-        worker = runner.for_worker(threads)
-        for batch, preprocess, inference in _in_processes(
-                count, threads, images, worker, _tasks(len(samples), batch_size, count)):
-            speed.add(len(batch[2]), preprocess, inference)
-            yield batch
-        return
-    if count:  # worker processes decode, the model runs here
-        decoded = ((batch, preprocess) for batch, preprocess, _ in _in_processes(
-            count, threads, images, None, _tasks(len(samples), batch_size, count)))
+        done = _in_processes(count, threads, images, runner.for_worker(threads), tasks)
+    elif count:  # worker processes decode, the model runs here
+        done = _infer_here(runner, _in_processes(count, threads, images, None, tasks))
     else:
-        decoded = (_preprocess(images, batch) for task in _tasks(len(samples), batch_size, 1)
-                   for batch in task)
-    for pixels, preprocess in decoded:
-        batch, inference = _infer(runner, pixels)
+        done = (item for task in tasks for item in _run_task(images, runner, task))
+    for batch, preprocess, inference in done:
         speed.add(len(batch[2]), preprocess, inference)
         yield batch
 

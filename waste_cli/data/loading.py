@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -107,9 +107,8 @@ class ImageDataset(Dataset):
                 image = load_rgb(path)
         except DECODE_ERRORS:
             return None, label, index
-        if seed is None:
-            return torch.as_tensor(self.transform(image)), label, index
-        with _seeded(seed):  # as_tensor: the eval transform gives numpy arrays
+        with _seeded(seed) if seed is not None else nullcontext():
+            # as_tensor: the eval transform gives numpy arrays
             return torch.as_tensor(self.transform(image)), label, index
 
 
