@@ -30,6 +30,8 @@ import torch
 from common import add_data_arguments
 from timm.optim import create_optimizer_v2
 
+from waste_cli.models import freeze_layers
+
 RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "256", "--amp", "--epochs", "10", "--ema",
           "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
           "--cache", "ram", "--batch-size", "32"]
@@ -41,10 +43,14 @@ def _flag(args: list[str], name: str, default: str) -> str:
     return args[positions[-1] + 1] if positions else default
 
 
-def model_only_rate(arch: str, size: int, batch: int, amp: bool, seconds: float = 30.0) -> float:
+def model_only_rate(arch: str, size: int, batch: int, amp: bool, frozen_layers: int,
+                    seconds: float = 30.0) -> float:
     """Images/s of forward+backward+AdamW step on tensors already in memory (bf16 autocast
-    when `amp`, as `wastecls train --amp` on a CPU)."""
+    when `amp`, as `wastecls train --amp` on a CPU; the first `frozen_layers` layer groups
+    fixed and in eval mode, as `--freeze-layers`)."""
     model = timm.create_model(arch, num_classes=6).to(memory_format=torch.channels_last).train()
+    for module in freeze_layers(model, frozen_layers):
+        module.eval()
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 6, (batch,))
@@ -75,6 +81,7 @@ def main() -> None:
     size = int(_flag(recipe, "--img-size", "224"))
     batch = int(_flag(recipe, "--batch-size", "32"))
     freeze = int(_flag(recipe, "--freeze-epochs", "0"))
+    frozen_layers = int(_flag(recipe, "--freeze-layers", "0"))
     print(f"# train benchmark, {date.today()}, {os.cpu_count()} cores {platform.machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     print("recipe: wastecls train " + " ".join(recipe))
@@ -84,12 +91,12 @@ def main() -> None:
                        check=True, capture_output=True)
         amp = "--amp" in recipe
         # Measured before and after training: the machine's speed drifts over minutes.
-        before = model_only_rate("tf_efficientnet_lite0", size, batch, amp)
+        before = model_only_rate("tf_efficientnet_lite0", size, batch, amp, frozen_layers)
         start = time.perf_counter()
         subprocess.run(["wastecls", "train", "--data", str(data), "--project", str(runs),
                         "--name", "bench", *recipe], check=True)
         wall = time.perf_counter() - start
-        after = model_only_rate("tf_efficientnet_lite0", size, batch, amp)
+        after = model_only_rate("tf_efficientnet_lite0", size, batch, amp, frozen_layers)
         model_rate = (before + after) / 2
         run = runs / "bench"
         with open(run / "metrics.csv", newline="") as handle:

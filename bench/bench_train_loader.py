@@ -55,7 +55,7 @@ def main() -> None:
         subset(args.prepared, data, args.per_class)
         print("| variant | model-only before | images/s per epoch |\n|---|---|---|")
         for variant in VARIANTS:
-            before = model_only_rate("tf_efficientnet_lite0", 224, 32, False, 10)
+            before = model_only_rate("tf_efficientnet_lite0", 224, 32, False, 0, seconds=10)
             train_module.build_loader = (validation_in_process if variant == "train-worker"
                                          else build_loader)
             settings = TrainSettings(

@@ -180,7 +180,8 @@ def test_flags_that_change_training(prepared, tmp_path):
     assert amp.epochs_run == 1
 
 
-def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
+def _weights_before_and_after(prepared, tmp_path, **overrides):
+    """The model's state when training starts and in last.pt after one epoch."""
     import waste_cli.train as train_module
 
     captured = {}
@@ -188,18 +189,51 @@ def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
 
     def capture(*args, **kwargs):
         setup = original(*args, **kwargs)
-        captured["stem"] = setup.model.conv_stem.weight.detach().clone()
-        captured["head"] = setup.model.classifier.weight.detach().clone()
+        captured.update({k: v.detach().clone() for k, v in setup.net.state_dict().items()})
         return setup
 
     train_module._setup = capture
     try:
-        run = tiny_train(prepared, tmp_path, freeze_backbone=True, epochs=1, lr=0.05)
+        run = tiny_train(prepared, tmp_path, epochs=1, lr=0.05, **overrides)
     finally:
         train_module._setup = original
-    weights = load_checkpoint(run.run_dir / "last.pt")["model"]
-    assert torch.equal(weights["conv_stem.weight"], captured["stem"])
-    assert not torch.equal(weights["classifier.weight"], captured["head"])
+    return captured, load_checkpoint(run.run_dir / "last.pt")["model"]
+
+
+def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
+    before, after = _weights_before_and_after(prepared, tmp_path, freeze_backbone=True)
+    assert torch.equal(after["conv_stem.weight"], before["conv_stem.weight"])
+    assert not torch.equal(after["classifier.weight"], before["classifier.weight"])
+
+
+def test_freeze_layers_keeps_the_first_groups_pretrained(prepared, tmp_path):
+    # test_efficientnet's layer groups: stem, blocks.0, blocks.1, ...; freeze stem + blocks.0.
+    before, after = _weights_before_and_after(prepared, tmp_path, freeze_layers=2)
+    fixed = [k for k in before if k.startswith(("conv_stem.", "bn1.", "blocks.0."))]
+    learning = [k for k in before if k.startswith("blocks.1.") and before[k].is_floating_point()]
+    assert fixed and learning
+    for key in fixed:  # weights and BatchNorm statistics alike
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["blocks.1.0.bn1.running_mean"],
+                           before["blocks.1.0.bn1.running_mean"])
+    assert not all(torch.equal(after[k], before[k]) for k in learning)
+    result = run_cli(*_cli_args(prepared, tmp_path), "--freeze-layers", "99")
+    assert result.exit_code == 1 and "layer groups" in result.output and "at most" in result.output
+
+
+def test_accuracy_ties_go_to_the_lower_validation_loss():
+    from waste_cli.settings import TrainSettings
+    from waste_cli.train import _improved
+
+    settings = TrainSettings(data=Path("data"), monitor="val_acc")
+    state = {"best": 0.9, "best_val_loss": 0.5}
+    assert _improved(settings, {"val_acc": 0.9, "val_loss": 0.4}, state)
+    assert not _improved(settings, {"val_acc": 0.9, "val_loss": 0.6}, state)
+    assert not _improved(settings, {"val_acc": 0.85, "val_loss": 0.1}, state)
+    assert _improved(settings, {"val_acc": 0.95, "val_loss": 0.9}, state)
+    assert _improved(settings, {"val_acc": 0.0, "val_loss": 9.0}, {"best": None})
+    loss = TrainSettings(data=Path("data"), monitor="val_loss")
+    assert not _improved(loss, {"val_acc": 1.0, "val_loss": 0.5}, state | {"best": 0.5})
 
 
 def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path, monkeypatch):

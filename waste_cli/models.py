@@ -26,6 +26,7 @@ from waste_cli.errors import ModelError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "create_model",
+    "freeze_layers",
     "load_checkpoint",
     "load_weights",
     "model_from_checkpoint",
@@ -221,6 +222,36 @@ def load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
     if new_head:
         _zero_head(model)
+
+
+def freeze_layers(model: nn.Module, count: int) -> list[nn.Module]:
+    """Fix the first `count` of timm's layer groups (the stem, then one group per stage).
+
+    Early layers hold generic edge and texture features that a few epochs on a small waste
+    dataset barely move (with --layer-decay they learn at a few percent of the head's rate),
+    yet their backward pass at full resolution is the costliest part of a step: fixed, it is
+    skipped. Returns the fixed modules, which the caller keeps in eval mode so their
+    BatchNorm statistics stay the pretrained ones. This is Ultralytics' `freeze=N`.
+    """
+    from timm.models import group_modules, group_parameters
+
+    try:
+        matcher = model.group_matcher(coarse=True)
+    except (AttributeError, NotImplementedError):
+        raise ModelError(f"--freeze-layers needs a model with timm layer groups; "
+                         f"{type(model).__name__} has none.") from None
+    groups = group_parameters(model, matcher)
+    if count >= len(groups):
+        raise ModelError(f"--freeze-layers {count}: this model has {len(groups)} layer groups "
+                         f"and the last holds the classifier; use at most {len(groups) - 1} "
+                         "(or --freeze-backbone to train the head alone).")
+    frozen = sorted(groups)[:count]
+    names = {name for group in frozen for name in groups[group]}
+    for name, param in model.named_parameters():
+        if name in names:
+            param.requires_grad = False
+    modules = group_modules(model, matcher)
+    return [model.get_submodule(name) for group in frozen for name in modules.get(group, [])]
 
 
 # --- checkpoints --------------------------------------------------------------------------

@@ -193,6 +193,10 @@ class TrainSettings(ModelRunSettings):
     freeze_epochs: int = Field(
         0, ge=0, description="Train only the head for this many first epochs (fastai style)."
     )
+    freeze_layers: int = Field(
+        0, ge=0, description="Never train the first N of timm's layer groups (stem, stages): "
+        "faster steps, early features stay pretrained (Ultralytics' freeze).",
+    )
     layer_decay: float | None = Field(
         None, gt=0, le=1, description="Layer-wise lr decay: earlier layers learn slower (timm)."
     )

@@ -52,7 +52,13 @@ from waste_cli.distributed import (
 from waste_cli.errors import ConfigError, DataError, WasteclsError
 from waste_cli.inference import default_workers, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix
-from waste_cli.models import create_model, load_checkpoint, resolve_arch, save_checkpoint
+from waste_cli.models import (
+    create_model,
+    freeze_layers,
+    load_checkpoint,
+    resolve_arch,
+    save_checkpoint,
+)
 from waste_cli.plots import plot_confusion_matrix, plot_curves
 from waste_cli.pseudo import (
     FixMatchState,
@@ -176,17 +182,21 @@ def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer, steps:
     return scheduler
 
 
-def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
-    """Only the classifier learns while frozen; unfrozen, everything does."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    for param in model.parameters():
-        param.requires_grad = not frozen or id(param) in head
+def _set_trainable(s: _Setup, head_only: bool) -> None:
+    """Only the classifier learns while `head_only`; otherwise all but the --freeze-layers."""
+    head = {id(p) for p in s.net.get_classifier().parameters()}
+    fixed = {id(p) for m in s.fixed_layers for p in m.parameters()}
+    for param in s.net.parameters():
+        param.requires_grad = id(param) in head if head_only else id(param) not in fixed
 
 
-def _set_train_mode(model: nn.Module, frozen: bool) -> None:
-    """Train mode; a frozen backbone stays in eval mode so its BatchNorm statistics are kept."""
-    model.train(not frozen)
-    model.get_classifier().train()
+def _set_train_mode(s: _Setup, head_only: bool) -> None:
+    """Train mode, except for what does not learn: a frozen backbone and the --freeze-layers
+    stay in eval mode so their BatchNorm statistics are kept."""
+    s.net.train(not head_only)
+    for module in s.fixed_layers:
+        module.eval()
+    s.net.get_classifier().train()
 
 
 @dataclass
@@ -199,6 +209,7 @@ class _Setup:
     data: TrainData
     model: nn.Module  # what the loop calls: DistributedDataParallel(net) under torchrun
     net: nn.Module  # the plain model: checkpoints, EMA, freezing, evaluation
+    fixed_layers: list[nn.Module]  # --freeze-layers: never learn, always in eval mode
     ema: ModelEmaV3 | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -266,6 +277,8 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
                          pretrained=settings.pretrained and last is None,
                          weights=settings.weights if last is None else None)
     config = data_config(model, settings.img_size)
+    # Before the optimizer is built, so that fixed layers are not even in it.
+    fixed_layers = freeze_layers(model, settings.freeze_layers) if settings.freeze_layers else []
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -309,15 +322,14 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
             ema.load_state_dict(last["ema"])
         if scheduler is not None and "scheduler" in last:
             scheduler.load_state_dict(last["scheduler"])
-    wrapped = model
-    if dist.active:
-        if settings.freeze_backbone:
-            _freeze_backbone(model, True)
-        wrapped = DistributedDataParallel(
+    setup = _Setup(settings, device, dist, data, model, model, fixed_layers, ema, optimizer,
+                   scheduler, scaler, _loss_fn(settings, data).to(device), train_loader,
+                   val_loader, generator, config, run_dir, workers, train_cache, pool, pool_cache)
+    if dist.active:  # DDP needs the trainable set fixed before wrapping
+        _set_trainable(setup, settings.freeze_backbone)
+        setup.model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    return _Setup(settings, device, dist, data, wrapped, model, ema, optimizer, scheduler,
-                  scaler, _loss_fn(settings, data).to(device), train_loader, val_loader,
-                  generator, config, run_dir, workers, train_cache, pool, pool_cache)
+    return setup
 
 
 def _cycle(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
@@ -409,10 +421,10 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
                      skipped: set[int], loader: torch.utils.data.DataLoader,
                      pseudo: _PseudoEpoch | None) -> tuple[dict[str, float], int]:
     """One pass over the training data; returns its metrics and the new update count."""
-    frozen = s.settings.freeze_backbone or epoch < s.settings.freeze_epochs
+    head_only = s.settings.freeze_backbone or epoch < s.settings.freeze_epochs
     if not s.dist.active:  # under DDP the trainable set is fixed before wrapping
-        _freeze_backbone(s.net, frozen)
-    _set_train_mode(s.net, frozen)
+        _set_trainable(s, head_only)
+    _set_train_mode(s, head_only)
     loss_sum, correct, seen, waited = 0.0, 0, 0, 0.0
     start = time.perf_counter()
     planned, steps = len(s.train_loader), len(loader)
@@ -484,10 +496,20 @@ def _validate(s: _Setup) -> tuple[dict[str, float], torch.Tensor]:
             "val_macro_f1": report["macro_f1"]}, cm
 
 
-def _improved(settings: TrainSettings, value: float, best: float | None) -> bool:
+def _improved(settings: TrainSettings, row: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether this epoch beats the best so far on --monitor.
+
+    Accuracy and macro-F1 move in steps of one validation image, so on a small val split ties
+    are common; a tie goes to the epoch with the lower validation loss, the finer measure
+    (Ultralytics breaks ties the same way in spirit, with a fitness that mixes metrics).
+    """
+    value, best = row[settings.monitor], state["best"]
     if best is None:
         return True
-    return value < best if settings.monitor == "val_loss" else value > best
+    if settings.monitor == "val_loss":
+        return value < best
+    tie_won = value == best and row["val_loss"] < state.get("best_val_loss", math.inf)
+    return value > best or tie_won
 
 
 def _checkpoint(s: _Setup, epoch: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -542,8 +564,9 @@ def _record_epoch(s: _Setup, row: dict[str, Any], cm: torch.Tensor, state: dict[
     run, epoch, write = s.run_dir, row["epoch"], s.dist.main
     log.append(row)
     reporter.info(_format_row(row))
-    if _improved(s.settings, row[s.settings.monitor], state["best"]):
-        state |= {"best": row[s.settings.monitor], "best_epoch": epoch, "bad_epochs": 0}
+    if _improved(s.settings, row, state):
+        state |= {"best": row[s.settings.monitor], "best_val_loss": row["val_loss"],
+                  "best_epoch": epoch, "bad_epochs": 0}
         if write:
             save_checkpoint(run / "best.pt", _checkpoint(s, epoch, row))
             plot_confusion_matrix(cm.numpy(), s.data.classes, run / "confusion_matrix.png",
