@@ -70,8 +70,10 @@ def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
 
 
 def test_half_and_int8_report_accuracy(model, prepared, tmp_path):
-    result = run_cli("export", "-m", model, "--onnx", "--half", "--out", tmp_path / "h.onnx")
+    result = run_cli("export", "-m", model, "--onnx", "--half", "--out", tmp_path / "h.onnx",
+                     "-q")
     assert result.exit_code == 0, result.output
+    assert result.output.split() == [str(tmp_path / "h.onnx")]  # -q: only what was written
     assert json.loads((tmp_path / "h.onnx.json").read_text())["precision"] == "fp16"
     result = run_cli("export", "-m", model, "--onnx", "--int8", "--out", tmp_path / "q.onnx",
                      "--calib-data", prepared / "train", "--max-drop", "100")

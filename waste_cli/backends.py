@@ -92,23 +92,28 @@ class OnnxRunner:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path, self.threads = path, threads
-        self._session: Any = self._open()  # also checks the file before any work starts
+        # An unoptimised session checks the file and reads the metadata in a few ms; the
+        # optimised one (100+ ms to build) opens where the model runs, which with worker
+        # processes is only in them.
+        probe = self._open(optimize=False)
         try:
-            info = json.loads(self._session.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
+            info = json.loads(probe.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path} has no wastecls metadata ({exc}). Export it with "
                              "`wastecls export --onnx`.") from None
         self.classes = list(info["classes"])
         self.data_config = dict(info["data_config"])
         self.metadata = info
-        self.input_name = self._session.get_inputs()[0].name
+        self.input_name = probe.get_inputs()[0].name
+        self._session: Any = None
 
-    def _open(self) -> Any:
+    def _open(self, optimize: bool = True) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         # Idle intra-op threads must not spin: the loader workers decoding the next batch
         # need those cores (measured in BENCHMARKS.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -129,7 +134,7 @@ class OnnxRunner:
 
     def for_worker(self, threads: int) -> OnnxRunner:
         """A copy whose session opens in the worker on first use (sessions are not fork-safe:
-        the forked copy of this one has no thread pool behind it)."""
+        the forked copy of an open one has no thread pool behind it)."""
         worker = copy.copy(self)  # through __getstate__: without the session
         worker.threads = threads
         return worker

@@ -348,6 +348,10 @@ def export(settings: ExportSettings) -> None:
     from waste_cli.export import export as run_export
 
     result = run_export(settings, _reporter(settings))
+    if settings.quiet:  # what scripts need: the verified files, one per line
+        for path in result.files.values():
+            out_console.print(str(path), soft_wrap=True, highlight=False)
+        return
     table = Table(title=f"Exported {result.model}")
     for column in ("format", "file", "MB", "max |diff|", "top-1 agree", "acc (pt -> export)"):
         table.add_column(column, justify="left" if column in ("format", "file") else "right",

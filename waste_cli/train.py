@@ -500,8 +500,7 @@ def _improved(settings: TrainSettings, row: dict[str, Any], state: dict[str, Any
     """Whether this epoch beats the best so far on --monitor.
 
     Accuracy and macro-F1 move in steps of one validation image, so on a small val split ties
-    are common; a tie goes to the epoch with the lower validation loss, the finer measure
-    (Ultralytics breaks ties the same way in spirit, with a fitness that mixes metrics).
+    are common; a tie goes to the epoch with the lower validation loss, the finer measure.
     """
     value, best = row[settings.monitor], state["best"]
     if best is None:
