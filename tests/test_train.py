@@ -221,6 +221,27 @@ def test_freeze_layers_keeps_the_first_groups_pretrained(prepared, tmp_path):
     assert result.exit_code == 1 and "layer groups" in result.output and "at most" in result.output
 
 
+def test_freeze_layers_keeps_loose_parameters_fixed_across_epochs():
+    # A ViT's stem group holds parameters outside any module (cls_token, pos_embed): unfreezing
+    # after a head-only epoch must not wake them up.
+    from types import SimpleNamespace
+
+    import timm
+
+    from waste_cli.models import freeze_layers
+    from waste_cli.train import _set_trainable
+
+    net = timm.create_model("test_vit", num_classes=6)
+    layers = freeze_layers(net, 1)
+    fixed = frozenset(id(p) for p in net.parameters() if not p.requires_grad)
+    setup = SimpleNamespace(net=net, fixed_layers=layers, fixed_params=fixed)
+    _set_trainable(setup, head_only=True)
+    _set_trainable(setup, head_only=False)
+    assert not net.pos_embed.requires_grad and not net.cls_token.requires_grad
+    assert not net.patch_embed.proj.weight.requires_grad
+    assert net.blocks[0].attn.qkv.weight.requires_grad
+
+
 def test_accuracy_ties_go_to_the_lower_validation_loss():
     from waste_cli.settings import TrainSettings
     from waste_cli.train import _improved

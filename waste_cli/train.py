@@ -185,9 +185,8 @@ def _scheduler(settings: TrainSettings, optimizer: torch.optim.Optimizer, steps:
 def _set_trainable(s: _Setup, head_only: bool) -> None:
     """Only the classifier learns while `head_only`; otherwise all but the --freeze-layers."""
     head = {id(p) for p in s.net.get_classifier().parameters()}
-    fixed = {id(p) for m in s.fixed_layers for p in m.parameters()}
     for param in s.net.parameters():
-        param.requires_grad = id(param) in head if head_only else id(param) not in fixed
+        param.requires_grad = id(param) in head if head_only else id(param) not in s.fixed_params
 
 
 def _set_train_mode(s: _Setup, head_only: bool) -> None:
@@ -210,6 +209,7 @@ class _Setup:
     model: nn.Module  # what the loop calls: DistributedDataParallel(net) under torchrun
     net: nn.Module  # the plain model: checkpoints, EMA, freezing, evaluation
     fixed_layers: list[nn.Module]  # --freeze-layers: never learn, always in eval mode
+    fixed_params: frozenset[int]  # ids of their parameters, and of loose ones (a ViT's pos_embed)
     ema: ModelEmaV3 | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -279,6 +279,7 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
     config = data_config(model, settings.img_size)
     # Before the optimizer is built, so that fixed layers are not even in it.
     fixed_layers = freeze_layers(model, settings.freeze_layers) if settings.freeze_layers else []
+    fixed_params = frozenset(id(p) for p in model.parameters() if not p.requires_grad)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -322,8 +323,8 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
             ema.load_state_dict(last["ema"])
         if scheduler is not None and "scheduler" in last:
             scheduler.load_state_dict(last["scheduler"])
-    setup = _Setup(settings, device, dist, data, model, model, fixed_layers, ema, optimizer,
-                   scheduler, scaler, _loss_fn(settings, data).to(device), train_loader,
+    setup = _Setup(settings, device, dist, data, model, model, fixed_layers, fixed_params, ema,
+                   optimizer, scheduler, scaler, _loss_fn(settings, data).to(device), train_loader,
                    val_loader, generator, config, run_dir, workers, train_cache, pool, pool_cache)
     if dist.active:  # DDP needs the trainable set fixed before wrapping
         _set_trainable(setup, settings.freeze_backbone)
