@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -19,10 +20,10 @@ import torch
 from conftest import TINY, run_cli, tiny_train
 
 from waste_cli.data.loading import ImageDataset, build_loader, weighted_sampler
-from waste_cli.data.transforms import data_config, train_transform
+from waste_cli.data.transforms import data_config, normalize_batch, train_transform
 from waste_cli.errors import DataError, DeviceError, ModelError
 from waste_cli.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from waste_cli.runtime import resolve_device
+from waste_cli.runtime import keep_freed_memory, resolve_device
 
 TIMING = {"images_per_s", "seconds", "data_seconds"}
 
@@ -129,6 +130,25 @@ def test_augmentations_depend_on_the_epoch_seed_only(sample_dir):
     assert not torch.equal(first, second)
     assert torch.equal(first, epochs(0, [7])[0])
     assert torch.equal(second, epochs(1, [8])[0])
+
+
+def test_uint8_training_batches_match_the_float_pipeline(sample_dir):
+    """`light` images leave the loader as uint8 and are normalised a batch at a time; the
+    result is the per-image float pipeline's, for the same augmentation seeds."""
+    samples = [(p, 0) for p in sorted(sample_dir.rglob("*.jpg"))[:8]]
+    config = data_config(create_model(TINY["arch"], 2, pretrained=False), 48)
+    batches = {}
+    for uint8 in (True, False):
+        dataset = ImageDataset(samples, train_transform(config, "light", uint8=uint8))
+        loader = build_loader(dataset, 4, workers=0, generator=torch.Generator().manual_seed(3),
+                              shuffle=True)
+        batches[uint8] = torch.cat([images for images, *_ in loader])
+    assert batches[True].dtype == torch.uint8 and batches[False].dtype == torch.float32
+    normalised = normalize_batch(batches[True].contiguous(memory_format=torch.channels_last),
+                                 config)
+    assert normalised.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(normalised, batches[False], atol=1e-5, rtol=0)
+    assert normalize_batch(batches[False], config) is batches[False]
 
 
 def test_weighted_sampler_draws_classes_equally():
@@ -422,3 +442,38 @@ def test_own_eval_transform_equals_timms(sample_dir, tmp_path, size, crop_pct, i
         assert ours(image, out=row) is row and np.array_equal(row, timms(image).numpy())
     assert not CenterCropEval.handles({**config, "crop_mode": "squash"})
     assert not isinstance(eval_transform({**config, "crop_pct": 1.2}), CenterCropEval)
+
+
+_FREE_AND_MEASURE = """
+import ctypes, resource, sys
+from waste_cli.runtime import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+before = resident_mib()
+block = libc.malloc(256 * 2**20)
+ctypes.memset(block, 1, 256 * 2**20)  # touch every page
+libc.free(block)
+print(kept, resident_mib() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_keep_freed_memory_keeps_a_freed_block_resident():
+    """By default glibc unmaps a freed 256 MiB block (the next step page-faults it in again);
+    after keep_freed_memory, as `train` on a CPU calls it, the pages stay with the process."""
+    outcome = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", _FREE_AND_MEASURE, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        outcome[mode] = (out[0] == "True", float(out[1]))
+    assert outcome["default"][1] < 16
+    assert outcome["keep"] == (True, pytest.approx(256, abs=16))
+
+
+def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    assert keep_freed_memory() is False

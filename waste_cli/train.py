@@ -40,7 +40,12 @@ from waste_cli.data.loading import (
 )
 from waste_cli.data.prepare import split_groups
 from waste_cli.data.scan import dataset_classes, labeled_samples, list_images
-from waste_cli.data.transforms import data_config, eval_transform, train_transform
+from waste_cli.data.transforms import (
+    data_config,
+    eval_transform,
+    normalize_batch,
+    train_transform,
+)
 from waste_cli.distributed import (
     Distributed,
     all_gather_union,
@@ -73,7 +78,13 @@ from waste_cli.pseudo import (
     pseudo_weight,
     read_manifests,
 )
-from waste_cli.runtime import autocast, resolve_device, seed_everything, to_device
+from waste_cli.runtime import (
+    autocast,
+    keep_freed_memory,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
 from waste_cli.settings import TrainSettings, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
@@ -266,6 +277,8 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
         raise ConfigError("--freeze-epochs is not supported with several processes (DDP needs "
                           "the same trainable parameters throughout); use --freeze-backbone.")
     seed_everything(settings.seed)
+    if device.type == "cpu":
+        keep_freed_memory()
     data = load_train_data(settings)
     pool = None
     if settings.pseudolabel != "none":
@@ -346,7 +359,8 @@ def _epoch_plan(s: _Setup, epoch: int, reporter: Reporter):
     if s.pool is None or weight == 0:
         return s.train_loader, None, None
     if settings.pseudolabel == "per-batch":
-        views = TwoViews(train_transform(s.config, "light"), train_transform(s.config, "strong"))
+        views = TwoViews(train_transform(s.config, "light", uint8=False),  # stacked with
+                         train_transform(s.config, "strong"))  # strong views: float both
         pool_set = ImageDataset([(p, -1) for p in s.pool.paths], views)
         loader = build_loader(pool_set, settings.batch_size, workers=s.workers,
                               generator=s.generator, shuffle=True,
@@ -441,8 +455,9 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
             skipped.update(i for i in bad if i < len(s.data.train))
             if not len(labels):
                 continue
-            images, labels = to_device(images, s.device, s.settings.channels_last), labels.to(
-                s.device, non_blocking=True)
+            images = normalize_batch(to_device(images, s.device, s.settings.channels_last),
+                                     s.config)
+            labels = labels.to(s.device, non_blocking=True)
             with autocast(s.device, s.settings.amp):
                 loss, logits, labelled = _step_loss(s, images, labels, indices, pseudo)
             s.optimizer.zero_grad(set_to_none=True)
