@@ -77,9 +77,9 @@ def keep_freed_memory() -> bool:
 
     A training step on the CPU frees and re-allocates the same large activation buffers. By
     default glibc serves blocks of that size with mmap and unmaps them when freed, so every
-    step page-faults its activations in again: on the 2-core benchmark machine that cost a
-    third of a step in fp32 (BENCHMARKS.md). Turning mmap off and raising the trim threshold
-    keeps the pages (peak memory about 15% higher). Returns whether the setting took effect;
+    step page-faults its activations in again: on the 2-core benchmark machine that cost 20-30%
+    of a step in fp32 (BENCHMARKS.md). Turning mmap off and raising the trim threshold keeps
+    the pages (peak memory up to 15% higher). Returns whether the setting took effect;
     elsewhere (musl, macOS, Windows) it does nothing.
     """
     if platform.libc_ver()[0] != "glibc":
