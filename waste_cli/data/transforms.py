@@ -134,10 +134,11 @@ def train_transform(config: dict[str, Any], augment: Augment, *, uint8: bool = T
     from timm.data import create_transform
 
     options = AUGMENTATIONS[augment]
+    left_to_batch = uint8 and not options.get("re_prob")
     return create_transform(
         input_size=tuple(config["input_size"]), is_training=True,
         interpolation=config["interpolation"], mean=tuple(config["mean"]),
-        std=tuple(config["std"]), normalize=not (uint8 and not options.get("re_prob")),
+        std=tuple(config["std"]), normalize=not left_to_batch,
         **options,
     )
 
