@@ -148,9 +148,7 @@ def normalize_batch(images: torch.Tensor, config: dict[str, Any]) -> torch.Tenso
     the data config's mean and std, memory format kept); a float batch is already that."""
     if images.is_floating_point():
         return images
-    import torch
+    from torchvision.transforms.functional import normalize
 
-    shape = (1, -1, 1, 1)
-    mean = torch.tensor(config["mean"], device=images.device).view(shape) * 255
-    std = torch.tensor(config["std"], device=images.device).view(shape) * 255
-    return images.float().sub_(mean).div_(std)
+    return normalize(images.float(), [255 * m for m in config["mean"]],
+                     [255 * s for s in config["std"]], inplace=True)
