@@ -18,9 +18,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_cli, tiny_train
+from PIL import Image
+from torchvision.transforms.functional import (
+    adjust_brightness,
+    adjust_contrast,
+    normalize,
+    pil_to_tensor,
+)
 
 from waste_cli.data.loading import ImageDataset, build_loader, weighted_sampler
-from waste_cli.data.transforms import data_config, normalize_batch, train_transform
+from waste_cli.data.transforms import (
+    BatchFinish,
+    data_config,
+    light_and_normalize,
+    train_transform,
+)
 from waste_cli.errors import DataError, DeviceError, ModelError
 from waste_cli.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from waste_cli.runtime import keep_freed_memory, resolve_device
@@ -132,23 +144,57 @@ def test_augmentations_depend_on_the_epoch_seed_only(sample_dir):
     assert torch.equal(second, epochs(1, [8])[0])
 
 
-def test_uint8_training_batches_match_the_float_pipeline(sample_dir):
-    """`light` images leave the loader as uint8 and are normalised a batch at a time; the
-    result is the per-image float pipeline's, for the same augmentation seeds."""
+def test_light_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_dir):
+    """`light` leaves colour and normalisation to `BatchFinish`; the float pipeline (FixMatch's
+    weak view) still jitters colour per image; random erasing keeps `strong` float."""
     samples = [(p, 0) for p in sorted(sample_dir.rglob("*.jpg"))[:8]]
     config = data_config(create_model(TINY["arch"], 2, pretrained=False), 48)
     batches = {}
     for uint8 in (True, False):
-        dataset = ImageDataset(samples, train_transform(config, "light", uint8=uint8))
+        transform = train_transform(config, "light", uint8=uint8)
+        names = [type(t).__name__ for t in transform.transforms]
+        assert ("ColorJitter" in names) is not uint8
+        assert "bilinear" in repr(transform.transforms[0])  # crops resize bilinearly
+        dataset = ImageDataset(samples, transform)
         loader = build_loader(dataset, 4, workers=0, generator=torch.Generator().manual_seed(3),
                               shuffle=True)
         batches[uint8] = torch.cat([images for images, *_ in loader])
     assert batches[True].dtype == torch.uint8 and batches[False].dtype == torch.float32
-    normalised = normalize_batch(batches[True].contiguous(memory_format=torch.channels_last),
-                                 config)
-    assert normalised.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(normalised, batches[False], atol=1e-5, rtol=0)
-    assert normalize_batch(batches[False], config) is batches[False]
+    assert train_transform(config, "strong")(Image.open(samples[0][0])).dtype == torch.float32
+
+    finish = BatchFinish(config, "light")
+    uint8_batch = batches[True].contiguous(memory_format=torch.channels_last)
+    finished = finish(uint8_batch, torch.Generator().manual_seed(0))
+    assert finished.dtype == torch.float32
+    assert finished.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(finished, finish(uint8_batch, torch.Generator().manual_seed(0)))
+    assert not torch.equal(finished, finish(uint8_batch, torch.Generator().manual_seed(1)))
+    # Its factors are drawn within the light level's +-20%, one pair per image.
+    factors = 1 + (2 * torch.rand(len(uint8_batch), 2, generator=torch.Generator().manual_seed(0))
+                   - 1) * 0.2
+    mean, std = (torch.tensor(config[k]) * 255 for k in ("mean", "std"))
+    torch.testing.assert_close(finished, light_and_normalize(uint8_batch, factors[:, 0],
+                                                             factors[:, 1], mean, std))
+    assert finish(batches[False], torch.Generator()) is batches[False]  # float: already done
+    plain = BatchFinish(config, "none")(uint8_batch, torch.Generator())  # normalisation only
+    torch.testing.assert_close(plain, normalize(uint8_batch / 255, config["mean"],
+                                                config["std"]), atol=1e-5, rtol=0)
+
+
+def test_batch_lighting_is_torchvisions_brightness_then_contrast(sample_dir):
+    """One affine map per image and channel equals torchvision's two steps wherever those do
+    not clamp in between (brightness at most 1)."""
+    images = torch.stack([pil_to_tensor(Image.open(p).convert("RGB").resize((40, 32)))
+                          for p in sorted(sample_dir.rglob("*.jpg"))[:6]])
+    brightness = torch.tensor([0.8, 0.9, 1.0, 0.85, 0.95, 1.0])
+    contrast = torch.tensor([0.8, 1.2, 1.0, 1.1, 0.9, 1.2])
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    ours = light_and_normalize(images, brightness, contrast, mean * 255, std * 255)
+    expected = torch.stack([
+        normalize(adjust_contrast(adjust_brightness(image / 255, float(b)), float(c)),
+                  mean.tolist(), std.tolist())
+        for image, b, c in zip(images, brightness, contrast, strict=True)])
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
 def test_weighted_sampler_draws_classes_equally():

@@ -41,9 +41,9 @@ from waste_cli.data.loading import (
 from waste_cli.data.prepare import split_groups
 from waste_cli.data.scan import dataset_classes, labeled_samples, list_images
 from waste_cli.data.transforms import (
+    BatchFinish,
     data_config,
     eval_transform,
-    normalize_batch,
     train_transform,
 )
 from waste_cli.distributed import (
@@ -230,6 +230,7 @@ class _Setup:
     val_loader: torch.utils.data.DataLoader
     generator: torch.Generator
     config: dict[str, Any]
+    finish: BatchFinish  # brightness, contrast and normalisation of a uint8 batch
     run_dir: Path
     workers: int
     train_cache: list[Any] | None
@@ -338,7 +339,8 @@ def _setup(settings: TrainSettings, last: dict[str, Any] | None, reporter: Repor
             scheduler.load_state_dict(last["scheduler"])
     setup = _Setup(settings, device, dist, data, model, model, fixed_layers, fixed_params, ema,
                    optimizer, scheduler, scaler, _loss_fn(settings, data).to(device), train_loader,
-                   val_loader, generator, config, run_dir, workers, train_cache, pool, pool_cache)
+                   val_loader, generator, config, BatchFinish(config, settings.aug), run_dir,
+                   workers, train_cache, pool, pool_cache)
     if dist.active:  # DDP needs the trainable set fixed before wrapping
         _set_trainable(setup, settings.freeze_backbone)
         setup.model = DistributedDataParallel(
@@ -441,6 +443,9 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
         _set_trainable(s, head_only)
     _set_train_mode(s, head_only)
     loss_sum, correct, seen, waited = 0.0, 0, 0, 0.0
+    # Batch-level augmentation draws from its own generator, seeded like the epoch's others.
+    lighting = torch.Generator().manual_seed(
+        (s.settings.seed * 1_000_003 + epoch) * 1_000 + s.dist.rank)
     start = time.perf_counter()
     planned, steps = len(s.train_loader), len(loader)
     with reporter.bar(f"epoch {epoch + 1}/{s.settings.epochs}", len(loader.sampler)) as bar:
@@ -455,8 +460,7 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
             skipped.update(i for i in bad if i < len(s.data.train))
             if not len(labels):
                 continue
-            images = normalize_batch(to_device(images, s.device, s.settings.channels_last),
-                                     s.config)
+            images = s.finish(to_device(images, s.device, s.settings.channels_last), lighting)
             labels = labels.to(s.device, non_blocking=True)
             with autocast(s.device, s.settings.amp):
                 loss, logits, labelled = _step_loss(s, images, labels, indices, pseudo)

@@ -95,7 +95,19 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, int]:
         """`key` is an index, or (index, seed) from `SeededSampler` for a random transform."""
-        index, seed = key if isinstance(key, tuple) else (key, None)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]
+                     ) -> list[tuple[torch.Tensor | None, int, int]]:
+        """A batch's samples (the DataLoader asks for a batch at once): the global RNGs are
+        saved and restored once per batch, not per image (0.1 ms each time)."""
+        seeded = any(isinstance(key, tuple) for key in keys)
+        with _rng_kept() if seeded else nullcontext():
+            return [self._sample(*key) if isinstance(key, tuple) else self._sample(key)
+                    for key in keys]
+
+    def _sample(self, index: int, seed: int | None = None
+                ) -> tuple[torch.Tensor | None, int, int]:
         path, label = self.samples[index]
         try:
             if self.cache is not None:
@@ -107,18 +119,23 @@ class ImageDataset(Dataset):
                 image = load_rgb(path)
         except DECODE_ERRORS:
             return None, label, index
-        with _seeded(seed) if seed is not None else nullcontext():
-            # as_tensor: the eval transform gives numpy arrays
-            return torch.as_tensor(self.transform(image)), label, index
+        if seed is not None:
+            _seed_all(seed)
+        return torch.as_tensor(self.transform(image)), label, index  # eval gives numpy arrays
+
+
+def _seed_all(seed: int) -> None:
+    """Seed the RNGs transforms draw from: random, numpy, and torch's CPU generator (CUDA
+    streams stay untouched)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed the RNGs transforms draw from (random, numpy, torch), restoring them afterwards."""
+def _rng_kept() -> Iterator[None]:
+    """Restore the global RNGs afterwards: in the training process they also drive dropout."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)  # the CPU one only: CUDA streams stay untouched
     try:
         yield
     finally:
@@ -152,10 +169,24 @@ def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, int]]) -> B
     bad = [item[2] for item in items if item[0] is None]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0), bad
-    images = torch.stack([item[0] for item in good])
+    images = _stack([item[0] for item in good])
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     return images, labels, indices, bad
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """A batch of same-sized images, in the pixel layout they arrive in.
+
+    Images converted from PIL are CHW views of HWC bytes; stacked into a channels_last batch
+    they are copied as they lie (0.01 ms per 288 px image), where a contiguous stack and the
+    model's conversion to channels_last transposed them twice (0.44 ms)."""
+    first = images[0]
+    if first.dim() != 3 or first.stride(0) != 1:
+        return torch.stack(images)
+    out = torch.empty((len(images), *first.shape), dtype=first.dtype,
+                      memory_format=torch.channels_last)
+    return torch.stack(images, out=out)
 
 
 def class_balanced_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
