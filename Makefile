@@ -34,6 +34,7 @@ bench:
 		--keep bench/out/train_run
 	$(PYTHON) bench/bench_freeze.py
 	$(PYTHON) bench/bench_allocator.py
+	$(PYTHON) bench/bench_augment.py --data $(TRASHNET)
 	$(PYTHON) bench/bench_train_loader.py --prepared $(BENCH_DATA) --weights $(SHARED_WEIGHTS)
 	$(PYTHON) bench/bench_decode.py --data $(TRASHNET)
 	$(PYTHON) bench/bench_int8.py --model bench/out/train_run/seed0/best.pt --data $(BENCH_DATA)
