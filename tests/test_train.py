@@ -122,12 +122,13 @@ def test_ctrl_c_saves_and_exits_130(prepared, tmp_path):
     assert load_checkpoint(tmp_path / "int" / "last.pt")["train_state"]["epoch"] >= 1
 
 
-def test_augmentations_depend_on_the_epoch_seed_only(sample_dir):
+@pytest.mark.parametrize("augment", ["strong", "light"])  # float, and uint8 channels_last
+def test_augmentations_depend_on_the_epoch_seed_only(sample_dir, augment):
     """Same augmented batches for any worker count, and for a persistent worker in its 2nd epoch
     as for a fresh loader started at that epoch (what a resumed run does)."""
     samples = [(p, 0) for p in sorted(sample_dir.rglob("*.jpg"))[:12]]
     config = data_config(create_model(TINY["arch"], 2, pretrained=False), 32)
-    dataset = ImageDataset(samples, train_transform(config, "strong"))
+    dataset = ImageDataset(samples, train_transform(config, augment))
 
     def epochs(workers: int, seeds: list[int]) -> list[torch.Tensor]:
         generator = torch.Generator()
@@ -158,7 +159,10 @@ def test_light_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_
         dataset = ImageDataset(samples, transform)
         loader = build_loader(dataset, 4, workers=0, generator=torch.Generator().manual_seed(3),
                               shuffle=True)
-        batches[uint8] = torch.cat([images for images, *_ in loader])
+        stacked = [images for images, *_ in loader]
+        # uint8 images are stacked as they lie (HWC bytes): a channels_last batch
+        assert stacked[0].is_contiguous(memory_format=torch.channels_last) is uint8
+        batches[uint8] = torch.cat(stacked)
     assert batches[True].dtype == torch.uint8 and batches[False].dtype == torch.float32
     assert train_transform(config, "strong")(Image.open(samples[0][0])).dtype == torch.float32
 
