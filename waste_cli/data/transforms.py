@@ -27,7 +27,8 @@ Augment = Literal["none", "light", "strong"]
 AUGMENTATIONS: dict[str, dict[str, Any]] = {
     "light": {"scale": (0.5, 1.0), "hflip": 0.5, "vflip": 0.5,
               "color_jitter": (0.2, 0.2, 0.0)},  # brightness, contrast; saturation is costly
-    "strong": {"scale": (0.3, 1.0), "hflip": 0.5, "vflip": 0.5, "color_jitter": 0.3,
+    # (timm leaves colour jitter out when RandAugment is on: it has its own colour operations)
+    "strong": {"scale": (0.3, 1.0), "hflip": 0.5, "vflip": 0.5,
                "auto_augment": "rand-m7-mstd0.5-inc1", "re_prob": 0.25},
 }
 
