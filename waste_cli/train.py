@@ -253,9 +253,8 @@ def _default_workers(settings: TrainSettings, device: torch.device) -> int:
 
     None when training on the CPU from --cache ram: augmenting a decoded 288 px image costs
     about 1.6 ms, and loader processes forked from the large training process slowed its steps
-    by 10-30%
-    (copy-on-write faults, then a third process on the compute cores; BENCHMARKS.md). A GPU
-    leaves the cores free, and there the loader processes are what keeps it fed."""
+    by 10-30% (copy-on-write faults, then a third process on the compute cores; BENCHMARKS.md).
+    A GPU leaves the cores free, and there the loader processes are what keeps it fed."""
     return 0 if settings.cache == "ram" and device.type == "cpu" else default_workers()
 
 
@@ -435,6 +434,11 @@ def _step_loss(s: _Setup, images: torch.Tensor, labels: torch.Tensor, indices: t
     return loss, logits, labelled
 
 
+def _epoch_seed(settings: TrainSettings, epoch: int) -> int:
+    """Where all of an epoch's randomness starts, so that a resumed run replays it."""
+    return settings.seed * 1_000_003 + epoch
+
+
 def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
                      skipped: set[int], loader: torch.utils.data.DataLoader,
                      pseudo: _PseudoEpoch | None) -> tuple[dict[str, float], int]:
@@ -445,8 +449,7 @@ def _train_one_epoch(s: _Setup, epoch: int, updates: int, reporter: Reporter,
     _set_train_mode(s, head_only)
     loss_sum, correct, seen, waited = 0.0, 0, 0, 0.0
     # Batch-level augmentation draws from its own generator, seeded like the epoch's others.
-    lighting = torch.Generator().manual_seed(
-        (s.settings.seed * 1_000_003 + epoch) * 1_000 + s.dist.rank)
+    lighting = torch.Generator().manual_seed(_epoch_seed(s.settings, epoch) * 1_000 + s.dist.rank)
     start = time.perf_counter()
     planned, steps = len(s.train_loader), len(loader)
     with reporter.bar(f"epoch {epoch + 1}/{s.settings.epochs}", len(loader.sampler)) as bar:
@@ -616,8 +619,9 @@ def _run_epochs(s: _Setup, state: dict[str, Any], log: MetricsLog, trackers: lis
     settings = s.settings
     skipped = {i for i, (p, _) in enumerate(s.data.train) if str(p) in state["skipped"]}
     for epoch in range(state["epoch"], settings.epochs):
-        seed_everything(settings.seed * 1_000_003 + epoch)
-        s.generator.manual_seed(settings.seed * 1_000_003 + epoch)
+        seed = _epoch_seed(settings, epoch)
+        seed_everything(seed)
+        s.generator.manual_seed(seed)
         loader, pseudo, pseudo_stats = _epoch_plan(s, epoch, reporter)
         known = set(skipped)
         row_train, state["updates"] = _train_one_epoch(s, epoch, state["updates"], reporter,

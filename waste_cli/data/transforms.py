@@ -140,12 +140,12 @@ def train_transform(config: dict[str, Any], augment: Augment, *, uint8: bool = T
     from timm.data import create_transform
 
     options = dict(AUGMENTATIONS[augment])
-    if _finished_on_batch(augment, uint8):
+    on_batch = _finished_on_batch(augment, uint8)
+    if on_batch:
         options["color_jitter"] = None
     return create_transform(
         input_size=tuple(config["input_size"]), is_training=True, interpolation="bilinear",
-        mean=tuple(config["mean"]), std=tuple(config["std"]),
-        normalize=not _finished_on_batch(augment, uint8), **options,
+        mean=tuple(config["mean"]), std=tuple(config["std"]), normalize=not on_batch, **options,
     )
 
 
