@@ -91,11 +91,24 @@ TINY = {"arch": "test_efficientnet", "pretrained": False, "img_size": 32, "batch
         "workers": 0, "epochs": 2, "quiet": True}
 
 
+def tiny_trainer(data: Path, project: Path, **overrides):
+    """A Trainer for the tiny timm test model on `data`, set up but not run (on the CPU)."""
+    import torch
+
+    from waste_cli.console import Reporter
+    from waste_cli.distributed import Distributed
+    from waste_cli.settings import TrainSettings
+    from waste_cli.trainer import Trainer
+
+    settings = TrainSettings(data=data, project=project, **{**TINY, **overrides})
+    return Trainer(settings, Reporter(quiet=True), Distributed(), torch.device("cpu"))
+
+
 def tiny_train(data: Path, project: Path, **overrides):
     """Train the tiny timm test model on `data`; returns the TrainResult."""
     from waste_cli.console import Reporter
     from waste_cli.settings import TrainSettings
-    from waste_cli.train import train
+    from waste_cli.trainer import train
 
     settings = TrainSettings(data=data, project=project, **{**TINY, **overrides})
     return train(settings, Reporter(quiet=True))

@@ -111,18 +111,15 @@ def test_a_dead_rank_stops_the_job_with_a_message(prepared, tmp_path):
     assert "a training process failed" in output
 
 
-def test_elastic_restart_continues_the_newest_run(trained, tmp_path, monkeypatch):
-    from waste_cli.distributed import elastic_resume
-    from waste_cli.settings import TrainSettings
+def test_newest_run_is_the_last_written(tmp_path):
+    from waste_cli.distributed import newest_run
 
-    for name in ("exp", "exp2"):
+    assert newest_run(tmp_path, "exp") is None
+    for name, age in (("exp2", 100), ("exp", 50), ("other", 0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "last.pt").write_bytes(b"x")
-        time.sleep(0.01)
-    settings = TrainSettings(data=tmp_path, project=tmp_path, name="exp")
-    assert elastic_resume(settings).resume is None  # a first attempt starts a new run
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert elastic_resume(settings).resume == tmp_path / "exp2"
+        os.utime(tmp_path / name / "last.pt", (1e9 - age, 1e9 - age))
+    assert newest_run(tmp_path, "exp") == tmp_path / "exp"
 
 
 def test_elastic_restart_resumes_from_last_checkpoint(prepared, tmp_path):

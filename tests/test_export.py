@@ -19,9 +19,10 @@ from conftest import run_cli
 
 import waste_cli.export as export_module
 from waste_cli.backends import OnnxRunner, TorchRunner
+from waste_cli.checkpoint import load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.errors import ModelError
-from waste_cli.models import load_checkpoint
+from waste_cli.fileio import file_sha256
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
     assert [i.name for i in proto.graph.input] == ["image"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     sidecar = json.loads(Path(str(onnx_path) + ".json").read_text())
-    assert sidecar["source_checkpoint_sha256"] == export_module.file_sha256(model)
+    assert sidecar["source_checkpoint_sha256"] == file_sha256(model)
     runner = OnnxRunner(onnx_path)
     reference = TorchRunner.from_checkpoint(checkpoint, torch.device("cpu"))
     assert runner.classes == checkpoint["classes"]
@@ -146,39 +147,45 @@ def test_predict_on_onnx_never_imports_torch(model, prepared):
         assert out.splitlines()[-1] == "False False 0", out
 
 
-def test_backend_cache_hit_miss_and_unwritable(model, prepared, monkeypatch):
-    from waste_cli.backends import load_runner
+def _open(model: Path, backend: str, reporter: Reporter):
+    from waste_cli.predict import open_model
+    from waste_cli.settings import PredictSettings
 
-    calls = []
-    original = export_module._write_onnx
-    monkeypatch.setattr(export_module, "_write_onnx",
-                        lambda *a, **k: (calls.append(1), original(*a, **k)))
-    cpu, reporter = "cpu", Reporter(quiet=True)
-    first = load_runner(model, cpu, "auto", reporter)
-    assert first.name == "onnxruntime" and len(calls) == 1
-    cached = list(model.parent.glob("best.*.onnx"))
-    assert len(cached) == 1
-    assert load_runner(model, cpu, "auto", reporter).name == "onnxruntime"
-    assert len(calls) == 1  # hit: no second export
+    settings = PredictSettings(inputs=["x"], model=model, device="cpu", backend=backend)
+    return open_model(settings, reporter)[1]
+
+
+def test_onnx_twin_hit_miss_and_unwritable(model, prepared):
+    """The ONNX twin is exported once per checkpoint content, leaves the user's own exports
+    alone, and a twin that cannot be written falls back to PyTorch under auto only."""
+    users_export = model.with_name("best.int8.onnx")
+    users_export.write_bytes(b"the user's own file")
+    reporter = Reporter(quiet=True)
+
+    def twins() -> list[Path]:
+        return sorted(set(model.parent.glob("best.*.onnx")) - {users_export})
+
+    assert _open(model, "auto", reporter).name == "onnxruntime"
+    (twin,) = twins()
+    written = twin.stat().st_mtime_ns, twin.stat().st_ino
+    assert _open(model, "auto", reporter).name == "onnxruntime"
+    assert (twin.stat().st_mtime_ns, twin.stat().st_ino) == written  # hit: not exported again
     checkpoint = torch.load(model, weights_only=True)
     checkpoint["model"]["classifier.bias"] += 1.0
     torch.save(checkpoint, model)
-    load_runner(model, cpu, "auto", reporter)
-    assert len(calls) == 2  # miss: the checkpoint changed
-    assert list(model.parent.glob("best.*.onnx")) != cached and len(
-        list(model.parent.glob("best.*.onnx"))) == 1
+    _open(model, "auto", reporter)
+    (new_twin,) = twins()  # miss: a new twin for the changed checkpoint, the old one removed
+    assert new_twin != twin
+    assert users_export.read_bytes() == b"the user's own file"
 
-    def unwritable(path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(export_module, "atomic_path", unwritable)
-    for stale in model.parent.glob("best.*.onnx"):
-        stale.unlink()
+    new_twin.unlink()
+    new_twin.mkdir()  # the twin's name is taken by a folder: it cannot be written
     loud = Reporter(quiet=True)
-    assert load_runner(model, cpu, "auto", loud).name == "torch"
-    assert "running PyTorch instead" in loud.warnings[0]
+    assert _open(model, "auto", loud).name == "torch"
+    assert "Running PyTorch instead" in loud.warnings[0]
     with pytest.raises(ModelError, match="Cannot export"):
-        load_runner(model, cpu, "onnxruntime", loud)
+        _open(model, "onnxruntime", loud)
+    new_twin.rmdir()
 
 
 def test_worker_processes_predict_as_this_process_does(model, prepared, tmp_path):
@@ -204,7 +211,8 @@ def test_worker_processes_predict_as_this_process_does(model, prepared, tmp_path
 
 
 def test_tasks_cover_every_image_in_order_and_share_small_inputs():
-    from waste_cli.inference import TASK_IMAGES, _tasks
+    from waste_cli.inference import _tasks
+    from waste_cli.policy import TASK_IMAGES
 
     for images, batch_size, workers in ((2527, 2, 2), (13, 2, 2), (5, 32, 2), (40, 3, 8)):
         tasks = list(_tasks(images, batch_size, workers))
@@ -216,18 +224,25 @@ def test_tasks_cover_every_image_in_order_and_share_small_inputs():
 
 
 def test_worker_plan():
-    from waste_cli.inference import MAX_PROCESSES, plan_workers
-
-    class Cpu:
-        on_cpu = True
-
-    class Gpu:
-        on_cpu = False
+    from waste_cli.policy import MAX_PROCESSES, plan_workers
 
     cores = min(os.cpu_count() or 1, MAX_PROCESSES)
-    assert plan_workers(Cpu(), None, 4, 4) == (0, False)  # one batch: the loaded model here
-    assert plan_workers(Cpu(), None, 400, 4) == (cores, True)
-    assert plan_workers(Cpu(), 3, 8, 4) == (2, True)  # never more processes than batches
-    assert plan_workers(Cpu(), 0, 400, 4) == (0, False)
-    assert plan_workers(Gpu(), 2, 400, 32) == (2, False)
-    assert plan_workers(Cpu(), None, 400, 4, spread_model=False)[1] is False  # training
+    assert plan_workers(True, None, 4, 4) == (0, False)  # one batch: the loaded model here
+    assert plan_workers(True, None, 400, 4) == (cores, True)
+    assert plan_workers(True, 3, 8, 4) == (2, True)  # never more processes than batches
+    assert plan_workers(True, 0, 400, 4) == (0, False)
+    assert plan_workers(False, 2, 400, 32) == (2, False)
+    assert plan_workers(True, None, 400, 4, spread_model=False)[1] is False  # training
+
+
+def test_backend_policy():
+    from waste_cli.errors import ConfigError
+    from waste_cli.policy import choose_backend, default_batch_size
+
+    assert choose_backend(Path("best.pt"), "cpu", "auto") == "onnxruntime"
+    assert choose_backend(Path("best.pt"), "cuda", "auto") == "torch"
+    assert choose_backend(Path("best.pt"), "cpu", "torch") == "torch"
+    assert choose_backend(Path("m.ONNX"), "cpu", "auto") == "onnxruntime"
+    with pytest.raises(ConfigError, match="ONNX file"):
+        choose_backend(Path("m.onnx"), "cpu", "torch")
+    assert default_batch_size("onnxruntime", True) < default_batch_size("torch", False)

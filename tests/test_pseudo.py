@@ -29,7 +29,6 @@ class ColourModel:
 
     name = "colour"
     on_cpu = True
-    default_batch_size = 4
 
     def __init__(self) -> None:
         self.classes = list(COLOURS)

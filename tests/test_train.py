@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_cli, tiny_train
+from conftest import TINY, run_cli, tiny_train, tiny_trainer
 from PIL import Image
 from torchvision.transforms.functional import (
     adjust_brightness,
@@ -26,6 +27,7 @@ from torchvision.transforms.functional import (
     pil_to_tensor,
 )
 
+from waste_cli.checkpoint import load_checkpoint, save_checkpoint
 from waste_cli.data.loading import ImageDataset, build_loader, weighted_sampler
 from waste_cli.data.transforms import (
     BatchFinish,
@@ -34,7 +36,7 @@ from waste_cli.data.transforms import (
     train_transform,
 )
 from waste_cli.errors import DataError, DeviceError, ModelError
-from waste_cli.models import create_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from waste_cli.models import create_model, model_from_checkpoint
 from waste_cli.runtime import keep_freed_memory, resolve_device
 
 TIMING = {"images_per_s", "seconds", "data_seconds"}
@@ -145,9 +147,9 @@ def test_augmentations_depend_on_the_epoch_seed_only(sample_dir, augment):
     assert torch.equal(second, epochs(1, [8])[0])
 
 
-def test_light_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_dir):
-    """`light` leaves colour and normalisation to `BatchFinish`; the float pipeline (FixMatch's
-    weak view) still jitters colour per image; random erasing keeps `strong` float."""
+def test_training_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_dir):
+    """`light` and `strong` leave colour, normalisation and erasing to `BatchFinish`; the float
+    pipeline (FixMatch's views) still does them per image."""
     samples = [(p, 0) for p in sorted(sample_dir.rglob("*.jpg"))[:8]]
     config = data_config(create_model(TINY["arch"], 2, pretrained=False), 48)
     batches = {}
@@ -164,7 +166,9 @@ def test_light_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_
         assert stacked[0].is_contiguous(memory_format=torch.channels_last) is uint8
         batches[uint8] = torch.cat(stacked)
     assert batches[True].dtype == torch.uint8 and batches[False].dtype == torch.float32
-    assert train_transform(config, "strong")(Image.open(samples[0][0])).dtype == torch.float32
+    photo = Image.open(samples[0][0])
+    assert train_transform(config, "strong")(photo).dtype == torch.uint8
+    assert train_transform(config, "strong", uint8=False)(photo).dtype == torch.float32
 
     finish = BatchFinish(config, "light")
     uint8_batch = batches[True].contiguous(memory_format=torch.channels_last)
@@ -173,16 +177,39 @@ def test_light_images_leave_the_loader_as_uint8_and_batches_are_finished(sample_
     assert finished.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(finished, finish(uint8_batch, torch.Generator().manual_seed(0)))
     assert not torch.equal(finished, finish(uint8_batch, torch.Generator().manual_seed(1)))
-    # Its factors are drawn within the light level's +-20%, one pair per image.
-    factors = 1 + (2 * torch.rand(len(uint8_batch), 2, generator=torch.Generator().manual_seed(0))
-                   - 1) * 0.2
-    mean, std = (torch.tensor(config[k]) * 255 for k in ("mean", "std"))
-    torch.testing.assert_close(finished, light_and_normalize(uint8_batch, factors[:, 0],
-                                                             factors[:, 1], mean, std))
+    # Each image is an affine map of its pixels whose gain (brightness x contrast) stays within
+    # the light level's +-20% each, and differs between images.
+    mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    pixels = (finished * std + mean).flatten(1)
+    source = uint8_batch.float().flatten(1)
+    gains = []
+    for x, y in zip(source, pixels, strict=True):
+        inside = (y > 1) & (y < 254)  # unclamped
+        xc, yc = x[inside] - x[inside].mean(), y[inside] - y[inside].mean()
+        gains.append(float((xc * yc).sum() / (xc * xc).sum()))
+    assert all(0.8 * 0.8 - 0.02 <= g <= 1.2 * 1.2 + 0.02 for g in gains), gains
+    assert max(gains) - min(gains) > 0.01
     assert finish(batches[False], torch.Generator()) is batches[False]  # float: already done
     plain = BatchFinish(config, "none")(uint8_batch, torch.Generator())  # normalisation only
     torch.testing.assert_close(plain, normalize(uint8_batch / 255, config["mean"],
                                                 config["std"]), atol=1e-5, rtol=0)
+
+
+def test_strong_batches_are_normalised_then_randomly_erased(sample_dir):
+    import random
+
+    config = data_config(create_model(TINY["arch"], 2, pretrained=False), 48)
+    images = torch.stack([pil_to_tensor(Image.open(p).convert("RGB").resize((48, 48)))
+                          for p in sorted(sample_dir.rglob("*.jpg"))[:24]])
+    normalised = normalize(images / 255, config["mean"], config["std"])
+    random.seed(1)
+    strong = BatchFinish(config, "strong")(images.clone(), torch.Generator())
+    changed = [not torch.allclose(a, b, atol=1e-5) for a, b in zip(strong, normalised,
+                                                                   strict=True)]
+    assert 0 < sum(changed) < len(changed)  # erasing hits some images (p = 0.25), not all
+    for erased, original in zip(strong[changed], normalised[changed], strict=True):
+        differ = ~torch.isclose(erased, original, atol=1e-5)
+        assert (erased[differ] == 0).all()  # const mode: the erased box is zero, the mean
 
 
 def test_batch_lighting_is_torchvisions_brightness_then_contrast(sample_dir):
@@ -211,25 +238,22 @@ def test_weighted_sampler_draws_classes_equally():
     assert all(abs(s - 1 / 3) < 0.03 for s in shares), shares
 
 
-def test_weighted_sampler_in_training_balances_batches(prepared, tmp_path, monkeypatch):
+def test_weighted_sampler_in_training_balances_batches(prepared, tmp_path):
     data = tmp_path / "imbalanced"
     shutil.copytree(prepared, data)
     for name in ("cardboard", "glass", "metal", "paper", "plastic"):
         for extra in sorted((data / "train" / name).glob("*.jpg"))[2:]:
             extra.unlink()  # leave 2 of these, 9 of 'trash'
-    import waste_cli.train as train_module
-
     seen: Counter[int] = Counter()
-    original = train_module._train_one_epoch
-
-    def counting(s, *args, **kwargs):
-        for _, labels, _, _ in s.train_loader:
-            seen.update(labels.tolist())
-        return original(s, *args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_one_epoch", counting)
-    tiny_train(data, tmp_path / "runs", sampler="weighted", epochs=6, batch_size=4)
-    assert seen[5] / sum(seen.values()) < 0.35  # 'trash' is 9/19 of the images
+    for sampler in ("weighted", "random"):
+        trainer = tiny_trainer(data, tmp_path / "runs", sampler=sampler, batch_size=4)
+        seen.clear()
+        for epoch in range(6):
+            trainer.generator.manual_seed(epoch)
+            for _, labels, _, _ in trainer.train_loader:
+                seen.update(labels.tolist())
+        share = seen[5] / sum(seen.values())  # 'trash' is 9/19 of the images
+        assert share < 0.35 if sampler == "weighted" else share > 0.35
 
 
 def test_flags_that_change_training(prepared, tmp_path):
@@ -245,29 +269,21 @@ def test_flags_that_change_training(prepared, tmp_path):
     stop = tiny_train(prepared, tmp_path, name="stop", patience=1, monitor="val_loss",
                       epochs=30, lr=1e-9, warmup_epochs=0, sched="none")
     assert stop.stopped_early and stop.epochs_run < 30
-    amp = tiny_train(prepared, tmp_path, name="amp", amp=True, epochs=1,
-                     class_weights=True, label_smoothing=0.0, aug="light", channels_last=False)
-    assert amp.epochs_run == 1
+    trainer = tiny_trainer(prepared, tmp_path, name="amp", amp=True, class_weights=True,
+                           label_smoothing=0.0, aug="light", channels_last=False)
+    assert trainer.loss_fn.label_smoothing == 0.0
+    torch.testing.assert_close(trainer.loss_fn.weight, torch.ones(6))  # a balanced split
+    assert not trainer.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    row = trainer.train_one_epoch(0, trainer.train_loader, set())
+    assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
 
 
 def _weights_before_and_after(prepared, tmp_path, **overrides):
-    """The model's state when training starts and in last.pt after one epoch."""
-    import waste_cli.train as train_module
-
-    captured = {}
-    original = train_module._setup
-
-    def capture(*args, **kwargs):
-        setup = original(*args, **kwargs)
-        captured.update({k: v.detach().clone() for k, v in setup.net.state_dict().items()})
-        return setup
-
-    train_module._setup = capture
-    try:
-        run = tiny_train(prepared, tmp_path, epochs=1, lr=0.05, **overrides)
-    finally:
-        train_module._setup = original
-    return captured, load_checkpoint(run.run_dir / "last.pt")["model"]
+    """The model's state when training starts and after one epoch."""
+    trainer = tiny_trainer(prepared, tmp_path, lr=0.05, **overrides)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_one_epoch(0, trainer.train_loader, set())
+    return before, trainer.model.state_dict()
 
 
 def test_frozen_backbone_keeps_backbone_weights(prepared, tmp_path):
@@ -291,55 +307,36 @@ def test_freeze_layers_keeps_the_first_groups_pretrained(prepared, tmp_path):
     assert result.exit_code == 1 and "layer groups" in result.output and "at most" in result.output
 
 
-def test_freeze_layers_keeps_loose_parameters_fixed_across_epochs():
+def test_freeze_layers_keeps_loose_parameters_fixed_across_epochs(prepared, tmp_path):
     # A ViT's stem group holds parameters outside any module (cls_token, pos_embed): unfreezing
     # after a head-only epoch must not wake them up.
-    from types import SimpleNamespace
-
-    import timm
-
-    from waste_cli.models import freeze_layers
-    from waste_cli.train import _set_trainable
-
-    net = timm.create_model("test_vit", num_classes=6)
-    layers = freeze_layers(net, 1)
-    fixed = frozenset(id(p) for p in net.parameters() if not p.requires_grad)
-    setup = SimpleNamespace(net=net, fixed_layers=layers, fixed_params=fixed)
-    _set_trainable(setup, head_only=True)
-    _set_trainable(setup, head_only=False)
+    trainer = tiny_trainer(prepared, tmp_path, arch="test_vit", freeze_layers=1)
+    net = trainer.model
+    trainer.set_trainable(head_only=True)
+    trainer.set_trainable(head_only=False)
     assert not net.pos_embed.requires_grad and not net.cls_token.requires_grad
     assert not net.patch_embed.proj.weight.requires_grad
     assert net.blocks[0].attn.qkv.weight.requires_grad
 
 
 def test_accuracy_ties_go_to_the_lower_validation_loss():
-    from waste_cli.settings import TrainSettings
-    from waste_cli.train import _improved
+    from waste_cli.trainer import improved
 
-    settings = TrainSettings(data=Path("data"), monitor="val_acc")
     state = {"best": 0.9, "best_val_loss": 0.5}
-    assert _improved(settings, {"val_acc": 0.9, "val_loss": 0.4}, state)
-    assert not _improved(settings, {"val_acc": 0.9, "val_loss": 0.6}, state)
-    assert not _improved(settings, {"val_acc": 0.85, "val_loss": 0.1}, state)
-    assert _improved(settings, {"val_acc": 0.95, "val_loss": 0.9}, state)
-    assert _improved(settings, {"val_acc": 0.0, "val_loss": 9.0}, {"best": None})
-    loss = TrainSettings(data=Path("data"), monitor="val_loss")
-    assert not _improved(loss, {"val_acc": 1.0, "val_loss": 0.5}, state | {"best": 0.5})
+    assert improved("val_acc", {"val_acc": 0.9, "val_loss": 0.4}, state)
+    assert not improved("val_acc", {"val_acc": 0.9, "val_loss": 0.6}, state)
+    assert not improved("val_acc", {"val_acc": 0.85, "val_loss": 0.1}, state)
+    assert improved("val_acc", {"val_acc": 0.95, "val_loss": 0.9}, state)
+    assert improved("val_acc", {"val_acc": 0.0, "val_loss": 9.0}, {"best": None})
+    assert not improved("val_loss", {"val_acc": 1.0, "val_loss": 0.5}, state | {"best": 0.5})
 
 
-def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path, monkeypatch):
-    import waste_cli.train as train_module
-
+def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path):
+    trainer = tiny_trainer(prepared, tmp_path, freeze_epochs=1, epochs=2, layer_decay=0.7)
     trainable = []
-    original = train_module._train_one_epoch
-
-    def spy(s, epoch, *args, **kwargs):
-        result = original(s, epoch, *args, **kwargs)
-        trainable.append(sum(p.requires_grad for p in s.model.parameters()))
-        return result
-
-    monkeypatch.setattr(train_module, "_train_one_epoch", spy)
-    tiny_train(prepared, tmp_path, freeze_epochs=1, epochs=2, layer_decay=0.7)
+    for epoch in range(2):
+        trainer.train_one_epoch(epoch, trainer.train_loader, set())
+        trainable.append(sum(p.requires_grad for p in trainer.model.parameters()))
     assert trainable[0] == 2 and trainable[1] > 2  # head weight + bias, then everything
 
 
@@ -363,7 +360,7 @@ def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
     shutil.copytree(prepared, data)
     shutil.rmtree(data / "val")
     from waste_cli.settings import TrainSettings
-    from waste_cli.train import load_train_data
+    from waste_cli.trainer import load_train_data
 
     split = load_train_data(TrainSettings(data=data, val_frac=0.25, **TINY))
     assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)

@@ -1,4 +1,6 @@
-"""Model runners: one interface over a PyTorch checkpoint and an ONNX file.
+"""Model runners: one interface over a PyTorch checkpoint and an ONNX file (Ultralytics'
+AutoBackend). They only load and run; which one to use, and whether to export a checkpoint
+first, is decided by `policy` and the commands.
 
 Every runner carries the class names and the data config it was trained with, so callers
 preprocess exactly as training did and never re-derive anything. Runners take and return numpy
@@ -21,7 +23,9 @@ from waste_cli.errors import ModelError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["OnnxRunner", "Runner", "TorchRunner", "find_model", "load_runner"]
+    from waste_cli.checkpoint import Checkpoint
+
+__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "find_model", "open_runner"]
 
 ONNX_META_KEY = "wastecls"
 
@@ -29,10 +33,9 @@ ONNX_META_KEY = "wastecls"
 class Runner(Protocol):
     """Images (normalised float32 NCHW numpy array) in, float32 logits (numpy) out."""
 
-    name: str
+    name: str  # the backend: "torch" or "onnxruntime"
     classes: list[str]
     data_config: dict[str, Any]
-    default_batch_size: int
     on_cpu: bool
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
@@ -53,12 +56,10 @@ class TorchRunner:
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
         self.model, self.channels_last = model.eval(), channels_last
         self.on_cpu = device.type == "cpu"
-        self.default_batch_size = 4 if self.on_cpu else 32
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], device: torch.device) -> TorchRunner:
-        """channels_last, in batches of 4 on a CPU: the fastest end to end on a 2-core CPU
-        (BENCHMARKS.md), although contiguous tensors win model-only timings there."""
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device) -> TorchRunner:
+        """The checkpoint's model in channels_last, the faster layout end to end (BENCHMARKS.md)."""
         import torch
 
         from waste_cli.models import model_from_checkpoint
@@ -84,17 +85,12 @@ class OnnxRunner:
     """An exported model on onnxruntime; class names and preprocessing from its metadata."""
 
     name = "onnxruntime"
-    # One single-threaded session per core runs small batches fastest, end to end (fp32 and
-    # int8 measured at batch 1-16 on 2,527 photos, BENCHMARKS.md); workers get them in tasks
-    # of 16 images (inference.TASK_IMAGES), so small batches cost no extra round trips.
-    default_batch_size = 2
     on_cpu = True
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path, self.threads = path, threads
-        # An unoptimised session checks the file and reads the metadata in a few ms; the
-        # optimised one (100+ ms to build) opens where the model runs, which with worker
-        # processes is only in them.
+        # An unoptimised session checks the file and reads the metadata cheaply; the optimised
+        # one, slow to build, opens where the model runs: with worker processes only in them.
         probe = self._open(optimize=False)
         try:
             info = json.loads(probe.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
@@ -114,8 +110,7 @@ class OnnxRunner:
         options.intra_op_num_threads = self.threads or os.cpu_count() or 1
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        # Idle intra-op threads must not spin: the loader workers decoding the next batch
-        # need those cores (measured in BENCHMARKS.md).
+        # Idle intra-op threads must not spin: the workers decoding the next batch need the cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(self.path), options,
@@ -147,7 +142,9 @@ def find_model(model: Path | None, reporter: Reporter) -> Path:
     """The model to use: the one given, else the newest runs/train/*/best.pt here."""
     if model is not None:
         if not model.is_file():
-            raise ModelError(f"Model file {model} does not exist.")
+            what = "is a folder" if model.is_dir() else "does not exist"
+            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
+                             ".onnx from `wastecls export`.")
         return model
     candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
@@ -159,25 +156,12 @@ def find_model(model: Path | None, reporter: Reporter) -> Path:
     return candidates[-1]
 
 
-def load_runner(path: Path, device: str, backend: str, reporter: Reporter) -> Runner:
-    """A runner for a .pt checkpoint or an .onnx file on the requested backend and device
-    (`--device`; an ONNX model runs on the CPU and only checks that a named device exists)."""
+def open_runner(path: Path, device: torch.device | None) -> Runner:
+    """A runner for an .onnx file (onnxruntime, CPU) or a .pt checkpoint (torch on `device`)."""
     if path.suffix.lower() == ".onnx":
-        if backend == "torch":
-            raise ModelError(f"{path} is an ONNX file: use --backend onnxruntime or auto.")
-        if device not in ("auto", "cpu"):
-            from waste_cli.runtime import resolve_device
-
-            resolve_device(device)
         return OnnxRunner(path)
-    from waste_cli.models import load_checkpoint
-    from waste_cli.runtime import resolve_device
+    import torch
 
-    torch_device = resolve_device(device)
-    if backend == "onnxruntime" or (backend == "auto" and torch_device.type == "cpu"):
-        from waste_cli.export import cached_onnx
+    from waste_cli.checkpoint import load_checkpoint
 
-        onnx_path = cached_onnx(path, reporter, required=backend == "onnxruntime")
-        if onnx_path is not None:
-            return OnnxRunner(onnx_path)
-    return TorchRunner.from_checkpoint(load_checkpoint(path), torch_device)
+    return TorchRunner.from_checkpoint(load_checkpoint(path), device or torch.device("cpu"))

@@ -196,7 +196,7 @@ def train(settings: TrainSettings) -> None:
     import sys
 
     from waste_cli.distributed import launch_torchrun
-    from waste_cli.train import train as run_train
+    from waste_cli.trainer import train as run_train
 
     if settings.nproc > 1 and "WORLD_SIZE" not in os.environ:
         code = launch_torchrun(settings.nproc, sys.argv[1:])
@@ -234,7 +234,7 @@ def train(settings: TrainSettings) -> None:
 )
 def pseudolabel(settings: PseudolabelSettings) -> None:
     """Label an unlabelled folder with a trained model: a manifest and sorted copies."""
-    from waste_cli.pseudo import pseudolabel as run_pseudolabel
+    from waste_cli.pseudolabel import pseudolabel as run_pseudolabel
 
     result = run_pseudolabel(settings, _reporter(settings))
     table = Table(title=f"Pseudo-labels from {result.model} (threshold {settings.threshold})",

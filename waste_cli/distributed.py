@@ -10,20 +10,20 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from waste_cli.data.loading import ShardSampler
-from waste_cli.settings import TrainSettings
 
 __all__ = [
     "Distributed",
     "all_gather_union",
     "all_reduce_sum",
-    "elastic_resume",
     "init_distributed",
     "launch_torchrun",
+    "newest_run",
     "shard",
 ]
 
@@ -113,13 +113,10 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(command)
 
 
-def elastic_resume(settings: TrainSettings) -> TrainSettings:
-    """After torchrun restarts a failed job (--max-restarts), continue the newest run."""
-    if settings.resume is not None or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) < 1:
-        return settings
-    runs = sorted(settings.project.glob(f"{settings.name}*/last.pt"),
-                  key=lambda p: p.stat().st_mtime)
-    return settings.model_copy(update={"resume": runs[-1].parent}) if runs else settings
+def newest_run(project: Path, name: str) -> Path | None:
+    """The most recently written run folder project/name* with a last.pt, if any."""
+    runs = sorted(project.glob(f"{name}*/last.pt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
 
 
 def all_gather_union(dist: Distributed, items: set[int]) -> set[int]:

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from waste_cli.backends import find_model, load_runner
 from waste_cli.console import Reporter
-from waste_cli.data.scan import SPLITS, class_folders, list_images
+from waste_cli.data.scan import SPLITS, class_folders, class_samples
 from waste_cli.data.sources import load_rgb
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text
 from waste_cli.inference import Speed, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
+from waste_cli.policy import default_batch_size
+from waste_cli.predict import open_model
 from waste_cli.settings import EvaluateSettings
 from waste_cli.tracking import write_json
 
@@ -135,18 +136,16 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluateResult:
     """Evaluate a checkpoint or ONNX model on a labelled folder; optionally write files."""
     reporter = reporter or Reporter(settings.quiet)
-    model_path = find_model(settings.model, reporter)
     folder = labelled_folder(settings.data, settings.split)
-    runner = load_runner(model_path, settings.device, settings.backend, reporter)
+    model_path, runner = open_model(settings, reporter)
     shared = _match_classes(runner.classes, folder, settings.allow_subset)
-    index = {name: i for i, name in enumerate(runner.classes)}
-    samples = [(p, index[c]) for c in shared for p in list_images(folder / c)]
+    samples = class_samples(folder, {c: runner.classes.index(c) for c in shared})
     if not samples:
         raise DataError(f"No images in the class folders of {folder}.")
     speed = Speed()
-    logits, bad = run_labelled(runner, samples, settings.batch_size or runner.default_batch_size,
-                               settings.workers, reporter, f"evaluate ({runner.name})",
-                               speed=speed)
+    batch_size = settings.batch_size or default_batch_size(runner.name, runner.on_cpu)
+    logits, bad = run_labelled(runner, samples, batch_size, settings.workers, reporter,
+                               f"evaluate ({runner.name})", speed=speed)
     logits = torch.from_numpy(logits)
     for i in bad:
         reporter.warn(f"skipped unreadable image {samples[i][0]}")

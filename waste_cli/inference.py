@@ -1,18 +1,12 @@
-"""Batched inference: the forward loops of evaluate, predict and pseudo-labelling.
+"""Batched inference: the forward loop of evaluate, predict and pseudo-labelling.
 
 Images are decoded into numpy arrays and runners take and return numpy arrays, so predicting
-with an ONNX model never imports torch (1.1-1.6 s of every start on this machine).
+with an ONNX model never imports torch (a second or more of every start).
 
-Two ways to spread the work over a machine:
-
-- on a CPU, whole batches in worker processes: each decodes, preprocesses *and* runs its own
-  batches with one thread. Decoding then never competes with the model's threads for the same
-  cores, and a small model scales better over processes than over threads (BENCHMARKS.md);
-- elsewhere (GPUs), or when the model must stay in this process (a training process, whose
-  forked copies would make its next steps pay copy-on-write faults), workers only decode.
-
-Results always come back in input order, with at most two tasks (of about 16 images) per
-worker in flight, so memory does not grow with the number of inputs.
+How the work is spread (whole batches in worker processes on a CPU, decoding-only workers
+elsewhere) is `policy.plan_workers`'s decision; this module carries it out. Results always
+come back in input order, with at most two tasks per worker in flight, so memory does not grow
+with the number of inputs.
 """
 
 from __future__ import annotations
@@ -36,18 +30,15 @@ from waste_cli.console import Reporter
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import WasteclsError
+from waste_cli.policy import TASK_IMAGES, plan_workers
 
 if TYPE_CHECKING:
     from waste_cli.backends import Runner
 
-__all__ = ["MAX_PROCESSES", "Batch", "EvalImages", "Speed", "default_workers",
-           "iterate_batches", "plan_workers", "run_labelled"]
-
-MAX_PROCESSES = 8  # each holds a copy of the model
-TASK_IMAGES = 16  # images per job sent to a worker: small batches without a round trip each
+__all__ = ["ArrayBatch", "EvalImages", "Speed", "iterate_batches", "run_labelled"]
 
 # (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
-Batch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
+ArrayBatch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
 
 
 @dataclass
@@ -81,11 +72,6 @@ class Speed:
                 + ("es" if self.processes > 1 else ""))
 
 
-def default_workers() -> int:
-    """Loader processes beside a model that has its own threads: all cores but one, 1 to 8."""
-    return max(1, min(MAX_PROCESSES, (os.cpu_count() or 2) - 1))
-
-
 class EvalImages:
     """Samples (path, class index) -> batches preprocessed exactly as the model was evaluated."""
 
@@ -93,7 +79,7 @@ class EvalImages:
         self.samples, self.transform = samples, eval_transform(data_config)
         self.shape = tuple(data_config["input_size"])
 
-    def batch(self, indices: list[int]) -> Batch:
+    def batch(self, indices: list[int]) -> ArrayBatch:
         """Decode and preprocess `indices`; unreadable images are listed, not raised."""
         images = np.empty((len(indices), *self.shape), np.float32)
         readable, bad = [], []
@@ -107,25 +93,7 @@ class EvalImages:
         return images[: len(readable)], labels, np.array(readable, dtype=np.int64), bad
 
 
-def plan_workers(runner: Runner, workers: int | None, images: int, batch_size: int,
-                 spread_model: bool = True) -> tuple[int, bool]:
-    """(worker processes, whether they run the model too) for `images` inputs.
-
-    On a CPU, `workers` processes each decode and infer (default: one per core, at most
-    eight; a single batch runs here, where the model is already loaded); elsewhere, or without
-    `spread_model`, they only decode (default: all cores but one). 0 always means everything in
-    this process.
-    """
-    if runner.on_cpu and spread_model:
-        batches = math.ceil(images / batch_size)
-        wanted = min(os.cpu_count() or 1, MAX_PROCESSES) if workers is None else workers
-        count = min(wanted, batches) if batches > 1 or workers is not None else 0
-        return count, count > 0
-    wanted = default_workers() if workers is None else workers
-    return min(wanted, max(1, images // 8)), False
-
-
-def _infer(runner: Runner, batch: Batch) -> tuple[Batch, float]:
+def _infer(runner: Runner, batch: ArrayBatch) -> tuple[ArrayBatch, float]:
     """(the batch with logits instead of images, seconds in the model)."""
     images, labels, indices, bad = batch
     start = time.perf_counter()
@@ -134,7 +102,7 @@ def _infer(runner: Runner, batch: Batch) -> tuple[Batch, float]:
     return (logits, labels, indices, bad), time.perf_counter() - start
 
 
-def _preprocess(images: EvalImages, indices: list[int]) -> tuple[Batch, float]:
+def _preprocess(images: EvalImages, indices: list[int]) -> tuple[ArrayBatch, float]:
     start = time.perf_counter()
     batch = images.batch(indices)
     return batch, time.perf_counter() - start
@@ -152,7 +120,7 @@ def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> No
 
 
 def _run_task(images: EvalImages, runner: Runner | None,
-              task: list[list[int]]) -> Iterator[tuple[Batch, float, float]]:
+              task: list[list[int]]) -> Iterator[tuple[ArrayBatch, float, float]]:
     """(batch, preprocess seconds, model seconds) for each batch of a task; without a runner
     the batch keeps its images and the model seconds are 0."""
     for indices in task:
@@ -161,25 +129,25 @@ def _run_task(images: EvalImages, runner: Runner | None,
         yield batch, preprocess, inference
 
 
-def _infer_here(runner: Runner, decoded: Iterable[tuple[Batch, float, float]]
-                ) -> Iterator[tuple[Batch, float, float]]:
+def _infer_here(runner: Runner, decoded: Iterable[tuple[ArrayBatch, float, float]]
+                ) -> Iterator[tuple[ArrayBatch, float, float]]:
     """Run the model in this process on batches decoded elsewhere."""
     for pixels, preprocess, _ in decoded:
         batch, inference = _infer(runner, pixels)
         yield batch, preprocess, inference
 
 
-def _work(task: list[list[int]]) -> list[tuple[Batch, float, float]]:
+def _work(task: list[list[int]]) -> list[tuple[ArrayBatch, float, float]]:
     """`_run_task` in a worker process, on the job its initializer gave it."""
     assert _WORKER is not None
     return list(_run_task(*_WORKER, task))
 
 
 def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
-                  tasks: Iterable[list[list[int]]]) -> Iterator[tuple[Batch, float, float]]:
+                  tasks: Iterable[list[list[int]]]) -> Iterator[tuple[ArrayBatch, float, float]]:
     """Run `_work` on `tasks` in `count` processes; results in order, two tasks per worker
     ahead."""
-    pending: deque[Future[list[tuple[Batch, float, float]]]] = deque()
+    pending: deque[Future[list[tuple[ArrayBatch, float, float]]]] = deque()
     with ProcessPoolExecutor(count, initializer=_start_worker,
                              initargs=(images, runner, threads)) as pool:
         try:
@@ -212,12 +180,12 @@ def _tasks(images: int, batch_size: int, workers: int) -> Iterator[list[list[int
 def iterate_batches(
     runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
     *, spread_model: bool = True, speed: Speed | None = None,
-) -> Iterator[Batch]:
+) -> Iterator[ArrayBatch]:
     """Yield (float32 logits, labels, sample indices, unreadable indices) per batch, in sample
     order. `spread_model=False` keeps the model in this process whatever the device; `speed`
     collects where the time went."""
     images = EvalImages(samples, runner.data_config)
-    count, in_workers = plan_workers(runner, workers, len(samples), batch_size, spread_model)
+    count, in_workers = plan_workers(runner.on_cpu, workers, len(samples), batch_size, spread_model)
     threads = max(1, (os.cpu_count() or 1) // max(1, count))
     tasks = _tasks(len(samples), batch_size, max(1, count))
     speed = speed or Speed()

@@ -1,10 +1,7 @@
-"""Models: timm factory with the seed project's arch names, weight loading, checkpoint files.
+"""Models: timm's factory with the seed project's arch names, local weights, frozen layers.
 
-A checkpoint is one plain dict (tensors, numbers, strings, lists) so that it loads with
-`torch.load(path, weights_only=True)`: no pickled code is ever executed. See `CHECKPOINT_FORMAT`.
-
-timm is imported inside the functions that build models: importing it takes 1.5 s (it pulls in
-torch._dynamo through torchvision), which `predict` on an ONNX model never needs.
+timm is imported inside the functions that build models: importing it is slow (it pulls in
+torch._dynamo through torchvision), and `predict` on an ONNX model never needs it.
 """
 
 from __future__ import annotations
@@ -15,27 +12,22 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from waste_cli.checkpoint import CHECKPOINT_FORMAT, Checkpoint
 from waste_cli.errors import ModelError
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "create_model",
     "freeze_layers",
-    "load_checkpoint",
     "load_weights",
     "model_from_checkpoint",
     "resolve_arch",
-    "save_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "wastecls-checkpoint"
-CHECKPOINT_VERSION = 1
 HUB_TIMEOUT_S = 3.0
 
 # Spellings of the seed project (efficientnet_pytorch names) -> timm names with the same weights.
@@ -84,25 +76,51 @@ def _zero_head(model: nn.Module) -> nn.Module:
     return model
 
 
+def _cached_hub_file(name: str) -> str | None:
+    """The pretrained weights of `name` in the local Hugging Face cache, if they are there."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    repo, _, revision = repo.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 def _create_pretrained(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """timm's pretrained model; offline, only the local Hugging Face cache is tried."""
-    import huggingface_hub.constants as hub_constants
+    """timm's pretrained model; offline, the file comes from the local Hugging Face cache.
+
+    The reachability probe and the cache look-up keep an offline machine from waiting out
+    huggingface_hub's retries (about a minute) before the same error.
+    """
     import timm
 
     online = _hub_reachable()
-    offline_patch = mock.patch.object(hub_constants, "HF_HUB_OFFLINE", not online)
+    if not online:
+        cached = _cached_hub_file(name)
+        if cached is None:
+            raise _no_pretrained(name, "the Hugging Face Hub cannot be reached")
+        kwargs["pretrained_cfg_overlay"] = {"file": cached}
     try:
-        with offline_patch:
-            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
-        where = "the Hugging Face Hub cannot be reached" if not online else "the download failed"
-        raise ModelError(
-            f"Cannot load pretrained weights for '{name}': {where} and they are not in the local "
-            f"cache ({type(exc).__name__}). Give a local weights file with --weights FILE "
-            "(.pth/.safetensors in timm or efficientnet_pytorch layout, or a wastecls "
-            "checkpoint), or train from scratch with --no-pretrained."
-        ) from None
+        where = "the download failed" if online else "the cached file is unreadable"
+        raise _no_pretrained(name, f"{where} ({type(exc).__name__})") from None
     return _zero_head(model)
+
+
+def _no_pretrained(name: str, why: str) -> ModelError:
+    return ModelError(
+        f"Cannot load pretrained weights for '{name}': {why}. Give a local weights file with "
+        "--weights FILE (.pth/.safetensors in timm or efficientnet_pytorch layout, or a "
+        "wastecls checkpoint), or train from scratch with --no-pretrained."
+    )
 
 
 def create_model(
@@ -254,33 +272,9 @@ def freeze_layers(model: nn.Module, count: int) -> list[nn.Module]:
     return [model.get_submodule(name) for group in frozen for name in modules.get(group, [])]
 
 
-# --- checkpoints --------------------------------------------------------------------------
+# --- trained models ---------------------------------------------------------------------
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (temp file + rename): a crash never leaves half a file."""
-    from waste_cli.fileio import atomic_path
-
-    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a wastecls checkpoint safely (weights_only: tensors and plain data, never code)."""
-    if not path.is_file():
-        raise ModelError(f"Checkpoint {path} does not exist.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle that needs code, not a torch file ...
-        raise ModelError(f"Cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"{path} is not a wastecls checkpoint (train writes best.pt/last.pt).")
-    if data.get("version", 0) > CHECKPOINT_VERSION:
-        raise ModelError(f"{path} was written by a newer wastecls; upgrade to read it.")
-    return data
-
-
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
+def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     """The trained model of a checkpoint, in eval mode on the CPU."""
     import timm
 

@@ -18,17 +18,18 @@ from typing import IO, Any
 
 import numpy as np
 
-from waste_cli.backends import Runner, find_model, load_runner
+from waste_cli.backends import Runner, find_model, open_runner
 from waste_cli.console import Reporter
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_path
 from waste_cli.inference import Speed, iterate_batches
-from waste_cli.settings import PredictSettings
+from waste_cli.policy import choose_backend, default_batch_size
+from waste_cli.settings import InferenceSettings, PredictSettings
 
-__all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "predict",
-           "predict_stream"]
+__all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "open_model",
+           "predict", "predict_stream"]
 
 
 @dataclass
@@ -100,13 +101,40 @@ def _postprocess(logits: np.ndarray, runner: Runner, excluded: list[int],
     return np.take_along_axis(probs, best, axis=1), best
 
 
+def open_model(settings: InferenceSettings, reporter: Reporter) -> tuple[Path, Runner]:
+    """(the model file, its runner) for an inference command, on the backend policy picks.
+
+    A checkpoint that is to run on onnxruntime is first exported to a verified ONNX twin (once;
+    see `export.onnx_twin`). If that fails under `--backend auto`, PyTorch runs it instead and
+    the user is told why; under `--backend onnxruntime` it is an error.
+    """
+    path = find_model(settings.model, reporter)
+    device = None
+    if path.suffix.lower() != ".onnx" or settings.device not in ("auto", "cpu"):
+        from waste_cli.runtime import resolve_device
+
+        device = resolve_device(settings.device)  # an absent device is an error, even for ONNX
+    backend = choose_backend(path, device.type if device else "cpu", settings.backend)
+    runnable = path
+    if backend == "onnxruntime" and path.suffix.lower() != ".onnx":
+        from waste_cli.errors import ModelError
+        from waste_cli.export import onnx_twin
+
+        try:
+            runnable = onnx_twin(path, reporter)
+        except ModelError as exc:
+            if settings.backend == "onnxruntime":
+                raise
+            reporter.warn(f"{exc} Running PyTorch instead.")
+    return path, open_runner(runnable, device)
+
+
 class FlipAveraged:
     """--tta: the log of the mean softmax over an image and its mirror image."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner, self.name, self.classes = runner, runner.name, runner.classes
         self.data_config, self.on_cpu = runner.data_config, runner.on_cpu
-        self.default_batch_size = runner.default_batch_size
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         mirrored = np.ascontiguousarray(images[..., ::-1])
@@ -128,7 +156,9 @@ def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
     excluded = [runner.classes.index(c) for c in settings.exclude_class]
     model = FlipAveraged(runner) if settings.tta else runner
     batches = iterate_batches(model, [(p, -1) for p in paths],
-                              settings.batch_size or runner.default_batch_size, settings.workers,
+                              settings.batch_size or default_batch_size(runner.name,
+                                                                        runner.on_cpu),
+                              settings.workers,
                               speed=speed)
     with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
         for logits, _, indices, bad in batches:
@@ -183,8 +213,7 @@ def predict(settings: PredictSettings, stdout: IO[str],
             reporter: Reporter | None = None) -> PredictResult:
     """Predict every input; write results to --output (atomically) or `stdout` as they come."""
     reporter = reporter or Reporter(settings.quiet)
-    model_path = find_model(settings.model, reporter)
-    runner = load_runner(model_path, settings.device, settings.backend, reporter)
+    model_path, runner = open_model(settings, reporter)
     paths, failed = expand_inputs(settings.inputs)
     fmt = _output_format(settings)
     count, speed = 0, Speed()

@@ -1,49 +1,52 @@
-"""Pseudo-labelling: per-epoch self-training (Lee 2013) and per-batch FixMatch-style training.
+"""Pseudo-label strategies the trainer calls: per-epoch self-training (Lee 2013) and per-batch
+FixMatch-style training.
 
-Labels are always attached to images by dataset index, never by position in a shuffled batch
-(the seed project's bug). Validation and test images are never in the pool. When `prepare
---unlabeled-frac` recorded the hidden truth (pseudolabel_truth.csv), precision is measured.
+A strategy is asked twice: `begin_epoch` (this epoch's loader, or None for the labelled one)
+and, while `active`, `loss` for each batch. Labels are always attached to images by dataset
+index, never by position in a shuffled batch. Validation and test images are never in the pool.
+When `prepare --unlabeled-frac` recorded the hidden truth, precision is measured.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import shutil
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
+from waste_cli.backends import TorchRunner
 from waste_cli.console import Reporter
-from waste_cli.data.scan import list_images
-from waste_cli.errors import ConfigError, DataError
-from waste_cli.fileio import atomic_write_text
-from waste_cli.settings import PredictSettings, PseudolabelSettings
+from waste_cli.data.loading import ImageDataset, build_loader
+from waste_cli.data.scan import TRUTH_CSV, list_images
+from waste_cli.data.transforms import train_transform
+from waste_cli.distributed import Distributed, shard
+from waste_cli.errors import DataError
+from waste_cli.inference import run_labelled
+from waste_cli.settings import TrainSettings
 
 __all__ = [
-    "FixMatchState",
     "MixedSampler",
+    "PerBatchPseudo",
+    "PerEpochPseudo",
+    "PseudoContext",
     "PseudoPool",
     "PseudoStats",
-    "PseudolabelResult",
-    "TwoViews",
-    "fixmatch_targets",
+    "PseudoStrategy",
     "label_pool",
     "load_pool",
     "masked_loss",
     "pseudo_weight",
-    "pseudolabel",
     "read_manifests",
 ]
 
-TRUTH_CSV = "pseudolabel_truth.csv"
+LossResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loss, logits, labelled rows
 
 
 @dataclass
@@ -136,18 +139,9 @@ class MixedSampler(Sampler[int]):
         return iter([order[i] for i in perm])
 
 
-class FixMatchState:
-    """Per-epoch counters of the per-batch mode."""
-
-    def __init__(self, pool: PseudoPool, classes: list[str]) -> None:
-        self.pool, self.classes = pool, classes
-        self.accepted: list[tuple[str, int]] = []
-        self.seen: set[int] = set()
-
-    def stats(self) -> PseudoStats:
-        stats = _stats(len(self.pool.paths), self.accepted, self.pool, self.classes)
-        stats.pool = len(self.seen)
-        return stats
+def masked_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FixMatch's unlabelled loss: cross-entropy on the confident images, averaged over all."""
+    return (F.cross_entropy(logits.float(), labels, reduction="none") * mask).mean()
 
 
 class TwoViews:
@@ -160,21 +154,170 @@ class TwoViews:
         return torch.stack([self.weak(image), self.strong(image)])
 
 
-def fixmatch_targets(model: nn.Module, weak: torch.Tensor, indices: torch.Tensor,
-                     threshold: float, state: FixMatchState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label the weak views without gradients: (labels, mask of the confident ones)."""
-    with torch.no_grad():
-        confidence, labels = model(weak).float().softmax(1).max(1)
-    mask = confidence >= threshold
-    state.seen.update(indices.tolist())
-    for i in mask.nonzero().flatten().tolist():
-        state.accepted.append((state.pool.paths[int(indices[i])].name, int(labels[i])))
-    return labels, mask
+@dataclass(frozen=True)
+class PseudoContext:
+    """What a strategy needs from the trainer, and nothing more."""
+
+    settings: TrainSettings
+    classes: list[str]
+    labelled: list[tuple[Path, int]]  # the training samples
+    data_config: dict[str, Any]
+    generator: torch.Generator  # the epoch's generator: order and augmentation seeds
+    workers: int
+    dist: Distributed
+    device: torch.device
+    reporter: Reporter
+    labelled_sampler: Callable[[], Sampler[int] | None]  # --sampler weighted, or None
 
 
-def masked_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """FixMatch's unlabelled loss: cross-entropy on the confident images, averaged over all."""
-    return (F.cross_entropy(logits.float(), labels, reduction="none") * mask).mean()
+class PseudoStrategy(Protocol):
+    active: bool  # whether this epoch's batches carry pseudo-labels
+
+    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+        """Prepare `epoch`; the loader to train on, or None for the labelled loader."""
+        ...
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             indices: torch.Tensor, loss_fn: nn.Module) -> LossResult:
+        """(loss, logits, mask of the labelled rows) of one batch, pseudo-labels weighted in."""
+        ...
+
+    def columns(self) -> dict[str, float]:
+        """This epoch's metrics.csv columns (zeros in epochs that do not use the pool)."""
+        ...
+
+
+class PerEpochPseudo:
+    """Before each epoch, the whole pool is labelled by the current (EMA) model with the
+    evaluation preprocessing, and the confident images join that epoch's training set."""
+
+    def __init__(self, context: PseudoContext, pool: PseudoPool,
+                 labelled_cache: list[Any] | None, pool_cache: list[Any] | None) -> None:
+        self.context, self.pool = context, pool
+        self.labelled_cache, self.pool_cache = labelled_cache, pool_cache
+        self.active, self.weight, self.stats = False, 0.0, None
+
+    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+        ctx, settings = self.context, self.context.settings
+        self.weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start,
+                                    settings.pseudo_ramp, epoch)
+        self.active, self.stats = self.weight > 0, None
+        if not self.active:
+            return None
+        accepted = self._label(teacher)
+        samples = ctx.labelled + [(self.pool.paths[i], y) for i, y in accepted]
+        cache = (self.labelled_cache + [self.pool_cache[i] for i, _ in accepted]
+                 if self.labelled_cache is not None and self.pool_cache is not None else None)
+        dataset = ImageDataset(samples, train_transform(ctx.data_config, settings.aug), cache)
+        sampler = shard(MixedSampler(ctx.labelled_sampler(), len(ctx.labelled), len(accepted),
+                                     ctx.generator), ctx.dist)
+        return build_loader(dataset, settings.batch_size, workers=ctx.workers,
+                            generator=ctx.generator, sampler=sampler, drop_last=True)
+
+    def _label(self, teacher: nn.Module) -> list[tuple[int, int]]:
+        """Accepted (pool index, label) pairs; each rank labels its share, then all share."""
+        ctx, paths = self.context, self.pool.paths
+        runner = TorchRunner(teacher, ctx.classes, ctx.data_config, ctx.device,
+                             ctx.settings.channels_last)
+        mine = list(range(ctx.dist.rank, len(paths), ctx.dist.world))
+        logits = torch.full((len(paths), len(ctx.classes)), float("nan"))
+        logits[mine] = torch.from_numpy(run_labelled(
+            runner, [(paths[i], -1) for i in mine], ctx.settings.batch_size, ctx.workers,
+            ctx.reporter, "pseudo-label pool", spread_model=False)[0])
+        if ctx.dist.active:
+            shares: list[Any] = [None] * ctx.dist.world
+            torch.distributed.all_gather_object(shares, (mine, logits[mine]))
+            for indices, part in shares:
+                logits[indices] = part
+        accepted, self.stats = label_pool(logits, self.pool, ctx.classes,
+                                          ctx.settings.pseudo_threshold)
+        return accepted
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             indices: torch.Tensor, loss_fn: nn.Module) -> LossResult:
+        logits = model(images)
+        labelled = (indices < len(self.context.labelled)).to(labels.device)
+        loss = (loss_fn(logits[labelled].float(), labels[labelled]) if labelled.any()
+                else logits.sum() * 0)
+        if not labelled.all():
+            loss = loss + self.weight * loss_fn(logits[~labelled].float(), labels[~labelled])
+        return loss, logits, labelled
+
+    def columns(self) -> dict[str, float]:
+        stats = self.stats or PseudoStats(len(self.pool.paths), 0, {}, 0, 0)
+        return stats.row(self.context.classes, has_truth=bool(self.pool.truth))
+
+
+class PerBatchPseudo:
+    """FixMatch: every step also draws an unlabelled batch, labels its weakly augmented view
+    without gradients, and adds the weighted loss of the strongly augmented view on the
+    confident ones."""
+
+    def __init__(self, context: PseudoContext, pool: PseudoPool, labeller: nn.Module) -> None:
+        self.context, self.pool, self.labeller = context, pool, labeller
+        self.active, self.weight = False, 0.0
+        self.unlabelled: Iterator[Any] = iter(())
+        self.accepted: list[tuple[str, int]] = []
+        self.seen: set[int] = set()
+
+    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+        ctx, settings = self.context, self.context.settings
+        self.weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start,
+                                    settings.pseudo_ramp, epoch)
+        self.active, self.accepted, self.seen = self.weight > 0, [], set()
+        if not self.active:
+            return None
+        views = TwoViews(train_transform(ctx.data_config, "light", uint8=False),
+                         train_transform(ctx.data_config, "strong", uint8=False))
+        pool_set = ImageDataset([(p, -1) for p in self.pool.paths], views)
+        loader = build_loader(pool_set, settings.batch_size, workers=ctx.workers,
+                              generator=ctx.generator, shuffle=True,
+                              sampler=shard(RandomSampler(pool_set, generator=ctx.generator),
+                                            ctx.dist) if ctx.dist.active else None,
+                              drop_last=len(self.pool.paths) > settings.batch_size)
+        self.unlabelled = _cycle(loader)
+        return None
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             indices: torch.Tensor, loss_fn: nn.Module) -> LossResult:
+        """Labels the weak views first, then runs the labelled images and the strong views
+        through the model in one forward pass (one backward, as DDP requires)."""
+        ctx = self.context
+        views, _, u_indices, _ = next(self.unlabelled)
+        weak, strong = (views[:, k].to(ctx.device, non_blocking=True,
+                                       memory_format=_memory_format(ctx.settings))
+                        for k in (0, 1))
+        u_labels, u_mask = self._targets(weak, u_indices)
+        logits = model(torch.cat([images, strong]))
+        logits, u_logits = logits[: len(labels)], logits[len(labels):]
+        loss = loss_fn(logits.float(), labels) + self.weight * masked_loss(u_logits, u_labels,
+                                                                            u_mask)
+        return loss, logits, torch.ones_like(labels, dtype=torch.bool)
+
+    def _targets(self, weak: torch.Tensor, indices: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label the weak views without gradients: (labels, mask of the confident ones)."""
+        with torch.no_grad():
+            confidence, labels = self.labeller(weak).float().softmax(1).max(1)
+        mask = confidence >= self.context.settings.pseudo_threshold
+        self.seen.update(indices.tolist())
+        for i in mask.nonzero().flatten().tolist():
+            self.accepted.append((self.pool.paths[int(indices[i])].name, int(labels[i])))
+        return labels, mask
+
+    def columns(self) -> dict[str, float]:
+        stats = _stats(len(self.pool.paths), self.accepted, self.pool, self.context.classes)
+        stats.pool = len(self.seen) if self.active else len(self.pool.paths)
+        return stats.row(self.context.classes, has_truth=bool(self.pool.truth))
+
+
+def _memory_format(settings: TrainSettings) -> torch.memory_format:
+    return torch.channels_last if settings.channels_last else torch.contiguous_format
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    while True:
+        yield from loader
 
 
 def read_manifests(paths: list[Path], classes: list[str]) -> list[tuple[Path, int]]:
@@ -199,66 +342,3 @@ def read_manifests(paths: list[Path], classes: list[str]) -> list[tuple[Path, in
                 path = path if path.is_absolute() else manifest.parent / path
                 samples.append((path, classes.index(row["label"])))
     return samples
-
-
-
-# --- `wastecls pseudolabel` ----------------------------------------------------------------
-
-@dataclass
-class PseudolabelResult:
-    manifest: Path
-    model: Path
-    images: int
-    accepted: dict[str, list[float]]  # class -> confidences of the accepted images
-    failed: list[Any]
-
-
-def _default_pool(model_path: Path) -> Path:
-    from waste_cli.models import load_checkpoint
-
-    if model_path.suffix.lower() == ".pt":
-        data = load_checkpoint(model_path).get("settings", {}).get("data")
-        if data and (Path(data) / "pseudolabel").is_dir():
-            return Path(data) / "pseudolabel"
-    raise ConfigError("Say which folder to label with --data DIR (the model's training data "
-                      "has no pseudolabel/ folder).")
-
-
-def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
-                ) -> PseudolabelResult:
-    """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
-    from waste_cli.backends import find_model, load_runner
-    from waste_cli.predict import expand_inputs, predict_stream
-
-    reporter = reporter or Reporter(settings.quiet)
-    model_path = find_model(settings.model, reporter)
-    folder = settings.data or _default_pool(model_path)
-    runner = load_runner(model_path, settings.device, settings.backend, reporter)
-    paths, failed = expand_inputs([str(folder)])
-    options = PredictSettings(inputs=[str(folder)], top_k=2, workers=settings.workers,
-                              batch_size=settings.batch_size,
-                              exclude_class=settings.exclude_class, quiet=True)
-    accepted: dict[str, list[float]] = defaultdict(list)
-    rows, names = [["path", "label", "confidence", "margin", "accepted"]], set()
-    for item in predict_stream(runner, paths, options, reporter):
-        if item.error:
-            failed.append(item)
-            continue
-        confidence = item.probs[0]
-        margin = confidence - (item.probs[1] if len(item.probs) > 1 else 0.0)
-        ok = confidence >= settings.threshold
-        rows.append([str(item.path.resolve()), item.labels[0], f"{confidence:.6f}",
-                     f"{margin:.6f}", "1" if ok else "0"])
-        if ok:
-            accepted[item.labels[0]].append(confidence)
-            if settings.copy_to is not None:
-                target = settings.copy_to / item.labels[0] / item.path.name
-                if target in names or target.exists():
-                    target = target.with_stem(f"{target.stem}-{len(names)}")
-                names.add(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(item.path, target)
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    atomic_write_text(settings.out, buffer.getvalue())
-    return PseudolabelResult(settings.out, model_path, len(rows) - 1, dict(accepted), failed)

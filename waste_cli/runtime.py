@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import platform
 import random
 from collections.abc import Iterator
@@ -62,11 +61,10 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so that a CPU run repeats exactly."""
+    """Seed Python, NumPy and torch (every device) so that a CPU run repeats exactly."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
@@ -77,10 +75,9 @@ def keep_freed_memory() -> bool:
 
     A training step on the CPU frees and re-allocates the same large activation buffers. By
     default glibc serves blocks of that size with mmap and unmaps them when freed, so every
-    step page-faults its activations in again: on the 2-core benchmark machine that cost 20-30%
-    of a step in fp32 (BENCHMARKS.md). Turning mmap off and raising the trim threshold keeps
-    the pages (peak memory up to 15% higher). Returns whether the setting took effect;
-    elsewhere (musl, macOS, Windows) it does nothing.
+    step page-faults its activations in again, a large share of a CPU step (BENCHMARKS.md).
+    Turning mmap off and raising the trim threshold keeps the pages, at a higher peak memory.
+    Returns whether the setting took effect; elsewhere (musl, macOS, Windows) it does nothing.
     """
     if platform.libc_ver()[0] != "glibc":
         return False

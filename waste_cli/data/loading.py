@@ -27,20 +27,21 @@ from torch.utils.data import (
 from waste_cli.console import Reporter
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import DataError
+from waste_cli.runtime import seed_everything
 
 __all__ = [
-    "Batch",
     "ImageDataset",
     "SeededSampler",
     "ShardSampler",
+    "TensorBatch",
     "build_loader",
     "cache_images",
-    "class_balanced_weights",
     "collate_skipping_bad",
+    "inverse_frequency",
     "weighted_sampler",
 ]
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
+TensorBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
 
 
 def _resize_short(image: Image.Image, short: int) -> Image.Image:
@@ -120,16 +121,8 @@ class ImageDataset(Dataset):
         except DECODE_ERRORS:
             return None, label, index
         if seed is not None:
-            _seed_all(seed)
+            seed_everything(seed)
         return torch.as_tensor(self.transform(image)), label, index  # eval gives numpy arrays
-
-
-def _seed_all(seed: int) -> None:
-    """Seed the RNGs transforms draw from: random, numpy, and torch's CPU generator (CUDA
-    streams stay untouched)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)
 
 
 @contextmanager
@@ -163,7 +156,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
         return zip(iter(self.base), seeds, strict=True)
 
 
-def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, int]]) -> Batch:
+def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, int]]) -> TensorBatch:
     """Stack the readable samples; return the indices of unreadable ones separately."""
     good = [item for item in items if item[0] is not None]
     bad = [item[2] for item in items if item[0] is None]
@@ -189,12 +182,16 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(images, out=out)
 
 
-def class_balanced_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Per-sample weights proportional to 1 / (images of that class): every class drawn equally."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+def inverse_frequency(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per-class weights total / (classes x count): 1 for every class of a balanced set.
+
+    The one formula behind both --sampler weighted (every class drawn equally often) and
+    --class-weights (every class weighs the same in the loss)."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long),
+                            minlength=num_classes).double()
     if (counts == 0).any():
-        raise DataError("The weighted sampler needs at least one training image per class.")
-    return torch.as_tensor(1.0 / counts[np.asarray(labels)], dtype=torch.double)
+        raise DataError("Class balancing needs at least one training image per class.")
+    return counts.sum() / (num_classes * counts)
 
 
 def build_loader(
@@ -236,7 +233,7 @@ def build_loader(
 def weighted_sampler(labels: Sequence[int], num_classes: int,
                      generator: torch.Generator) -> WeightedRandomSampler:
     """Inverse-frequency sampling with replacement, one epoch = as many draws as images."""
-    weights = class_balanced_weights(labels, num_classes)
+    weights = inverse_frequency(labels, num_classes)[torch.as_tensor(list(labels))]
     return WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from waste_cli import __version__
 from waste_cli.console import Reporter
 from waste_cli.data.coco import coco_sources
-from waste_cli.data.scan import DATASET_JSON, SPLITS
+from waste_cli.data.scan import DATASET_JSON, PSEUDO_SPLIT, REPORT_JSON, SPLITS, TRUTH_CSV
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
 from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
 from waste_cli.errors import ConfigError, DataError
@@ -32,9 +32,6 @@ from waste_cli.settings import PrepareSettings, write_config
 
 __all__ = ["PrepareResult", "prepare", "split_groups"]
 
-PSEUDO_SPLIT = "pseudolabel"
-TRUTH_CSV = "pseudolabel_truth.csv"
-REPORT_JSON = "prepare_report.json"
 
 
 @dataclass

@@ -9,9 +9,14 @@ from typing import Any
 from waste_cli.errors import DataError
 
 __all__ = [
+    "DATASET_JSON",
     "IMAGE_EXTENSIONS",
+    "PSEUDO_SPLIT",
+    "REPORT_JSON",
     "SPLITS",
+    "TRUTH_CSV",
     "class_folders",
+    "class_samples",
     "dataset_classes",
     "is_image_path",
     "labeled_samples",
@@ -21,7 +26,11 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 SPLITS = ("train", "val", "test")
+# The files and folders of a prepared dataset besides the splits.
 DATASET_JSON = "dataset.json"
+REPORT_JSON = "prepare_report.json"
+PSEUDO_SPLIT = "pseudolabel"  # unlabelled images (prepare --unlabeled-frac)
+TRUTH_CSV = "pseudolabel_truth.csv"  # their hidden labels, to measure pseudo-label precision
 
 
 def is_image_path(path: Path) -> bool:
@@ -36,7 +45,10 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
 
 
 def class_folders(root: Path) -> list[str]:
-    """Names of the sub-folders of `root` that hold at least one image, sorted."""
+    """Names of the sub-folders of `root` that hold at least one image, sorted.
+
+    Not torchvision's `find_classes`: that lists empty and hidden folders too, and importing it
+    would cost `predict` on an ONNX model the torch import."""
     if not root.is_dir():
         raise DataError(f"Folder {root} does not exist.")
     return sorted(
@@ -77,5 +89,14 @@ def labeled_samples(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
             f"{folder} has class folders that the class list does not: {', '.join(unknown)}. "
             f"Known classes: {', '.join(classes)}."
         )
-    index = {name: i for i, name in enumerate(classes)}
-    return [(p, index[name]) for name in found for p in list_images(folder / name)]
+    return class_samples(folder, {name: i for i, name in enumerate(classes)})
+
+
+def class_samples(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]]:
+    """(image, index) for every image under `folder/<class>/` of the classes given
+    (torchvision's `make_dataset`, with this module's idea of an image file)."""
+    from torchvision.datasets.folder import make_dataset
+
+    found = make_dataset(str(folder), class_to_idx, is_valid_file=lambda p: is_image_path(Path(p)),
+                         allow_empty=True)
+    return [(Path(path), index) for path, index in found]

@@ -129,28 +129,24 @@ def train_transform(config: dict[str, Any], augment: Augment, *, uint8: bool = T
     model's own interpolation, often bicubic, stays for evaluation): bicubic cost about 0.5 ms
     more per image, on the same cores as the model when training on a CPU.
 
-    With `uint8` (and no random erasing, which works on normalised pixels) the images stay
-    uint8 CHW tensors, and `BatchFinish` jitters their brightness and contrast and normalises
-    them a batch at a time in the training loop, as timm's prefetcher normalises and fastai
-    applies its lighting transforms to the batch: per image, those steps were about half of
-    the augmentation's cost.
+    With `uint8` the images stay uint8 CHW tensors, and `BatchFinish` does the rest a batch at
+    a time in the training loop (brightness and contrast, normalisation, random erasing), as
+    timm's prefetcher normalises and erases and fastai applies its lighting transforms to the
+    batch: per image, those steps are about half of the augmentation's cost. Without it (the
+    views of FixMatch) the pipeline ends in normalised floats.
     """
     if augment == "none":
         return eval_transform(config)
     from timm.data import create_transform
 
     options = dict(AUGMENTATIONS[augment])
-    on_batch = _finished_on_batch(augment, uint8)
-    if on_batch:
-        options["color_jitter"] = None
+    on_batch = uint8
+    if on_batch:  # left to BatchFinish
+        options["color_jitter"], options["re_prob"] = None, 0.0
     return create_transform(
         input_size=tuple(config["input_size"]), is_training=True, interpolation="bilinear",
         mean=tuple(config["mean"]), std=tuple(config["std"]), normalize=not on_batch, **options,
     )
-
-
-def _finished_on_batch(augment: Augment, uint8: bool) -> bool:
-    return uint8 and augment != "none" and not AUGMENTATIONS[augment].get("re_prob")
 
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale (and PIL's "L" conversion) use.
@@ -160,32 +156,44 @@ _LUMA = (0.2989, 0.587, 0.114)
 class BatchFinish:
     """The end of the training pipeline for a whole batch, in the training loop.
 
-    A uint8 batch from `train_transform` gets random brightness and contrast per image (for
-    levels whose pipeline leaves them to the batch), then the model's normalisation, in a few
-    passes over the batch. Brightness b and contrast c map a pixel x to b*(c*x + (1-c)*gray),
-    gray being the image's mean luma, clamped to [0, 255]: torchvision's adjust_brightness and
-    adjust_contrast in either order, except that they also clamp in between. A float batch
-    (random erasing, FixMatch views, no augmentation) is already the model's input.
+    A uint8 batch from `train_transform` gets random brightness and contrast per image, the
+    model's normalisation, then timm's random erasing, each as the level asks. Brightness b and
+    contrast c map a pixel x to b*(c*x + (1-c)*gray), gray being the image's mean luma, clamped
+    to [0, 255]: torchvision's adjust_brightness and adjust_contrast in either order, except
+    that they also clamp in between. A float batch (FixMatch views, no augmentation) is
+    already the model's input.
     """
 
     def __init__(self, config: dict[str, Any], augment: Augment) -> None:
         import torch
 
-        on_batch = _finished_on_batch(augment, uint8=True)
-        brightness, contrast = AUGMENTATIONS[augment]["color_jitter"][:2] if on_batch else (0, 0)
+        options = AUGMENTATIONS.get(augment, {})
+        brightness, contrast = (options.get("color_jitter") or (0, 0))[:2]
         self.spread = torch.tensor([brightness, contrast], dtype=torch.float32)
         self.mean = torch.tensor(config["mean"], dtype=torch.float32) * 255
         self.std = torch.tensor(config["std"], dtype=torch.float32) * 255
+        self.erase_prob = float(options.get("re_prob", 0.0))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """`images` (uint8, N x 3 x H x W, any memory format and device) as normalised floats;
-        the factors come from `generator` (CPU), one pair per image."""
+        the lighting factors come from `generator` (CPU), one pair per image; erasing draws
+        from Python's `random`, as timm's does (seeded per epoch by the trainer)."""
         if images.is_floating_point():
             return images
         import torch
 
-        factors = 1 + (2 * torch.rand(len(images), 2, generator=generator) - 1) * self.spread
-        return light_and_normalize(images, factors[:, 0], factors[:, 1], self.mean, self.std)
+        if self.spread.any():
+            factors = 1 + (2 * torch.rand(len(images), 2, generator=generator) - 1) * self.spread
+            images = light_and_normalize(images, factors[:, 0], factors[:, 1], self.mean,
+                                         self.std)
+        else:
+            mean, std = (t.to(images.device).view(1, -1, 1, 1) for t in (self.mean, self.std))
+            images = images.float().sub_(mean).div_(std)
+        if self.erase_prob:
+            from timm.data.random_erasing import RandomErasing
+
+            RandomErasing(self.erase_prob, mode="const", device=images.device)(images)
+        return images
 
 
 def light_and_normalize(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
@@ -194,8 +202,8 @@ def light_and_normalize(images: torch.Tensor, brightness: torch.Tensor, contrast
     `std`, with per-image `brightness` b and `contrast` c and per-channel `mean` and `std`
     (pixel units), in `images`' memory format.
 
-    Two multiply-adds and a clamp to scalar bounds: a clamp to per-channel bounds after a
-    single fused map measured 10x slower than the scalar clamp, more than the map it saved.
+    Two multiply-adds and a clamp to scalar bounds: a clamp to per-channel bounds after a single
+    fused map is much slower than the scalar clamp, more than the map it saves.
     """
     import torch
 

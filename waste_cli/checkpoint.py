@@ -1,0 +1,82 @@
+"""The checkpoint format, defined once: what `train` writes and every other command reads.
+
+A checkpoint is one plain dict of tensors, numbers, strings and lists, so that it loads with
+`torch.load(path, weights_only=True)`: no pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NotRequired, TypedDict
+
+import torch
+
+from waste_cli.errors import ModelError
+from waste_cli.fileio import atomic_path
+
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
+           "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "wastecls-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class TrainState(TypedDict):
+    """Where training stands after an epoch: enough to continue exactly."""
+
+    epoch: int  # epochs finished
+    updates: int  # optimizer steps taken
+    best: float | None  # best value of --monitor so far
+    best_val_loss: NotRequired[float]  # its validation loss (breaks ties)
+    best_epoch: int
+    bad_epochs: int  # epochs since the last improvement (early stopping)
+    skipped: list[str]  # unreadable training images found so far
+
+
+class Checkpoint(TypedDict):
+    """best.pt: everything evaluate, predict and export need, and nothing else."""
+
+    format: NotRequired[str]  # CHECKPOINT_FORMAT, set by save_checkpoint
+    version: NotRequired[int]
+    arch: str  # timm model name
+    classes: list[str]  # index order of the logits
+    data_config: dict[str, Any]  # input size, mean, std, interpolation, crop: the preprocessing
+    model: dict[str, torch.Tensor]  # state dict (the EMA weights when --ema)
+    metrics: dict[str, Any]  # the epoch's metrics.csv row
+    epoch: int
+    settings: dict[str, Any]  # the run's resolved TrainSettings
+    wastecls_version: str
+
+
+class ResumeCheckpoint(Checkpoint):
+    """last.pt: a checkpoint plus what it takes to continue training exactly."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]  # absent after --epochs changed: the schedule is re-planned
+    ema: dict[str, Any]
+    scaler: dict[str, Any]
+    train_state: TrainState
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temp file + rename): a crash never leaves half a file."""
+    checkpoint = {**checkpoint, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a wastecls checkpoint safely (weights_only: tensors and plain data, never code)."""
+    if not path.is_file():
+        raise ModelError(f"Checkpoint {path} does not exist or is not a file.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle that needs code, not a torch file ...
+        raise ModelError(f"Cannot read {path} as a wastecls checkpoint ({type(exc).__name__}). "
+                         "Give a best.pt or last.pt written by `wastecls train`, or an .onnx "
+                         "file written by `wastecls export`.") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path} is not a wastecls checkpoint (train writes best.pt/last.pt).")
+    if data.get("version", 0) > CHECKPOINT_VERSION:
+        raise ModelError(f"{path} was written by a newer wastecls; upgrade to read it.")
+    return data  # type: ignore[return-value]

@@ -1,0 +1,67 @@
+"""Inference policy, decided in one place: which backend runs a model, in what batches, and how
+the work is spread over processes. predict, evaluate, pseudolabel and the pseudo-label pass of
+training all ask here; the numbers behind each default are in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from waste_cli.errors import ConfigError
+
+__all__ = ["MAX_PROCESSES", "TASK_IMAGES", "choose_backend", "default_batch_size",
+           "default_workers", "plan_workers"]
+
+MAX_PROCESSES = 8  # each worker process holds a copy of the model
+TASK_IMAGES = 16  # images per job sent to a worker: small batches without a round trip each
+
+
+def choose_backend(model: Path, device_type: str, backend: str) -> str:
+    """`torch` or `onnxruntime` for `model` on a device of `device_type`.
+
+    `auto` runs checkpoints on a CPU through onnxruntime (faster than eager PyTorch there, and
+    the ONNX file is checked against the checkpoint before use), and on GPUs through torch.
+    """
+    if model.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise ConfigError(f"{model} is an ONNX file: use --backend onnxruntime or auto.")
+        return "onnxruntime"
+    if backend == "auto":
+        return "onnxruntime" if device_type == "cpu" else "torch"
+    return backend
+
+
+def default_batch_size(backend: str, on_cpu: bool) -> int:
+    """The fastest batch end to end: on a CPU, small batches in one single-threaded worker per
+    core beat large ones (workers get tasks of TASK_IMAGES, so small batches cost no round
+    trips); a GPU wants large batches."""
+    if not on_cpu:
+        return 32
+    return 2 if backend == "onnxruntime" else 4
+
+
+def default_workers() -> int:
+    """Loader processes beside a model that has its own threads: all cores but one, 1 to 8."""
+    return max(1, min(MAX_PROCESSES, (os.cpu_count() or 2) - 1))
+
+
+def plan_workers(on_cpu: bool, workers: int | None, images: int, batch_size: int,
+                 spread_model: bool = True) -> tuple[int, bool]:
+    """(worker processes, whether they run the model too) for `images` inputs.
+
+    On a CPU, `workers` processes each decode and infer with one thread (default: one per core,
+    at most eight; a single batch runs here, where the model is already loaded): decoding never
+    competes with the model's threads, and a small model scales better over processes than over
+    threads. Elsewhere, or without `spread_model` (a training process, whose forked copies
+    would make its next steps pay copy-on-write faults), they only decode (default: all cores
+    but one). 0 always means everything in this process.
+    """
+    if on_cpu and spread_model:
+        batches = math.ceil(images / batch_size)
+        wanted = min(os.cpu_count() or 1, MAX_PROCESSES) if workers is None else workers
+        count = min(wanted, batches) if batches > 1 or workers is not None else 0
+        return count, count > 0
+    wanted = default_workers() if workers is None else workers
+    return min(wanted, max(1, images // 8)), False

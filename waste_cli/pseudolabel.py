@@ -1,0 +1,77 @@
+"""`wastecls pseudolabel`: label an unlabelled folder with a trained model, as a manifest that
+`train --extra-labels` reads back, and optionally as sorted copies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from waste_cli.checkpoint import load_checkpoint
+from waste_cli.console import Reporter
+from waste_cli.data.scan import PSEUDO_SPLIT
+from waste_cli.errors import ConfigError
+from waste_cli.fileio import atomic_write_text
+from waste_cli.predict import expand_inputs, open_model, predict_stream
+from waste_cli.settings import PredictSettings, PseudolabelSettings
+
+__all__ = ["PseudolabelResult", "pseudolabel"]
+
+
+@dataclass
+class PseudolabelResult:
+    manifest: Path
+    model: Path
+    images: int
+    accepted: dict[str, list[float]]  # class -> confidences of the accepted images
+    failed: list[Any]
+
+
+def _default_pool(model_path: Path) -> Path:
+    """ROOT/pseudolabel of the data the checkpoint was trained on."""
+    if model_path.suffix.lower() == ".pt":
+        data = load_checkpoint(model_path).get("settings", {}).get("data")
+        if data and (Path(data) / PSEUDO_SPLIT).is_dir():
+            return Path(data) / PSEUDO_SPLIT
+    raise ConfigError("Say which folder to label with --data DIR (the model's training data "
+                      "has no pseudolabel/ folder).")
+
+
+def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
+                ) -> PseudolabelResult:
+    """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
+    reporter = reporter or Reporter(settings.quiet)
+    model_path, runner = open_model(settings, reporter)
+    folder = settings.data or _default_pool(model_path)
+    paths, failed = expand_inputs([str(folder)])
+    options = PredictSettings(inputs=[str(folder)], top_k=2, workers=settings.workers,
+                              batch_size=settings.batch_size,
+                              exclude_class=settings.exclude_class, quiet=True)
+    accepted: dict[str, list[float]] = defaultdict(list)
+    rows, names = [["path", "label", "confidence", "margin", "accepted"]], set()
+    for item in predict_stream(runner, paths, options, reporter):
+        if item.error:
+            failed.append(item)
+            continue
+        confidence = item.probs[0]
+        margin = confidence - (item.probs[1] if len(item.probs) > 1 else 0.0)
+        ok = confidence >= settings.threshold
+        rows.append([str(item.path.resolve()), item.labels[0], f"{confidence:.6f}",
+                     f"{margin:.6f}", "1" if ok else "0"])
+        if ok:
+            accepted[item.labels[0]].append(confidence)
+            if settings.copy_to is not None:
+                target = settings.copy_to / item.labels[0] / item.path.name
+                if target in names or target.exists():
+                    target = target.with_stem(f"{target.stem}-{len(names)}")
+                names.add(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item.path, target)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    atomic_write_text(settings.out, buffer.getvalue())
+    return PseudolabelResult(settings.out, model_path, len(rows) - 1, dict(accepted), failed)
