@@ -9,7 +9,7 @@ SHARED_WEIGHTS ?= ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo lint bench
+.PHONY: install test test-fast demo lint bench docs
 
 install:
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
@@ -17,6 +17,9 @@ install:
 
 test:
 	$(PYTHON) -m pytest -q
+
+test-fast:  # the in-process tests only: no child processes, no torchrun jobs
+	$(PYTHON) -m pytest -q -m "not subprocess and not distributed"
 
 lint:
 	$(PYTHON) -m ruff check waste_cli tests bench

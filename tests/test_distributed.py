@@ -32,6 +32,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.distributed
 def test_two_rank_run_reports_the_whole_validation_set(prepared, tmp_path):
     done = subprocess.run(["wastecls", *_args(prepared, tmp_path, "ddp"), "--nproc", "2"],
                           capture_output=True, text=True, timeout=300)
@@ -62,6 +63,7 @@ def test_weighted_sampler_shards_keep_the_class_balance():
         assert abs(Counter(labels[i] for i in shard)[1] / 50 - 0.5) < 0.2
 
 
+@pytest.mark.distributed
 def test_resume_across_process_counts(prepared, tmp_path):
     done = subprocess.run(["wastecls", *_args(prepared, tmp_path, "a"), "--nproc", "2"],
                           capture_output=True, text=True, timeout=300)
@@ -101,6 +103,7 @@ def _kill_rank_after_first_epoch(run: Path, marker: str, proc: subprocess.Popen)
     pytest.fail("rank 1 was not found running")
 
 
+@pytest.mark.distributed
 def test_a_dead_rank_stops_the_job_with_a_message(prepared, tmp_path):
     proc = subprocess.Popen(["wastecls", *_args(prepared, tmp_path, "dies", epochs=40),
                              "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -122,6 +125,7 @@ def test_newest_run_is_the_last_written(tmp_path):
     assert newest_run(tmp_path, "exp") == tmp_path / "exp"
 
 
+@pytest.mark.distributed
 def test_elastic_restart_resumes_from_last_checkpoint(prepared, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node=2", "--max-restarts=1", "-m", "waste_cli",

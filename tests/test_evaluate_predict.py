@@ -39,7 +39,9 @@ def test_evaluate_writes_reports_and_pictures(trained, prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Per class" in result.output and "Confusion matrix" in result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["images"] == 12 and 0 <= report["accuracy"] <= 1
+    matrix = report["confusion_matrix"]
+    assert report["images"] == 12 == sum(map(sum, matrix))
+    assert report["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(6)) / 12)
     assert report["speed_ms_per_image"]["inference"] > 0 and "ms inference per image" in (
         result.output)
     rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))

@@ -104,7 +104,7 @@ def test_export_option_errors(model):
     assert run_cli("export", "-m", model, "--onnx", "--batch", "x").exit_code == 2
 
 
-def test_corrupted_onnx_is_refused(model, prepared, tmp_path):
+def test_corrupted_onnx_is_refused(prepared, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 50)
     with pytest.raises(ModelError, match="Cannot load"):
@@ -133,6 +133,7 @@ def test_predict_and_evaluate_on_onnx_match_the_checkpoint(model, prepared):
     assert reports[1]["backend"] == "onnxruntime"
 
 
+@pytest.mark.subprocess
 def test_predict_on_onnx_never_imports_torch(model, prepared):
     """Importing torch is most of a predict run's start-up; an ONNX model does not need it."""
     assert run_cli("export", "-m", model, "--onnx").exit_code == 0
@@ -155,7 +156,7 @@ def _open(model: Path, backend: str, reporter: Reporter):
     return open_model(settings, reporter)[1]
 
 
-def test_onnx_twin_hit_miss_and_unwritable(model, prepared):
+def test_onnx_twin_hit_miss_and_unwritable(model):
     """The ONNX twin is exported once per checkpoint content, leaves the user's own exports
     alone, and a twin that cannot be written falls back to PyTorch under auto only."""
     users_export = model.with_name("best.int8.onnx")

@@ -13,7 +13,8 @@ from conftest import run_cli
 from PIL import Image
 
 from waste_cli.console import Reporter
-from waste_cli.data.prepare import prepare, split_groups
+from waste_cli.data.prepare import prepare
+from waste_cli.data.split import split_groups
 from waste_cli.errors import DataError
 from waste_cli.settings import PrepareSettings
 

@@ -69,6 +69,6 @@ def test_version_and_help_with_examples():
     from waste_cli import __version__
 
     assert __version__ in run_cli("--version").output
-    for command in ("prepare",):
+    for command in ("prepare", "train", "evaluate", "predict", "export", "pseudolabel"):
         result = run_cli(command, "--help")
-        assert result.exit_code == 0 and "Examples" in result.output
+        assert result.exit_code == 0 and "Examples" in result.output, command

@@ -1,4 +1,4 @@
-"""Models: timm's factory with the seed project's arch names, local weights, frozen layers.
+"""Models: timm's factory with efficientnet_pytorch's arch names, local weights, frozen layers.
 
 timm is imported inside the functions that build models: importing it is slow (it pulls in
 torch._dynamo through torchvision), and `predict` on an ONNX model never needs it.
@@ -30,7 +30,7 @@ __all__ = [
 
 HUB_TIMEOUT_S = 3.0
 
-# Spellings of the seed project (efficientnet_pytorch names) -> timm names with the same weights.
+# efficientnet_pytorch's spellings -> timm names with the same weights.
 ARCH_ALIASES = {
     **{f"efficientnet-b{i}": f"tf_efficientnet_b{i}" for i in range(8)},
     **{f"efficientnet-lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)},
@@ -247,8 +247,8 @@ def freeze_layers(model: nn.Module, count: int) -> list[nn.Module]:
 
     Early layers hold generic edge and texture features that a few epochs on a small waste
     dataset barely move (with --layer-decay they learn at a few percent of the head's rate),
-    yet their backward pass at full resolution is the costliest part of a step: fixed, it is
-    skipped. Returns the fixed modules, which the caller keeps in eval mode so their
+    yet their backward pass at full resolution is the costliest part of a step: frozen, it is
+    skipped. Returns the frozen modules, which the caller keeps in eval mode so their
     BatchNorm statistics stay the pretrained ones. This is Ultralytics' `freeze=N`.
     """
     from timm.models import group_modules, group_parameters

@@ -45,8 +45,8 @@ from waste_cli.data.loading import (
     inverse_frequency,
     weighted_sampler,
 )
-from waste_cli.data.prepare import split_groups
 from waste_cli.data.scan import PSEUDO_SPLIT, dataset_classes, labeled_samples, list_images
+from waste_cli.data.split import split_groups
 from waste_cli.data.transforms import BatchFinish, data_config, eval_transform, train_transform
 from waste_cli.distributed import (
     Distributed,
@@ -331,7 +331,7 @@ class Trainer:
         elif settings.sched == "step":
             kwargs |= {"sched": "step", "decay_rate": settings.lr_decay or 0.1,
                        "decay_epochs": settings.decay_epochs or max(1, settings.epochs // 3)}
-        else:  # exp: lr *= lr_decay after every epoch (the seed project's MultiplicativeLR)
+        else:  # exp: lr *= lr_decay after every epoch (as torch's MultiplicativeLR)
             kwargs |= {"sched": "step", "decay_rate": settings.lr_decay or 0.99,
                        "decay_epochs": 1}
         scheduler, _ = create_scheduler_v2(self.optimizer, num_epochs=settings.epochs, **kwargs)

@@ -101,7 +101,7 @@ class ImageDataset(Dataset):
     def __getitems__(self, keys: list[int | tuple[int, int]]
                      ) -> list[tuple[torch.Tensor | None, int, int]]:
         """A batch's samples (the DataLoader asks for a batch at once): the global RNGs are
-        saved and restored once per batch, not per image (0.1 ms each time)."""
+        saved and restored once per batch, not per image."""
         seeded = any(isinstance(key, tuple) for key in keys)
         with _rng_kept() if seeded else nullcontext():
             return [self._sample(*key) if isinstance(key, tuple) else self._sample(key)
@@ -172,8 +172,8 @@ def _stack(images: list[torch.Tensor]) -> torch.Tensor:
     """A batch of same-sized images, in the pixel layout they arrive in.
 
     Images converted from PIL are CHW views of HWC bytes; stacked into a channels_last batch
-    they are copied as they lie (0.01 ms per 288 px image), where a contiguous stack and the
-    model's conversion to channels_last transposed them twice (0.44 ms)."""
+    they are copied as they lie, where a contiguous stack and the model's conversion to
+    channels_last would transpose them twice."""
     first = images[0]
     if first.dim() != 3 or first.stride(0) != 1:
         return torch.stack(images)
@@ -209,7 +209,7 @@ def build_loader(
 
     With a generator (training), every sample carries its own augmentation seed. Workers are
     persistent: forking a new one every epoch makes the training process pay copy-on-write
-    page faults on its own memory for the next seconds (measured: 30% of a short epoch).
+    page faults on its own memory for the next seconds.
     """
     if generator is not None:
         if sampler is None:

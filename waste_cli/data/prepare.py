@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import random
 import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -26,11 +25,12 @@ from waste_cli.console import Reporter
 from waste_cli.data.coco import coco_sources
 from waste_cli.data.scan import DATASET_JSON, PSEUDO_SPLIT, REPORT_JSON, SPLITS, TRUTH_CSV
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
+from waste_cli.data.split import split_groups
 from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
 from waste_cli.errors import ConfigError, DataError
 from waste_cli.settings import PrepareSettings, write_config
 
-__all__ = ["PrepareResult", "prepare", "split_groups"]
+__all__ = ["PrepareResult", "prepare"]
 
 
 
@@ -47,31 +47,6 @@ class PrepareResult:
         """Largest over smallest training class (1.0 = balanced)."""
         train = [n for n in self.counts.get("train", {}).values() if n]
         return max(train) / min(train) if train else 0.0
-
-
-def split_groups(
-    groups: dict[str, str], fractions: dict[str, float], seed: int
-) -> dict[str, str]:
-    """Assign each group (key -> class) to a split, stratified by class and seeded.
-
-    `fractions` maps split names to shares in assignment order; what is left goes to 'train'.
-    Keys are sorted before the seeded shuffle, so the result depends only on the data and seed.
-    """
-    rng = random.Random(seed)
-    by_class: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(groups):
-        by_class[groups[key]].append(key)
-    assignment = {}
-    for label in sorted(by_class):
-        keys = by_class[label]
-        rng.shuffle(keys)
-        start = 0
-        for split, frac in fractions.items():
-            count = min(round(len(keys) * frac), len(keys) - start)
-            assignment.update(dict.fromkeys(keys[start : start + count], split))
-            start += count
-        assignment.update(dict.fromkeys(keys[start:], "train"))
-    return assignment
 
 
 def _class_map(settings: PrepareSettings) -> ClassMap:

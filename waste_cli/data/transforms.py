@@ -23,7 +23,7 @@ __all__ = [
 
 Augment = Literal["none", "light", "strong"]
 # Random resized crop, flips both ways, colour, and for `strong` RandAugment (rotate, shear,
-# translate, brightness, contrast, ...) plus random erasing: the seed project's augmentations.
+# translate, brightness, contrast, ...) plus random erasing.
 AUGMENTATIONS: dict[str, dict[str, Any]] = {
     "light": {"scale": (0.5, 1.0), "hflip": 0.5, "vflip": 0.5,
               "color_jitter": (0.2, 0.2, 0.0)},  # brightness, contrast; saturation is costly
@@ -89,7 +89,7 @@ class CenterCropEval:
         left = round((size[0] - self.size) / 2.0)  # torchvision CenterCrop
         top = round((size[1] - self.size) / 2.0)
         crop = np.asarray(image, dtype=np.uint8)[top : top + self.size, left : left + self.size]
-        # Reorder the bytes before converting: float conversion of a strided view is 5x slower.
+        # Reorder the bytes before converting: float conversion of a strided view is much slower.
         pixels = np.ascontiguousarray(crop.transpose(2, 0, 1))
         out = np.divide(pixels, np.float32(255), out=out, dtype=np.float32)
         np.subtract(out, self.mean, out=out)
@@ -126,13 +126,13 @@ def train_transform(config: dict[str, Any], augment: Augment, *, uint8: bool = T
     """The per-image training pipeline for an augmentation level; `none` is the eval pipeline.
 
     Crops are resized bilinearly, as torchvision's and Ultralytics' training pipelines do (the
-    model's own interpolation, often bicubic, stays for evaluation): bicubic cost about 0.5 ms
-    more per image, on the same cores as the model when training on a CPU.
+    model's own interpolation, often bicubic, stays for evaluation): bicubic costs more per
+    image, on the same cores as the model when training on a CPU.
 
     With `uint8` the images stay uint8 CHW tensors, and `BatchFinish` does the rest a batch at
     a time in the training loop (brightness and contrast, normalisation, random erasing), as
     timm's prefetcher normalises and erases and fastai applies its lighting transforms to the
-    batch: per image, those steps are about half of the augmentation's cost. Without it (the
+    batch: per image, those steps are a large share of the augmentation's cost. Without it (the
     views of FixMatch) the pipeline ends in normalised floats.
     """
     if augment == "none":
