@@ -29,18 +29,12 @@ demo: install
 
 BENCH_DATA ?= bench/out/data
 
+# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 1.5 hours on 2 cores).
 bench:
 	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)
 	wastecls prepare $(TRASHNET) --out $(BENCH_DATA) --overwrite -q
-	rm -rf bench/out/train_run
 	$(PYTHON) bench/bench_train.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) \
 		--keep bench/out/train_run
-	$(PYTHON) bench/bench_freeze.py
-	$(PYTHON) bench/bench_allocator.py
-	$(PYTHON) bench/bench_augment.py --data $(TRASHNET)
-	$(PYTHON) bench/bench_train_loader.py --prepared $(BENCH_DATA) --weights $(SHARED_WEIGHTS)
-	$(PYTHON) bench/bench_decode.py --data $(TRASHNET)
-	$(PYTHON) bench/bench_int8.py --model bench/out/train_run/seed0/best.pt --data $(BENCH_DATA)
 	$(PYTHON) bench/bench_predict.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET) \
 		--calib-data $(BENCH_DATA)/train --test-split $(BENCH_DATA)/test
 	$(PYTHON) bench/bench_pseudo.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS)

@@ -27,12 +27,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-import timm
 import torch
-from common import add_data_arguments
-from timm.optim import create_optimizer_v2
+from common import add_data_arguments, model_only_rate
 
-from waste_cli.models import freeze_layers
 from waste_cli.runtime import keep_freed_memory
 
 # Since session 5 (BENCHMARKS.md run 11): 288 px with the stem and first five stages fixed, in
@@ -47,33 +44,6 @@ def _flag(args: list[str], name: str, default: str) -> str:
     """The value of the last `name` in `args` (extra flags override the recipe, as in the CLI)."""
     positions = [i for i, arg in enumerate(args) if arg == name]
     return args[positions[-1] + 1] if positions else default
-
-
-def model_only_rate(arch: str, size: int, batch: int, amp: bool, frozen_layers: int,
-                    seconds: float = 30.0) -> float:
-    """Images/s of forward+backward+AdamW step on tensors already in memory (bf16 autocast
-    when `amp`, as `wastecls train --amp` on a CPU; the first `frozen_layers` layer groups
-    fixed and in eval mode, as `--freeze-layers`)."""
-    model = timm.create_model(arch, num_classes=6).to(memory_format=torch.channels_last).train()
-    for module in freeze_layers(model, frozen_layers):
-        module.eval()
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 6, (batch,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step()
-        done += batch
-    return done / (time.perf_counter() - start)
 
 
 def train_and_test(data: Path, runs: Path, recipe: list[str], seed: int, keep: Path | None

@@ -1,9 +1,17 @@
-"""Arguments shared by the benchmark scripts: where the real data and weights are."""
+"""What the benchmark scripts share: where the real data and weights are, and the model-only
+training rate that end-to-end figures are compared with."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+
+from waste_cli.models import freeze_layers
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,3 +19,30 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
     parser.add_argument("--weights", type=Path,
                         default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
+
+
+def model_only_rate(arch: str, size: int, batch: int, amp: bool, frozen_layers: int,
+                    seconds: float = 30.0) -> float:
+    """Images/s of forward+backward+AdamW step on tensors already in memory (bf16 autocast
+    when `amp`, as `wastecls train --amp` on a CPU; the first `frozen_layers` layer groups
+    fixed and in eval mode, as `--freeze-layers`)."""
+    model = timm.create_model(arch, num_classes=6).to(memory_format=torch.channels_last).train()
+    for module in freeze_layers(model, frozen_layers):
+        module.eval()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 6, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += batch
+    return done / (time.perf_counter() - start)

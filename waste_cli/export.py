@@ -31,7 +31,8 @@ from waste_cli.inference import EvalImages
 from waste_cli.models import model_from_checkpoint
 from waste_cli.settings import ExportSettings
 
-__all__ = ["ExportResult", "Verification", "export", "export_metadata", "onnx_twin"]
+__all__ = ["ExportResult", "Verification", "export", "export_metadata", "onnx_twin",
+           "stem_and_classifier_nodes"]
 
 FP32_TOLERANCE = 1e-3
 VERIFY_IMAGES = 64
@@ -117,7 +118,7 @@ def _write_onnx(model: nn.Module, path: Path, meta: dict[str, Any], settings: Ex
     onnx.save(proto, str(path))
 
 
-def _stem_and_classifier(path: Path) -> list[str]:
+def stem_and_classifier_nodes(path: Path) -> list[str]:
     """Nodes that read the image or write the logits: kept in float when quantizing, the usual
     practice, which keeps int8 closer to fp32 for a small share of its speed-up."""
     import onnx
@@ -156,7 +157,7 @@ def _quantize_int8(path: Path, calibration: torch.Tensor | None) -> None:
         quantize_static(str(staged), str(path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_stem_and_classifier(staged))
+                        nodes_to_exclude=stem_and_classifier_nodes(staged))
     finally:
         staged.unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ import sys
 from datetime import date
 
 import torch
-from bench_train import model_only_rate
+from common import model_only_rate
 
 from waste_cli.runtime import keep_freed_memory
 

@@ -15,7 +15,7 @@ import platform
 from datetime import date
 
 import torch
-from bench_train import model_only_rate
+from common import model_only_rate
 
 from waste_cli.runtime import keep_freed_memory
 

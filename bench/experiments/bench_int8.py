@@ -29,7 +29,7 @@ from waste_cli.backends import OnnxRunner
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
-from waste_cli.export import _stem_and_classifier
+from waste_cli.export import stem_and_classifier_nodes
 
 PERCENTILE = (CalibrationMethod.Percentile, {"CalibPercentile": 99.99})
 VARIANTS = {  # name: (images, method, extra options, keep the ends in float)
@@ -81,7 +81,7 @@ def main() -> None:
         reference = base(images).argmax(1)
         train = list_images(args.data / "train")
         quant_pre_process(str(fp32), str(staged), skip_symbolic_shape=True)
-        ends = _stem_and_classifier(staged)
+        ends = stem_and_classifier_nodes(staged)
         print(f"fp32: val accuracy {(reference == truth).mean():.2%}, "
               f"{speed(base):.0f} img/s at batch 16\n")
         print("| calibration | agreement with fp32 | val accuracy | quantize s | img/s |\n"
