@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -51,25 +51,50 @@ out_console = Console(highlight=False)
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML/YAML config file (flags and WASTECLS_* win).",
-                 show_default=False),
+                 show_default=False, rich_help_panel="Run"),
 ]
 
 
 def _help(info: FieldInfo) -> str:
+    """The field's description and its default (flags themselves default to "not given")."""
     text = info.description or ""
     if not any(info.default is v for v in (PydanticUndefined, None, False)):
-        text += f" [dim]\\[default: {info.default}][/]"
+        text += f" \\[default: {info.default}]"
     return text
 
 
-def _cli_type(annotation: Any) -> Any:
-    """The type Typer parses a field as; pydantic validates the value afterwards."""
+def _plain(annotation: Any) -> Any:
+    """`X | None` -> X."""
     args = [a for a in get_args(annotation) if a is not type(None)]
-    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
-        annotation = args[0]
-    if get_origin(annotation) is Literal:
-        return str
-    return annotation
+    optional = get_origin(annotation) in (Union, UnionType) and len(args) == 1
+    return args[0] if optional else annotation
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type Typer parses a field as (Literal fields list their values in --help); pydantic
+    validates the value afterwards."""
+    return _plain(annotation)
+
+
+# --help panels, grouped as the README groups the flags; fields not named here go to "Run".
+PANELS: dict[str, tuple[str, ...]] = {
+    "Data": ("data", "images", "val_frac", "test_frac", "unlabeled_frac", "size", "min_size",
+             "quality", "square", "zoom", "background", "map", "taxonomy", "img_size", "aug",
+             "cache", "sampler", "split", "allow_subset", "inputs", "source"),
+    "Model and weights": ("model", "arch", "pretrained", "weights", "drop_rate", "backend",
+                          "freeze_backbone", "freeze_epochs", "freeze_layers"),
+    "Optimisation": ("opt", "lr", "weight_decay", "layer_decay", "sched", "warmup_epochs",
+                     "lr_decay", "decay_epochs", "epochs", "batch_size", "label_smoothing",
+                     "class_weights", "ema", "ema_decay", "amp", "channels_last"),
+    "Selection": ("monitor", "patience"),
+    "Pseudo-labels": ("pseudolabel", "pseudo_data", "pseudo_start", "pseudo_threshold",
+                      "pseudo_weight", "pseudo_ramp", "extra_labels", "threshold", "copy_to"),
+    "Output": ("out", "output", "format", "top_k", "top_losses", "json_output",
+               "exclude_class", "tta", "onnx", "torchscript", "opset", "batch", "half", "int8",
+               "calib_data", "verify", "verify_data", "max_drop", "overwrite"),
+    "Tracking": ("neptune", "neptune_mode", "neptune_project"),
+}
+_PANEL_OF = {field: panel for panel, fields in PANELS.items() for field in fields}
 
 
 def settings_command(
@@ -92,13 +117,18 @@ def settings_command(
         params = []
         for name in sorted(cls.model_fields, key=lambda n: (n not in arguments, n in shared)):
             info = cls.model_fields[name]
+            kind = _plain(info.annotation)
+            listed = {"metavar": f"<{get_args(kind)[0].__name__}>"} if get_origin(kind) is list \
+                else {}  # repeatable: one value per use, not a Python list
             if name in arguments:
                 param = typer.Argument(help=info.description, show_default=False)
             else:
                 decls = short.get(name) or (flag_name(name),)
                 if info.annotation is bool and "/" not in decls[0]:
                     decls = (f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:])
-                param = typer.Option(*decls, help=_help(info), show_default=False)
+                flag = {"metavar": ""} if info.annotation is bool else listed  # no <bool> noise
+                param = typer.Option(*decls, help=_help(info), show_default=False,
+                                     rich_help_panel=_PANEL_OF.get(name, "Run"), **flag)
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=Annotated[_cli_type(info.annotation)
                                                                  | None, param]))
