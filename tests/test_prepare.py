@@ -189,8 +189,14 @@ def test_output_is_refused_when_not_empty_and_replaced_with_overwrite(sample_dir
     with pytest.raises(DataError, match="not empty"):
         _run(source=sample_dir, out=out)
     assert (out / "keep.txt").read_text() == "mine"
-    _run(source=sample_dir, out=out, overwrite=True, size=64)
-    assert not (out / "keep.txt").exists() and (out / "dataset.json").exists()
+    with pytest.raises(DataError, match="replaces only a dataset"):
+        _run(source=sample_dir, out=out, overwrite=True)  # not prepare's: left alone
+    assert (out / "keep.txt").read_text() == "mine"
+    ours = tmp_path / "ours"
+    _run(source=sample_dir, out=ours, size=40)
+    (ours / "train" / "stale.jpg").write_bytes(b"from an older run")
+    _run(source=sample_dir, out=ours, overwrite=True, size=64)  # its own dataset: replaced
+    assert not (ours / "train" / "stale.jpg").exists() and (ours / "dataset.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

@@ -433,7 +433,7 @@ def test_offline_pretrained_fails_fast_with_advice(monkeypatch):
 
 def test_unknown_arch_and_absent_device_via_cli(prepared, tmp_path):
     result = run_cli(*_cli_args(prepared, tmp_path), "--arch", "efficientnet-b9")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad option
     assert "Unknown architecture 'efficientnet-b9'" in result.output
     assert "efficientnet-b7" in result.output
     if not torch.cuda.is_available():

@@ -36,6 +36,7 @@ class Runner(Protocol):
     name: str  # the backend: "torch" or "onnxruntime"
     classes: list[str]
     data_config: dict[str, Any]
+    crop: dict[str, Any]  # how the training images were cut from photos (boxes: square, zoom)
     on_cpu: bool
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
@@ -51,9 +52,11 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
-                 device: torch.device, channels_last: bool) -> None:
+                 device: torch.device, channels_last: bool,
+                 crop: dict[str, Any] | None = None) -> None:
         """Wrap a model already on `device` in the memory format `channels_last` says."""
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
+        self.crop = dict(crop or {})
         self.model, self.channels_last = model.eval(), channels_last
         self.on_cpu = device.type == "cpu"
 
@@ -65,7 +68,8 @@ class TorchRunner:
         from waste_cli.models import model_from_checkpoint
 
         model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
-        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True)
+        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True,
+                   checkpoint.get("crop"))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -99,6 +103,7 @@ class OnnxRunner:
                              "`wastecls export --onnx`.") from None
         self.classes = list(info["classes"])
         self.data_config = dict(info["data_config"])
+        self.crop = dict(info.get("crop") or {})
         self.metadata = info
         self.input_name = probe.get_inputs()[0].name
         self._session: Any = None

@@ -11,7 +11,7 @@ from typing import Any, NotRequired, TypedDict
 
 import torch
 
-from waste_cli.errors import ModelError
+from waste_cli.errors import ModelError, WasteclsError
 from waste_cli.fileio import atomic_path
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
@@ -41,6 +41,7 @@ class Checkpoint(TypedDict):
     arch: str  # timm model name
     classes: list[str]  # index order of the logits
     data_config: dict[str, Any]  # input size, mean, std, interpolation, crop: the preprocessing
+    crop: NotRequired[dict[str, Any]]  # how prepare cut the training images: square, zoom, size
     model: dict[str, torch.Tensor]  # state dict (the EMA weights when --ema)
     metrics: dict[str, Any]  # the epoch's metrics.csv row
     epoch: int
@@ -61,8 +62,15 @@ class ResumeCheckpoint(Checkpoint):
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically (temp file + rename): a crash never leaves half a file."""
     checkpoint = {**checkpoint, "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+    except RuntimeError as exc:  # torch reports a failed write (a full disk) as RuntimeError
+        raise WasteclsError(
+            f"Cannot write the checkpoint {path} ({exc}). The disk is probably full or "
+            "read-only: free some space or write elsewhere. The previous version of the file, if "
+            "any, was kept."
+        ) from None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -9,10 +9,11 @@ the config file can fill them (see settings.py).
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, NoReturn, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from waste_cli import __version__
 from waste_cli.errors import WasteclsError
+from waste_cli.fileio import describe_os_error
 from waste_cli.settings import (
     CommandSettings,
     EvaluateSettings,
@@ -139,9 +141,21 @@ def settings_command(
             try:
                 settings = load_settings(cls, flags, flags.pop("config"))
                 body(settings)
+            except typer.Exit:  # the body's own exit code
+                raise
             except WasteclsError as exc:
-                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-                raise typer.Exit(exc.exit_code) from None
+                _fail(str(exc), exc.exit_code)
+            except KeyboardInterrupt:
+                _fail("Interrupted. Files completed before this were kept; nothing "
+                      "half-written carries a final name.", 130)
+            except OSError as exc:
+                _fail(describe_os_error(exc), 1)
+            except Exception as exc:  # a bug: still one paragraph, unless asked for more
+                if os.environ.get("WASTECLS_DEBUG"):
+                    raise
+                _fail(f"Unexpected error ({type(exc).__name__}: {exc}). This is a bug in "
+                      "wastecls; please report it with the command you ran. Set "
+                      "WASTECLS_DEBUG=1 to see the traceback.", 1)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__name__, command.__doc__ = body.__name__, body.__doc__
@@ -150,6 +164,11 @@ def settings_command(
         return body
 
     return decorate
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _reporter(settings: CommandSettings, stderr: bool = False) -> Any:
@@ -204,7 +223,8 @@ def prepare(settings: PrepareSettings) -> None:
     out_console.print(
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
         f"{result.imbalance:.1f}x, {result.duplicates} exact duplicates kept together, "
-        f"{len(result.skipped)} skipped (see prepare_report.json)."
+        f"{len(result.skipped)} skipped (see prepare_report.json)"
+        + (f", {len(result.warnings)} warnings (above)." if result.warnings else ".")
     )
 
 
@@ -222,7 +242,6 @@ def prepare(settings: PrepareSettings) -> None:
 )
 def train(settings: TrainSettings) -> None:
     """Fine-tune a timm model on a prepared dataset; writes a run folder with best.pt."""
-    import os
     import sys
 
     from waste_cli.distributed import launch_torchrun
@@ -263,7 +282,8 @@ def train(settings: TrainSettings) -> None:
     ],
 )
 def pseudolabel(settings: PseudolabelSettings) -> None:
-    """Label an unlabelled folder with a trained model: a manifest and sorted copies."""
+    """Label an unlabelled folder with a trained model: a manifest and sorted copies; exit 1 if
+    any image failed."""
     from waste_cli.pseudolabel import pseudolabel as run_pseudolabel
 
     result = run_pseudolabel(settings, _reporter(settings))
@@ -283,6 +303,8 @@ def pseudolabel(settings: PseudolabelSettings) -> None:
     out_console.print(f"Manifest: {result.manifest}"
                       + (f"; accepted images copied to {settings.copy_to}"
                          if settings.copy_to else ""))
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @settings_command(

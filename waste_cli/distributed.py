@@ -10,12 +10,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from waste_cli.data.loading import ShardSampler
+from waste_cli.processes import die_with_parent
 
 __all__ = [
     "Distributed",
@@ -56,6 +58,7 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
         return Distributed(), device
     import torch.distributed as dist
 
+    die_with_parent()  # a rank never outlives its torchrun agent
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
@@ -110,7 +113,7 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
             args.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "waste_cli", *args]
-    return subprocess.call(command)
+    return subprocess.call(command, preexec_fn=partial(die_with_parent, os.getpid()))
 
 
 def newest_run(project: Path, name: str) -> Path | None:

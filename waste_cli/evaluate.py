@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from waste_cli.backends import find_model
 from waste_cli.console import Reporter
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
 from waste_cli.data.sources import load_rgb
 from waste_cli.errors import DataError
-from waste_cli.fileio import atomic_write_text
+from waste_cli.fileio import atomic_write_text, check_no_overlap, ensure_writable
 from waste_cli.inference import Speed, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
@@ -137,7 +138,11 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     """Evaluate a checkpoint or ONNX model on a labelled folder; optionally write files."""
     reporter = reporter or Reporter(settings.quiet)
     folder = labelled_folder(settings.data, settings.split)
-    model_path, runner = open_model(settings, reporter)
+    model_path = find_model(settings.model, reporter)
+    if settings.out is not None:
+        check_no_overlap([("--out", settings.out)], [("model", model_path), ("data", folder)])
+        ensure_writable(settings.out, "--out folder")
+    model_path, runner = open_model(settings, reporter, model_path)
     shared = _match_classes(runner.classes, folder, settings.allow_subset)
     samples = class_samples(folder, {c: runner.classes.index(c) for c in shared})
     if not samples:

@@ -26,21 +26,41 @@ from waste_cli.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import class_folders, list_images
 from waste_cli.errors import ConfigError, ModelError, WasteclsError
-from waste_cli.fileio import atomic_path, atomic_write_text, file_sha256
+from waste_cli.fileio import (
+    atomic_path,
+    atomic_write_text,
+    check_no_overlap,
+    ensure_writable,
+    file_sha256,
+)
 from waste_cli.inference import EvalImages
 from waste_cli.models import model_from_checkpoint
 from waste_cli.settings import ExportSettings
 
-__all__ = ["ExportResult", "Verification", "export", "export_metadata", "onnx_twin",
+__all__ = ["ExportResult", "TwinExportError", "Verification", "export", "export_metadata",
+           "onnx_twin",
            "stem_and_classifier_nodes"]
 
 FP32_TOLERANCE = 1e-3
+MIN_OPSET = 18  # the first that torch's dynamo exporter writes without a version conversion
+
+
+def max_opset() -> int:
+    """The newest opset the installed torch exporter writes."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_MAX_OPSET", MIN_OPSET))
 VERIFY_IMAGES = 64
 CALIBRATION_IMAGES = 128
 
 
 class VerificationError(WasteclsError):
     """The exported file does not reproduce the checkpoint's answers."""
+
+
+class TwinExportError(ModelError):
+    """A checkpoint's ONNX twin could not be written or verified (the checkpoint itself is
+    fine: it can still run on PyTorch)."""
 
 
 @dataclass
@@ -70,6 +90,7 @@ def export_metadata(checkpoint: Checkpoint, source: Path, precision: str) -> dic
         "std": config["std"],
         "interpolation": config["interpolation"],
         "crop_pct": config["crop_pct"],
+        "crop": checkpoint.get("crop", {}),
         "arch": checkpoint["arch"],
         "precision": precision,
         "wastecls_version": __version__,
@@ -110,6 +131,11 @@ def _write_onnx(model: nn.Module, path: Path, meta: dict[str, Any], settings: Ex
     if settings.int8:
         _quantize_int8(path, calibration)
     proto = onnx.load(str(path))
+    written = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                  default=0)
+    if written != settings.opset:
+        raise ConfigError(f"--opset {settings.opset} was asked for but the exporter wrote opset "
+                          f"{written}. Choose an opset from {MIN_OPSET} to {max_opset()}.")
     entries = {ONNX_META_KEY: json.dumps(meta)} | {
         k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
     del proto.metadata_props[:]
@@ -139,7 +165,7 @@ def _quantize_int8(path: Path, calibration: torch.Tensor | None) -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    staged = path.with_suffix(".pre.onnx")
+    staged = path.with_name(path.name + ".pre.onnx")  # a temporary of the same family
     try:
         quant_pre_process(str(path), str(staged), skip_symbolic_shape=True)
         if calibration is None:
@@ -311,12 +337,28 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
     return check
 
 
+def _target(settings: ExportSettings, source: Path, suffix: str) -> Path:
+    """--out, or the checkpoint's path, with the format's suffix."""
+    base = settings.out or source.with_suffix("")
+    return base if base.suffix == suffix else base.with_suffix(suffix)
+
+
 def export(settings: ExportSettings, reporter: Reporter | None = None) -> ExportResult:
     """Write the requested formats; verify each before it is renamed into place."""
     reporter = reporter or Reporter(settings.quiet)
+    if settings.onnx and not MIN_OPSET <= settings.opset <= max_opset():
+        raise ConfigError(f"--opset {settings.opset} is outside what this torch exports: "
+                          f"choose {MIN_OPSET} to {max_opset()} (default 18).")
     source = find_model(settings.model, reporter)
     if source.suffix.lower() == ".onnx":
         raise ConfigError(f"{source} is already exported; export takes a .pt checkpoint.")
+    targets = {name: _target(settings, source, FORMATS[name].suffix)
+               for name in FORMATS if getattr(settings, name)}
+    check_no_overlap([("--out", path) for path in targets.values()],
+                     [("model", source), ("--verify-data", settings.verify_data),
+                      ("--calib-data", settings.calib_data)])
+    for path in targets.values():
+        ensure_writable(path.parent, "export folder")
     checkpoint = load_checkpoint(source)
     model = model_from_checkpoint(checkpoint)
     precision = "fp16" if settings.half else "int8" if settings.int8 else "fp32"
@@ -333,10 +375,7 @@ def export(settings: ExportSettings, reporter: Reporter | None = None) -> Export
         calibration = _tensors(calib, meta["data_config"], CALIBRATION_IMAGES)[0]
     exported = _Float16(model) if settings.half else model
     files, checks = {}, {}
-    for name in (n for n in FORMATS if getattr(settings, n)):
-        suffix = FORMATS[name].suffix
-        base = settings.out or source.with_suffix("")
-        target = base if base.suffix == suffix else base.with_suffix(suffix)
+    for name, target in targets.items():
         with reporter.bar(f"export {name} ({precision})", 1) as bar:
             check = _write_verified(name, exported, target, meta, settings, reference,
                                     calibration)
@@ -376,7 +415,7 @@ def onnx_twin(source: Path, reporter: Reporter) -> Path:
         _write_verified("onnx", model, target, export_metadata(checkpoint, source, "fp32"),
                         settings, reference)
     except (OSError, WasteclsError) as exc:
-        raise ModelError(f"Cannot export {source} to ONNX for onnxruntime: {exc}") from None
+        raise TwinExportError(f"Cannot export {source} to ONNX for onnxruntime: {exc}") from None
     own = re.compile(re.escape(source.stem) + r"\.[0-9a-f]{16}\.onnx")
     for stale in source.parent.glob(f"{source.stem}.*.onnx"):
         if stale != target and own.fullmatch(stale.name):

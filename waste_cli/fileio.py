@@ -1,26 +1,74 @@
-"""Atomic file writes: a file is either the old one or the complete new one, never half-written."""
+"""Safe writes: atomic files, temporaries that a killed run leaves behind cleaned up by the next
+one, and the one rule for what a command may write over (never its inputs).
+
+Every temporary is named `.NAME.wastecls-PID-TAG` beside its final NAME, so it never carries a
+final name, and the next write of NAME removes those whose process PID no longer runs.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "file_sha256"]
+from waste_cli.errors import ConfigError, WasteclsError
+
+__all__ = ["atomic_path", "atomic_write_text", "check_no_overlap", "describe_os_error",
+           "ensure_writable", "file_sha256", "remove_stale_temporaries", "temporary_name",
+           "write_error"]
+
+
+def temporary_name(path: Path, tag: str) -> Path:
+    """Where this process stages `path` (a file or a folder): hidden, beside it, never final."""
+    return path.with_name(f".{path.name}.wastecls-{os.getpid()}-{tag}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of `path` left by wastecls processes that no longer run."""
+    pattern = re.compile(re.escape(f".{path.name}.wastecls-") + r"(\d+)-[\w.]+")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_name(path, "").name, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (None, tmp, str(path)):
+            raise  # about another file (an input being read): not this write's failure
+        raise write_error(exc, path) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -35,3 +83,73 @@ def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes, read in blocks."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are the same file or one holds the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_no_overlap(outputs: Iterable[tuple[str, Path | None]],
+                     inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """The one rule for every writing command: no output is, holds or lies inside an input.
+
+    `outputs` and `inputs` are (what it is, path) pairs, e.g. ("--output", FILE) and ("model",
+    best.pt); None entries are ignored. Raises ConfigError naming both.
+    """
+    given = [(what, path) for what, path in inputs if path is not None]
+    for out_name, out in outputs:
+        if out is None:
+            continue
+        for in_name, source in given:
+            if _overlap(out, source):
+                raise ConfigError(
+                    f"{out_name} {out} overlaps the {in_name} {source}: wastecls never writes "
+                    "over or inside what it reads. Choose another output path.")
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Check before the long work starts that files can be created in `folder` (made if
+    missing); raise the same message a failed write would."""
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temporary_name(folder / "probe", "").name,
+                                     dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(exc, folder, what) from None
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+
+
+_ADVICE = {
+    errno.ENOSPC: "Free some space or write elsewhere.",
+    errno.EDQUOT: "Free some space or write elsewhere.",
+    errno.EFBIG: "The file system refused a file this large; write elsewhere.",
+    errno.EROFS: "The file system is read-only; write elsewhere.",
+    errno.EACCES: "Check the folder's permissions or write elsewhere.",
+    errno.EPERM: "Check the folder's permissions or write elsewhere.",
+    errno.ENAMETOOLONG: "Use a shorter path.",
+    errno.ENOTDIR: "A part of the path is a file, not a folder; choose another path.",
+    errno.EEXIST: "A file of that name is in the way; choose another path.",
+    errno.EISDIR: "A folder of that name is in the way; choose another path.",
+}
+
+
+def write_error(exc: OSError, path: Path | str | None, what: str = "output") -> WasteclsError:
+    """A one-paragraph message for a failed write: which file, what happened, what to do."""
+    where = path or exc.filename or "a file"
+    advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
+    return WasteclsError(f"Cannot write the {what} {where}: {exc.strerror or exc}. {advice} "
+                         "Files completed before this were kept.")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A file-system error met anywhere, as one paragraph: the file, the error, what to do."""
+    where = " and ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+    advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
+    return (f"File system error on {where}: {exc.strerror or exc}. {advice} Files completed "
+            "before this were kept; nothing half-written carries a final name.")

@@ -25,17 +25,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from waste_cli.console import Reporter
-from waste_cli.data.sources import DECODE_ERRORS, load_rgb
+from waste_cli.data.detections import Region
+from waste_cli.data.sources import DECODE_ERRORS, box_reduction, cut_box, decode_image
 from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import WasteclsError
 from waste_cli.policy import TASK_IMAGES, plan_workers
+from waste_cli.processes import die_with_parent
 
 if TYPE_CHECKING:
     from waste_cli.backends import Runner
 
-__all__ = ["ArrayBatch", "EvalImages", "Speed", "iterate_batches", "run_labelled"]
+__all__ = ["ArrayBatch", "EvalImages", "Region", "Speed", "eval_short_side", "iterate_batches",
+           "run_labelled"]
 
 # (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
 ArrayBatch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
@@ -72,12 +76,69 @@ class Speed:
                 + ("es" if self.processes > 1 else ""))
 
 
-class EvalImages:
-    """Samples (path, class index) -> batches preprocessed exactly as the model was evaluated."""
+def eval_short_side(data_config: dict[str, Any]) -> int:
+    """The shorter side the evaluation transform resizes to: all a decoder needs to keep."""
+    size = max(data_config["input_size"][1:])
+    return math.floor(size / min(1.0, data_config["crop_pct"]))
 
-    def __init__(self, samples: list[tuple[Path, int]], data_config: dict[str, Any]) -> None:
+
+class EvalImages:
+    """Samples (path, class index), or boxes on them, -> batches preprocessed exactly as the
+    model was evaluated.
+
+    Each image is decoded once however many of its boxes follow one another, and only at the
+    size its use needs (a reduced JPEG decode: `decode_image`). A box is cropped as `prepare`
+    cropped the training boxes, with the crop settings the model carries (`crop`: square, zoom,
+    size)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], data_config: dict[str, Any],
+                 regions: list[Region | None] | None = None,
+                 crop: dict[str, Any] | None = None) -> None:
         self.samples, self.transform = samples, eval_transform(data_config)
         self.shape = tuple(data_config["input_size"])
+        self.short = eval_short_side(data_config)
+        self.regions = regions
+        crop = crop or {}
+        self.square, self.zoom = bool(crop.get("square", False)), float(crop.get("zoom", 1.0))
+        self.crop_size = int(crop.get("size", 0))
+        self._by_path: dict[Path, list[Region]] = {}
+        for (path, _), region in zip(samples, regions or [], strict=False):
+            if region is not None:
+                self._by_path.setdefault(path, []).append(region)
+        self._last: tuple[Path, Image.Image, tuple[int, int]] | None = None
+
+    def image(self, i: int) -> Image.Image:
+        """Sample `i` as the picture the transform gets; raises one of DECODE_ERRORS."""
+        path = self.samples[i][0]
+        region = self.regions[i] if self.regions else None
+        if region is None:
+            return decode_image(path.read_bytes(), self.short)[0]
+        if self._last is None or self._last[0] != path:
+            regions = self._by_path[path]
+            target = self.crop_size or self.short
+
+            def reduction(width: int, height: int) -> float:
+                corners = [r.corners((width, height), self.square, self.zoom) for r in regions]
+                return box_reduction(corners, target)(width, height)
+
+            self._last = (path, *decode_image(path.read_bytes(), reduction))
+        _, image, full_size = self._last
+        crop = cut_box(image, full_size, region.corners(full_size, self.square, self.zoom),
+                       size=self.crop_size)
+        if isinstance(crop, str):
+            raise ValueError(crop)
+        return crop
+
+    def reason(self, i: int) -> str:
+        """Why sample `i` could not be used, for the report."""
+        try:
+            self.image(i)
+        except DECODE_ERRORS as exc:
+            return f"unreadable image: {exc}" if self.regions is None or \
+                self.regions[i] is None else str(exc)
+        except OSError as exc:  # a folder or a permission problem
+            return f"cannot read: {exc.strerror or exc}"
+        return "unreadable image"
 
     def batch(self, indices: list[int]) -> ArrayBatch:
         """Decode and preprocess `indices`; unreadable images are listed, not raised."""
@@ -85,7 +146,7 @@ class EvalImages:
         readable, bad = [], []
         for i in indices:
             try:
-                self.transform(load_rgb(self.samples[i][0]), out=images[len(readable)])
+                self.transform(self.image(i), out=images[len(readable)])
                 readable.append(i)
             except DECODE_ERRORS:
                 bad.append(i)
@@ -111,8 +172,9 @@ def _preprocess(images: EvalImages, indices: list[int]) -> tuple[ArrayBatch, flo
 _WORKER: tuple[EvalImages, Runner | None] | None = None  # this worker process's job
 
 
-def _start_worker(images: EvalImages, runner: Runner | None, threads: int) -> None:
+def _start_worker(images: EvalImages, runner: Runner | None, threads: int, parent: int) -> None:
     global _WORKER
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     if "torch" in sys.modules:  # forked from a process that uses torch: share the cores
         sys.modules["torch"].set_num_threads(threads)
@@ -149,7 +211,7 @@ def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner |
     ahead."""
     pending: deque[Future[list[tuple[ArrayBatch, float, float]]]] = deque()
     with ProcessPoolExecutor(count, initializer=_start_worker,
-                             initargs=(images, runner, threads)) as pool:
+                             initargs=(images, runner, threads, os.getpid())) as pool:
         try:
             for task in tasks:
                 pending.append(pool.submit(_work, task))
@@ -178,13 +240,15 @@ def _tasks(images: int, batch_size: int, workers: int) -> Iterator[list[list[int
 
 
 def iterate_batches(
-    runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
-    *, spread_model: bool = True, speed: Speed | None = None,
+    runner: Runner, samples: list[tuple[Path, int]] | EvalImages, batch_size: int,
+    workers: int | None, *, spread_model: bool = True, speed: Speed | None = None,
 ) -> Iterator[ArrayBatch]:
     """Yield (float32 logits, labels, sample indices, unreadable indices) per batch, in sample
-    order. `spread_model=False` keeps the model in this process whatever the device; `speed`
-    collects where the time went."""
-    images = EvalImages(samples, runner.data_config)
+    order. `samples` may come as EvalImages (boxes on images); `spread_model=False` keeps the
+    model in this process whatever the device; `speed` collects where the time went."""
+    images = samples if isinstance(samples, EvalImages) else EvalImages(
+        samples, runner.data_config)
+    samples = images.samples
     count, in_workers = plan_workers(runner.on_cpu, workers, len(samples), batch_size, spread_model)
     threads = max(1, (os.cpu_count() or 1) // max(1, count))
     tasks = _tasks(len(samples), batch_size, max(1, count))

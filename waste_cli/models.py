@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from waste_cli.checkpoint import CHECKPOINT_FORMAT, Checkpoint
-from waste_cli.errors import ModelError
+from waste_cli.errors import ConfigError, ModelError
 
 __all__ = [
     "create_model",
@@ -47,7 +47,7 @@ def resolve_arch(arch: str) -> str:
     candidates = sorted(set(timm.list_models()) | set(ARCH_ALIASES))
     close = difflib.get_close_matches(arch.lower(), candidates, n=5, cutoff=0.5)
     hint = f" Closest names: {', '.join(close)}." if close else ""
-    raise ModelError(
+    raise ConfigError(
         f"Unknown architecture '{arch}'.{hint} Any timm model name works "
         "(`python -c \"import timm; print(timm.list_models('*effic*'))\"` lists them)."
     )
@@ -193,7 +193,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable or unsafe files
-        raise ModelError(f"Cannot read weights file {path}: {exc}") from None
+        raise ModelError(
+            f"Cannot read weights file {path} ({type(exc).__name__}): it is not a .safetensors "
+            "file or a PyTorch weights file that loads safely. Give timm or efficientnet_pytorch "
+            "weights, or a wastecls checkpoint.") from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         return data["model"]
     for key in ("state_dict", "model", "model_state_dict"):  # Lightning and training scripts

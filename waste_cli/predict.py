@@ -21,10 +21,9 @@ import numpy as np
 from waste_cli.backends import Runner, find_model, open_runner
 from waste_cli.console import Reporter
 from waste_cli.data.scan import is_image_path, list_images
-from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_path
-from waste_cli.inference import Speed, iterate_batches
+from waste_cli.fileio import atomic_path, check_no_overlap, ensure_writable
+from waste_cli.inference import EvalImages, Speed, iterate_batches
 from waste_cli.policy import choose_backend, default_batch_size
 from waste_cli.settings import InferenceSettings, PredictSettings
 
@@ -57,6 +56,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
     paths: list[Path] = []
     failed: list[Prediction] = []
     for item in inputs:
+        if item == "-" or "://" in item:
+            failed.append(Prediction(Path(item), error="URLs and standard input are not "
+                                     "supported: save the image to a file and give its path"))
+            continue
         matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(
             item) else [Path(item)]
         if not matches or not matches[0].exists():
@@ -71,16 +74,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
             elif match.is_file() and (is_image_path(match) or not glob.has_magic(item)):
                 paths.append(match)
     return paths, failed
-
-
-def _unreadable_reason(path: Path) -> str:
-    try:
-        load_rgb(path)
-    except DECODE_ERRORS as exc:
-        return f"unreadable image: {exc}"
-    except OSError as exc:  # a folder or a permission problem
-        return f"cannot read: {exc.strerror or exc}"
-    return "unreadable image"
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -101,14 +94,15 @@ def _postprocess(logits: np.ndarray, runner: Runner, excluded: list[int],
     return np.take_along_axis(probs, best, axis=1), best
 
 
-def open_model(settings: InferenceSettings, reporter: Reporter) -> tuple[Path, Runner]:
+def open_model(settings: InferenceSettings, reporter: Reporter,
+               path: Path | None = None) -> tuple[Path, Runner]:
     """(the model file, its runner) for an inference command, on the backend policy picks.
 
     A checkpoint that is to run on onnxruntime is first exported to a verified ONNX twin (once;
     see `export.onnx_twin`). If that fails under `--backend auto`, PyTorch runs it instead and
     the user is told why; under `--backend onnxruntime` it is an error.
     """
-    path = find_model(settings.model, reporter)
+    path = path or find_model(settings.model, reporter)
     device = None
     if path.suffix.lower() != ".onnx" or settings.device not in ("auto", "cpu"):
         from waste_cli.runtime import resolve_device
@@ -117,12 +111,11 @@ def open_model(settings: InferenceSettings, reporter: Reporter) -> tuple[Path, R
     backend = choose_backend(path, device.type if device else "cpu", settings.backend)
     runnable = path
     if backend == "onnxruntime" and path.suffix.lower() != ".onnx":
-        from waste_cli.errors import ModelError
-        from waste_cli.export import onnx_twin
+        from waste_cli.export import TwinExportError, onnx_twin
 
         try:
             runnable = onnx_twin(path, reporter)
-        except ModelError as exc:
+        except TwinExportError as exc:
             if settings.backend == "onnxruntime":
                 raise
             reporter.warn(f"{exc} Running PyTorch instead.")
@@ -134,7 +127,7 @@ class FlipAveraged:
 
     def __init__(self, runner: Runner) -> None:
         self.runner, self.name, self.classes = runner, runner.name, runner.classes
-        self.data_config, self.on_cpu = runner.data_config, runner.on_cpu
+        self.data_config, self.on_cpu, self.crop = runner.data_config, runner.on_cpu, runner.crop
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         mirrored = np.ascontiguousarray(images[..., ::-1])
@@ -155,7 +148,8 @@ def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
                           f"(it knows {', '.join(runner.classes)}).")
     excluded = [runner.classes.index(c) for c in settings.exclude_class]
     model = FlipAveraged(runner) if settings.tta else runner
-    batches = iterate_batches(model, [(p, -1) for p in paths],
+    images = EvalImages([(p, -1) for p in paths], runner.data_config)
+    batches = iterate_batches(model, images,
                               settings.batch_size or default_batch_size(runner.name,
                                                                         runner.on_cpu),
                               settings.workers,
@@ -163,7 +157,7 @@ def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
     with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
         for logits, _, indices, bad in batches:
             results: dict[int, Prediction] = {
-                i: Prediction(paths[i], error=_unreadable_reason(paths[i])) for i in bad}
+                i: Prediction(paths[i], error=images.reason(i)) for i in bad}
             if len(indices):
                 probs, labels = _postprocess(logits, runner, excluded, settings.top_k)
                 for i, p, y in zip(indices.tolist(), probs.tolist(), labels.tolist(),
@@ -213,8 +207,15 @@ def predict(settings: PredictSettings, stdout: IO[str],
             reporter: Reporter | None = None) -> PredictResult:
     """Predict every input; write results to --output (atomically) or `stdout` as they come."""
     reporter = reporter or Reporter(settings.quiet)
-    model_path, runner = open_model(settings, reporter)
     paths, failed = expand_inputs(settings.inputs)
+    model_path = find_model(settings.model, reporter)
+    if settings.output is not None:
+        check_no_overlap([("--output", settings.output)],
+                         [("model", model_path),
+                          *(("input", Path(i)) for i in settings.inputs if Path(i).exists()),
+                          *(("input", p) for p in paths)])
+        ensure_writable(settings.output.parent, "--output folder")
+    model_path, runner = open_model(settings, reporter, model_path)
     fmt = _output_format(settings)
     count, speed = 0, Speed()
 

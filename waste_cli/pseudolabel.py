@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from waste_cli.backends import find_model
 from waste_cli.checkpoint import load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import PSEUDO_SPLIT
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_write_text
+from waste_cli.fileio import atomic_path, atomic_write_text, check_no_overlap, ensure_writable
 from waste_cli.predict import expand_inputs, open_model, predict_stream
 from waste_cli.settings import PredictSettings, PseudolabelSettings
 
@@ -45,8 +46,14 @@ def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
                 ) -> PseudolabelResult:
     """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
     reporter = reporter or Reporter(settings.quiet)
-    model_path, runner = open_model(settings, reporter)
+    model_path = find_model(settings.model, reporter)
     folder = settings.data or _default_pool(model_path)
+    check_no_overlap([("--out", settings.out), ("--copy-to", settings.copy_to)],
+                     [("model", model_path), ("data", folder)])
+    ensure_writable(settings.out.parent, "--out folder")
+    if settings.copy_to is not None:
+        ensure_writable(settings.copy_to, "--copy-to folder")
+    model_path, runner = open_model(settings, reporter, model_path)
     paths, failed = expand_inputs([str(folder)])
     options = PredictSettings(inputs=[str(folder)], top_k=2, workers=settings.workers,
                               batch_size=settings.batch_size,
@@ -69,8 +76,8 @@ def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
                 if target in names or target.exists():
                     target = target.with_stem(f"{target.stem}-{len(names)}")
                 names.add(target)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(item.path, target)
+                with atomic_path(target) as tmp:  # a killed run leaves no half-copied image
+                    shutil.copy2(item.path, tmp)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     atomic_write_text(settings.out, buffer.getvalue())

@@ -60,11 +60,16 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device) so that a CPU run repeats exactly."""
+def seed_everything(seed: int, accelerators: bool = True) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly; with `accelerators`,
+    every device's generator too. Per-image augmentation seeds leave them out: it runs on the
+    CPU, and seeding every device costs more than the augmentation's random draws."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if accelerators:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h

@@ -322,7 +322,8 @@ class ExportSettings(CommandSettings):
     out: Path | None = Field(
         None, description="Output file (default: beside the checkpoint, e.g. best.onnx)."
     )
-    opset: int = Field(18, ge=13, description="ONNX opset version.")
+    opset: int = Field(18, ge=1, description="ONNX opset version (18 up to the newest the "
+                       "installed torch exports).")
     batch: str = Field("dynamic", description="Batch axis: dynamic, or a fixed size N.")
     half: bool = Field(False, description="fp16 weights (float32 input and output).")
     int8: bool = Field(

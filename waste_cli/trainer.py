@@ -45,7 +45,14 @@ from waste_cli.data.loading import (
     inverse_frequency,
     weighted_sampler,
 )
-from waste_cli.data.scan import PSEUDO_SPLIT, dataset_classes, labeled_samples, list_images
+from waste_cli.data.scan import (
+    PSEUDO_SPLIT,
+    SPLITS,
+    crop_settings,
+    dataset_classes,
+    labeled_samples,
+    list_images,
+)
 from waste_cli.data.split import split_groups
 from waste_cli.data.transforms import BatchFinish, data_config, eval_transform, train_transform
 from waste_cli.distributed import (
@@ -57,6 +64,7 @@ from waste_cli.distributed import (
     shard,
 )
 from waste_cli.errors import ConfigError, DataError, WasteclsError
+from waste_cli.fileio import check_no_overlap, ensure_writable
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, freeze_layers, resolve_arch
 from waste_cli.plots import plot_confusion_matrix, plot_curves
@@ -124,6 +132,9 @@ def load_train_data(settings: TrainSettings) -> TrainData:
             "(ROOT/train/<class>/, ROOT/val/<class>/)."
         )
     classes = dataset_classes(root)
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class ({', '.join(classes)}): a classifier "
+                        "needs at least two. Add class folders, or prepare the data again.")
     train = labeled_samples(root / "train", classes)
     train += read_manifests(settings.extra_labels, classes)
     missing = sorted(set(classes) - {classes[label] for _, label in train})
@@ -494,6 +505,7 @@ class Trainer:
             "arch": resolve_arch(self.settings.arch),
             "classes": self.data.classes,
             "data_config": self.data_config,
+            "crop": crop_settings(self.settings.data) if self.settings.data else {},
             "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
             "metrics": row,
             "epoch": epoch,
@@ -576,6 +588,19 @@ class Trainer:
         return False
 
 
+def _check_outputs(settings: TrainSettings) -> None:
+    """Before any work: the run folder may be written, and overlaps no input."""
+    runs = settings.resume or settings.project
+    data = settings.data
+    check_no_overlap(
+        [("run folder", settings.resume or settings.project / settings.name)],
+        [*((f"{split} images", data / split) for split in (*SPLITS, PSEUDO_SPLIT)
+           if data is not None),
+         ("--pseudo-data", settings.pseudo_data), ("--weights", settings.weights),
+         *(("--extra-labels", path) for path in settings.extra_labels)])
+    ensure_writable(runs, "run folder")
+
+
 def _summary(trainer: Trainer, result: TrainResult) -> dict[str, Any]:
     return {"best_epoch": result.best_epoch, "monitor": trainer.settings.monitor,
             "best": result.best, "epochs_run": result.epochs_run,
@@ -606,6 +631,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         trackers.append(NeptuneTracker(json.loads(settings.model_dump_json()),
                                        settings.neptune_mode, settings.neptune_project,
                                        settings.name))
+    if dist.main:
+        _check_outputs(settings)
     try:
         trainer = Trainer(settings, reporter, dist, device, last)
         run = trainer.run_dir

@@ -1,13 +1,14 @@
 """COCO detection annotations -> crop jobs, one source image at a time.
 
-Every box becomes one crop of its (mapped) class. Nothing in the annotation file is trusted: boxes
-without area, unknown image ids and file names that leave the image folder are skipped and
-reported, never followed.
+Every box becomes one crop of its (mapped) class. Nothing in the annotation file is trusted:
+malformed, non-numeric or empty boxes, unknown or duplicate ids, missing file names and file
+names that leave the image folder are skipped and reported with their reason, never followed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ from waste_cli.data.sources import Box, CropJob, SourceImage
 from waste_cli.data.taxonomy import ClassMap
 from waste_cli.errors import DataError
 
-__all__ = ["BACKGROUND", "coco_sources", "crop_box"]
+__all__ = ["BACKGROUND", "coco_sources", "crop_box", "parse_bbox", "safe_image_path"]
 
 BACKGROUND = "background"
 BACKGROUND_MAX_IOU = 0.05
@@ -59,9 +60,9 @@ def _background_boxes(
     return found
 
 
-def _safe_image_path(images: Path, file_name: str) -> Path | None:
+def safe_image_path(images: Path, file_name: str) -> Path | None:
     """The image's path inside `images`, or None when the name would escape that folder."""
-    if not file_name or Path(file_name).is_absolute():
+    if not file_name or "\x00" in file_name or Path(file_name).is_absolute():
         return None
     root = images.resolve()
     path = (root / file_name).resolve()
@@ -72,13 +73,49 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"Cannot read COCO annotations {path}: {exc}") from exc
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise DataError(f"Cannot read COCO annotations {path}: {exc}. Give a COCO detection "
+                        "JSON file (images, annotations, categories).") from None
+    lists = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise DataError(
             f"{path} is not a COCO detection file: it needs 'images', 'annotations' and "
             "'categories' lists."
         )
     return data
+
+
+def _key(value: Any) -> Any:
+    """An id usable as a dict key (ids are ints or strings in the wild), else None."""
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
+def parse_bbox(bbox: Any) -> tuple[list[float] | None, str]:
+    """A COCO [x, y, w, h] as four finite floats with area, or None and why not."""
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return None, f"bbox is not [x, y, width, height]: {bbox!r}"
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        return None, f"non-numeric bbox {bbox!r}"
+    if any(isinstance(v, bool) for v in bbox) or not all(math.isfinite(v) for v in values):
+        return None, f"non-numeric or non-finite bbox {bbox!r}"
+    if values[2] <= 0 or values[3] <= 0:
+        return None, f"box without area {bbox!r}"
+    return values, ""
+
+
+def _index(items: list[Any], what: str, skipped: list[dict[str, Any]]) -> dict[Any, dict]:
+    """id -> entry for COCO images or categories; malformed and repeated ids are reported."""
+    index: dict[Any, dict] = {}
+    for item in items:
+        key = _key(item.get("id")) if isinstance(item, dict) else None
+        if key is None:
+            skipped.append({what: repr(item)[:200], "reason": f"{what} entry without a valid id"})
+        elif key in index:
+            skipped.append({what: key, "reason": f"duplicate {what} id (the first is used)"})
+        else:
+            index[key] = item
+    return index
 
 
 def coco_sources(
@@ -92,47 +129,77 @@ def coco_sources(
     min_size: int,
     seed: int,
 ) -> tuple[list[SourceImage], list[dict[str, Any]]]:
-    """Crop jobs grouped by source image, and the skipped annotations with their reasons."""
+    """Crop jobs grouped by source image, and every skipped entry with its reason."""
     data = _load(path)
-    categories = {c["id"]: str(c["name"]) for c in data["categories"]}
-    image_info = {img["id"]: img for img in data["images"]}
     skipped: list[dict[str, Any]] = []
+    categories = {k: str(c.get("name", k)) for k, c in
+                  _index(data["categories"], "category", skipped).items()}
+    image_info = _index(data["images"], "image", skipped)
     crops: dict[Any, list[CropJob]] = defaultdict(list)
     boxes: dict[Any, list[Box]] = defaultdict(list)
+    seen_ids: set[Any] = set()
 
     for ann in data["annotations"]:
-        ann_id, image_id = ann.get("id"), ann.get("image_id")
-        bbox = ann.get("bbox") or []
-        if image_id not in image_info:
-            skipped.append({"annotation": ann_id, "reason": f"unknown image id {image_id!r}"})
+        if not isinstance(ann, dict):
+            skipped.append({"annotation": repr(ann)[:200], "reason": "not a JSON object"})
             continue
-        if len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-            skipped.append({"annotation": ann_id, "reason": f"box without area {bbox!r}"})
+        ann_id, image_id = ann.get("id"), _key(ann.get("image_id"))
+        if _key(ann_id) is not None and ann_id in seen_ids:
+            skipped.append({"annotation": ann_id, "reason": "duplicate annotation id"})
+            continue
+        seen_ids.add(ann_id)
+        if image_id not in image_info:
+            skipped.append({"annotation": ann_id,
+                            "reason": f"unknown image id {ann.get('image_id')!r}"})
+            continue
+        bbox, why = parse_bbox(ann.get("bbox"))
+        if bbox is None:
+            skipped.append({"annotation": ann_id, "reason": why})
+            continue
+        category = _key(ann.get("category_id"))
+        if category not in categories:
+            skipped.append({"annotation": ann_id,
+                            "reason": f"unknown category id {ann.get('category_id')!r}"})
             continue
         box = crop_box(bbox, square, zoom)
         boxes[image_id].append(box)
-        label = class_map(categories.get(ann.get("category_id"), "unknown"))
+        label = class_map(categories[category])
         if label is None:
             continue  # an ignored category: its box still blocks background crops
-        stem = Path(image_info[image_id]["file_name"]).stem
+        stem = Path(str(image_info[image_id].get("file_name") or image_id)).stem
         crops[image_id].append(CropJob(label, box, f"{stem}_{ann_id}"))
 
     sources = []
     for image_id in sorted(image_info, key=str):
         info = image_info[image_id]
-        file_name = str(info.get("file_name", ""))
         jobs = list(crops.get(image_id, []))
-        if background and info.get("width") and info.get("height"):
+        file_name = info.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            if jobs:
+                skipped.append({"image": image_id, "boxes": len(jobs),
+                                "reason": f"missing or invalid file_name {file_name!r}"})
+            continue
+        size = _declared_size(info)
+        if background and size:
             rng = random.Random(f"{seed}:{image_id}")
-            size = (int(info["width"]), int(info["height"]))
             for k, box in enumerate(_background_boxes(size, boxes[image_id], background,
                                                       min_size, rng)):
                 jobs.append(CropJob(BACKGROUND, box, f"{Path(file_name).stem}_bg{k}"))
         if not jobs:
             continue
-        image_path = _safe_image_path(images, file_name)
+        image_path = safe_image_path(images, file_name)
         if image_path is None:
-            skipped.append({"image": file_name, "reason": "file name escapes the image folder"})
+            skipped.append({"image": file_name, "boxes": len(jobs),
+                            "reason": "file name escapes the image folder"})
             continue
         sources.append(SourceImage(image_path, tuple(jobs)))
     return sources, skipped
+
+
+def _declared_size(info: dict[str, Any]) -> tuple[int, int] | None:
+    """The image's width and height as the annotation file states them, if usable."""
+    try:
+        width, height = int(info["width"]), int(info["height"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None

@@ -6,10 +6,12 @@ collate function drops it and reports its index, and the trainer warns once per 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from torch.utils.data import (
 from waste_cli.console import Reporter
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb
 from waste_cli.errors import DataError
+from waste_cli.processes import die_with_parent
 from waste_cli.runtime import seed_everything
 
 __all__ = [
@@ -121,7 +124,7 @@ class ImageDataset(Dataset):
         except DECODE_ERRORS:
             return None, label, index
         if seed is not None:
-            seed_everything(seed)
+            seed_everything(seed, accelerators=False)
         return torch.as_tensor(self.transform(image)), label, index  # eval gives numpy arrays
 
 
@@ -227,7 +230,12 @@ def build_loader(
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
         persistent_workers=workers > 0,
+        worker_init_fn=partial(_start_loader_worker, os.getpid()) if workers else None,
     )
+
+
+def _start_loader_worker(parent: int, worker_id: int) -> None:
+    die_with_parent(parent)
 
 
 def weighted_sampler(labels: Sequence[int], num_classes: int,

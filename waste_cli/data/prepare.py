@@ -23,11 +23,26 @@ from typing import Any
 from waste_cli import __version__
 from waste_cli.console import Reporter
 from waste_cli.data.coco import coco_sources
-from waste_cli.data.scan import DATASET_JSON, PSEUDO_SPLIT, REPORT_JSON, SPLITS, TRUTH_CSV
+from waste_cli.data.scan import (
+    DATASET_FORMAT,
+    DATASET_JSON,
+    PSEUDO_SPLIT,
+    REPORT_JSON,
+    SPLITS,
+    TRUTH_CSV,
+    read_dataset_json,
+)
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
 from waste_cli.data.split import split_groups
 from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
 from waste_cli.errors import ConfigError, DataError
+from waste_cli.fileio import (
+    check_no_overlap,
+    ensure_writable,
+    remove_stale_temporaries,
+    temporary_name,
+)
+from waste_cli.processes import die_with_parent
 from waste_cli.settings import PrepareSettings, write_config
 
 __all__ = ["PrepareResult", "prepare"]
@@ -41,6 +56,7 @@ class PrepareResult:
     counts: dict[str, dict[str, int]]  # split -> class -> images
     skipped: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
+    warnings: list[str] = field(default_factory=list)  # what a user must know about the data
 
     @property
     def imbalance(self) -> float:
@@ -77,8 +93,6 @@ def _collect_sources(
         raise DataError(
             f"Source {src} is neither a folder of class folders nor a COCO .json file."
         )
-    if settings.out.resolve().is_relative_to(src.resolve()):
-        raise ConfigError(f"The output folder {settings.out} must not be inside the source {src}.")
     sources, dropped = folder_sources(src, class_map)
     skipped = [{"class_folder": name, "reason": "dropped by the class map"} for name in dropped]
     return sources, skipped, "folders"
@@ -99,7 +113,8 @@ def _process_all(
                 results.append(result)
                 bar.advance()
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 chunk = max(1, min(32, len(sources) // (workers * 8)))
                 for result in pool.map(work, sources, range(len(sources)), chunksize=chunk):
                     results.append(result)
@@ -162,22 +177,41 @@ def _place(
     return {s: dict(c) for s, c in counts.items()}, skipped, duplicates, truth
 
 
-def _prepare_output(out: Path, overwrite: bool) -> Path:
+def _is_prepared_dataset(folder: Path) -> bool:
+    """Whether `folder` is recognisably a dataset that `prepare` wrote (its dataset.json)."""
+    try:
+        meta = read_dataset_json(folder)
+    except DataError:
+        return False
+    return bool(meta) and meta.get("format") == DATASET_FORMAT
+
+
+def _prepare_output(settings: PrepareSettings) -> Path:
+    """A fresh staging folder beside OUT, after checking that OUT may be (re)written."""
+    out = settings.out
+    check_no_overlap([("--out", out)], [("source", settings.source),
+                                        ("--images folder", settings.images),
+                                        ("--map file", settings.map)])
     if out.exists() and not out.is_dir():
-        raise DataError(f"Output {out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"Output folder {out} is not empty. Choose another --out or add "
-                        "--overwrite to replace it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"Output {out} exists and is not a folder. Choose another --out.")
+    if out.is_dir() and any(out.iterdir()):
+        if not settings.overwrite:
+            raise DataError(f"Output folder {out} is not empty. Choose another --out or add "
+                            "--overwrite to replace it.")
+        if not _is_prepared_dataset(out):
+            raise DataError(f"--overwrite replaces only a dataset that `wastecls prepare` "
+                            f"wrote, and {out} has no such {DATASET_JSON}: it was left as it "
+                            "is. Choose another --out, or empty that folder yourself.")
+    ensure_writable(out.parent, "output folder")
+    remove_stale_temporaries(out)
+    tmp = temporary_name(out, "tmp")
     (tmp / ".staging").mkdir(parents=True)
     return tmp
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished folder to `out`; an old `out` is removed only after that."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    old = temporary_name(out, "old")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -187,7 +221,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult, kind: str,
                     truth: list[list[str]]) -> None:
     dataset = {
-        "format": "wastecls-dataset",
+        "format": DATASET_FORMAT,
         "version": 1,
         "classes": result.classes,
         "counts": result.counts,
@@ -196,7 +230,8 @@ def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult,
         "settings": json.loads(settings.model_dump_json()),
     }
     (tmp / DATASET_JSON).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
-    report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates}
+    report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates,
+              "warnings": result.warnings}
     (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_config(settings, tmp / "config.yaml")
     if truth:
@@ -212,7 +247,7 @@ def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> Prep
     sources, skipped, kind = _collect_sources(settings, class_map)
     if not sources:
         raise DataError(f"No images found in {settings.source}.")
-    tmp = _prepare_output(settings.out, settings.overwrite)
+    tmp = _prepare_output(settings)
     try:
         results = _process_all(sources, tmp / ".staging", settings, reporter)
         counts, bad, duplicates, truth = _place(results, settings, tmp)
@@ -226,7 +261,9 @@ def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> Prep
         for split in (*SPLITS, PSEUDO_SPLIT):
             counts.setdefault(split, {})
             counts[split] = {c: counts[split].get(c, 0) for c in classes}
-        result = PrepareResult(settings.out, classes, counts, skipped + bad, duplicates)
+        wanted = sorted({job.label for source in sources for job in source.jobs})
+        result = PrepareResult(settings.out, classes, counts, skipped + bad, duplicates,
+                               _degenerate(wanted, counts, settings))
         _write_metadata(tmp, settings, result, kind, truth)
         _swap_into_place(tmp, settings.out)
     finally:
@@ -235,4 +272,28 @@ def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> Prep
         reporter.warn(f"skipped {item}")
     if len(result.skipped) > 20:
         reporter.warn(f"... and {len(result.skipped) - 20} more; see {REPORT_JSON}")
+    for message in result.warnings:
+        reporter.warn(message)
     return result
+
+
+def _degenerate(wanted: list[str], counts: dict[str, dict[str, int]],
+                settings: PrepareSettings) -> list[str]:
+    """What makes this dataset a poor one to train or test on, said rather than hidden."""
+    found = set(counts.get("train", {})) | set(counts.get(PSEUDO_SPLIT, {}))
+    notes = [f"class '{name}' has no usable images (all were skipped, see {REPORT_JSON}); it "
+             "is not in the dataset" for name in wanted if name not in found]
+    if len(found) < 2:
+        notes.append(f"only {len(found)} class: a classifier needs at least two, and `wastecls "
+                     "train` will refuse this dataset")
+    for split, share in (("val", settings.val_frac), ("test", settings.test_frac),
+                         ("train", 1.0)):
+        if not share:
+            continue
+        few = [f"{name} ({count})" for name, count in counts.get(split, {}).items()
+               if count <= 1]
+        if few:
+            notes.append(f"{split} holds at most one image of {', '.join(few)}: per-class "
+                         f"{split} numbers will mean little; add images or change the split "
+                         "fractions")
+    return notes

@@ -9,6 +9,7 @@ from typing import Any
 from waste_cli.errors import DataError
 
 __all__ = [
+    "DATASET_FORMAT",
     "DATASET_JSON",
     "IMAGE_EXTENSIONS",
     "PSEUDO_SPLIT",
@@ -17,6 +18,7 @@ __all__ = [
     "TRUTH_CSV",
     "class_folders",
     "class_samples",
+    "crop_settings",
     "dataset_classes",
     "is_image_path",
     "labeled_samples",
@@ -28,6 +30,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 SPLITS = ("train", "val", "test")
 # The files and folders of a prepared dataset besides the splits.
 DATASET_JSON = "dataset.json"
+DATASET_FORMAT = "wastecls-dataset"  # its "format": what marks a folder as prepare's own
 REPORT_JSON = "prepare_report.json"
 PSEUDO_SPLIT = "pseudolabel"  # unlabelled images (prepare --unlabeled-frac)
 TRUTH_CSV = "pseudolabel_truth.csv"  # their hidden labels, to measure pseudo-label precision
@@ -66,6 +69,19 @@ def read_dataset_json(root: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"Cannot read {path}: {exc}") from exc
+
+
+def crop_settings(root: Path) -> dict[str, Any]:
+    """How `prepare` cut and sized the images of `root` (square, zoom, size), so that a model
+    trained on them crops a detector's boxes the same way; {} for a folder it did not make."""
+    meta = read_dataset_json(root)
+    if not meta:
+        return {}
+    settings = meta.get("settings", {})
+    boxes = meta.get("source", {}).get("kind") == "coco"
+    return {"square": bool(settings.get("square", False)) and boxes,
+            "zoom": float(settings.get("zoom", 1.0)) if boxes else 1.0,
+            "size": int(settings.get("size", 0))}
 
 
 def dataset_classes(root: Path, split: str = "train") -> list[str]:

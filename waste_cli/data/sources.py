@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from waste_cli.data.scan import class_folders, list_images
@@ -23,10 +26,15 @@ __all__ = [
     "CropResult",
     "SourceImage",
     "SourceResult",
+    "box_reduction",
+    "cut_box",
+    "decode_image",
     "folder_sources",
     "load_rgb",
     "open_image",
+    "oriented_size",
     "process_source",
+    "to_rgb",
 ]
 
 Box = tuple[float, float, float, float]
@@ -77,28 +85,111 @@ def folder_sources(root: Path, class_map: ClassMap) -> tuple[list[SourceImage], 
     return sources, dropped
 
 
-def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
-    """Decode an image completely, apply its EXIF orientation and return it as RGB.
+_HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
 
-    `draft_size` lets the JPEG decoder skip detail below that shorter side (much faster for big
-    photos that will be shrunk anyway). Raises one of DECODE_ERRORS for a bad file.
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The picture as 8-bit RGB, whatever the mode: high-bit-depth greyscale scaled (not
+    clipped) to 8 bits, transparency composited over white, palette, CMYK, 1-bit, LA ...
+    converted. PIL's plain convert("RGB") clips 16-bit pixels to white and drops alpha onto
+    black, which would silently show the model another picture."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _HIGH_DEPTH or mode == "F":
+        pixels = np.asarray(image, dtype=np.float32)
+        top = _HIGH_DEPTH.get(mode) or (1.0 if pixels.max(initial=0) <= 1 else 255.0)
+        grey = np.clip(pixels * (255 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image as it will stand after its EXIF orientation."""
+    orientation = image.getexif().get(0x0112, 1)
+    return (image.height, image.width) if orientation in _TRANSPOSED else image.size
+
+
+# How far a decoder may shrink an image: from its oriented (width, height), the largest factor
+# by which every pixel the caller needs keeps at least one decoded pixel.
+Reduction = Callable[[int, int], float]
+
+
+def decode_image(data: bytes, reduce: int | Reduction = 0
+                 ) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an image completely, apply its EXIF orientation, return it as 8-bit RGB with its
+    full (oriented) size.
+
+    The one decode function of every command. `reduce` lets the JPEG decoder skip detail the
+    caller will never use (DCT scaling, much faster for camera-sized photos): an int keeps at
+    least that shorter side, a function says how far the image may shrink. The decoded image
+    is then smaller than the full size by the factor the decoder chose (at most 8), and callers
+    scale coordinates by `image.width / full_size[0]`. Raises one of DECODE_ERRORS, with a
+    reason a person can read, for a bad file.
     """
     if not data:
         raise ValueError("empty file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
-        if draft_size and image.format == "JPEG":
-            scale = min(image.size) / draft_size
-            image.draft("RGB", (int(image.width / scale), int(image.height / scale)))
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise UnidentifiedImageError("not an image file, or a format Pillow cannot "
+                                         "read") from None
+        full = oriented_size(image)
+        if reduce and image.format == "JPEG":
+            factor = reduce(*full) if callable(reduce) else min(full) / reduce
+            if factor >= 2:  # the decoder keeps at least the size asked for
+                image.draft("RGB", (math.ceil(image.width / factor),
+                                    math.ceil(image.height / factor)))
         image.load()
     ImageOps.exif_transpose(image, in_place=True)  # upright photos: no copy
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return to_rgb(image), full
+
+
+def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
+    """`decode_image` for whole images: the picture, its shorter side kept >= `draft_size`."""
+    return decode_image(data, draft_size)[0]
 
 
 def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
     """Open an image file as RGB with EXIF orientation; shrink on decode when much larger."""
     return open_image(path.read_bytes(), draft_size=max_short_side)
+
+
+def box_reduction(boxes: list[Box], target: int) -> Reduction:
+    """How far an image may shrink on decode so that the shorter side of every box (pixels of
+    the full image, x0 y0 x1 y1) still has `target` pixels: its crops are resized to that."""
+    shortest = min((min(b[2] - b[0], b[3] - b[1]) for b in boxes), default=0.0)
+    return lambda width, height: shortest / target if target and shortest > 0 else 1.0
+
+
+def cut_box(image: Image.Image, full_size: tuple[int, int], box: Box, *, size: int,
+            min_size: int = 0) -> Image.Image | str:
+    """The crop `prepare` makes of `box` (x0 y0 x1 y1 in pixels of the full image): cut to the
+    image, its shorter side resized to `size` (0 keeps it). A box outside the image, or
+    smaller than `min_size` there, gives the reason instead. `image` may be a reduced decode
+    of the full image (see `decode_image`)."""
+    full_box = _clip(box, *full_size)  # a box partly outside is cut to the image
+    width, height = full_box[2] - full_box[0], full_box[3] - full_box[1]
+    if width <= 0 or height <= 0:
+        return f"box lies outside the image ({full_size[0]}x{full_size[1]})"
+    if min(width, height) < min_size:
+        return f"smaller than min-size ({width}x{height})"
+    scale = image.width / full_size[0]
+    if scale == 1:
+        crop = image.crop(full_box)
+    else:
+        crop = image.crop(tuple(round(v * scale) for v in full_box))
+    target = size or min(width, height)  # a reduced decode still gives the full-size crop
+    return _resize_shorter(crop, target)
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -123,19 +214,26 @@ def process_source(
     except OSError as exc:
         return _failed(source, "", f"cannot read file: {exc.strerror or exc}")
     digest = hashlib.sha256(data).hexdigest()
-    whole = len(source.jobs) == 1 and source.jobs[0].box is None
+    boxes = [job.box for job in source.jobs if job.box is not None]
+    reduce = box_reduction(boxes, size) if boxes else size
     try:
-        image = open_image(data, draft_size=size if whole else 0)
+        image, full_size = decode_image(data, reduce)
     except DECODE_ERRORS as exc:
         return _failed(source, digest, f"not a readable image: {exc}")
     results = []
     for k, job in enumerate(source.jobs):
-        crop = image if job.box is None else image.crop(_clip(job.box, *image.size))
-        if min(crop.size) < min_size:
-            results.append(CropResult(job, None, f"smaller than min-size ({crop.size})"))
+        if job.box is None:
+            if min(full_size) < min_size:
+                results.append(CropResult(job, None, f"smaller than min-size ({full_size})"))
+                continue
+            crop: Image.Image | str = _resize_shorter(image, size)
+        else:
+            crop = cut_box(image, full_size, job.box, size=size, min_size=min_size)
+        if isinstance(crop, str):
+            results.append(CropResult(job, None, crop))
             continue
         target = staging / f"{index}_{k}.jpg"
-        _resize_shorter(crop, size).save(target, "JPEG", quality=quality)
+        crop.save(target, "JPEG", quality=quality)
         results.append(CropResult(job, target))
     return SourceResult(source, digest, tuple(results))
 
