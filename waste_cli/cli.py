@@ -80,9 +80,10 @@ def _cli_type(annotation: Any) -> Any:
 
 # --help panels, grouped as the README groups the flags; fields not named here go to "Run".
 PANELS: dict[str, tuple[str, ...]] = {
-    "Data": ("data", "images", "val_frac", "test_frac", "unlabeled_frac", "size", "min_size",
-             "quality", "square", "zoom", "background", "map", "taxonomy", "img_size", "aug",
-             "cache", "sampler", "split", "allow_subset", "inputs", "source"),
+    "Data": ("data", "boxes", "images", "coco_images", "min_score", "val_frac", "test_frac",
+             "unlabeled_frac", "size", "min_size", "quality", "square", "zoom", "background",
+             "map", "taxonomy", "img_size", "aug", "cache", "sampler", "split", "allow_subset",
+             "inputs", "source"),
     "Model and weights": ("model", "arch", "pretrained", "weights", "drop_rate", "backend",
                           "freeze_backbone", "freeze_epochs", "freeze_layers"),
     "Optimisation": ("opt", "lr", "weight_decay", "layer_decay", "sched", "warmup_epochs",
@@ -91,7 +92,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Selection": ("monitor", "patience"),
     "Pseudo-labels": ("pseudolabel", "pseudo_data", "pseudo_start", "pseudo_threshold",
                       "pseudo_weight", "pseudo_ramp", "extra_labels", "threshold", "copy_to"),
-    "Output": ("out", "output", "format", "top_k", "top_losses", "json_output",
+    "Output": ("out", "output", "save_images", "format", "top_k", "top_losses", "json_output",
                "exclude_class", "tta", "onnx", "torchscript", "opset", "batch", "half", "int8",
                "calib_data", "verify", "verify_data", "max_drop", "overwrite"),
     "Tracking": ("neptune", "neptune_mode", "neptune_project"),
@@ -365,12 +366,19 @@ def evaluate(settings: EvaluateSettings) -> None:
         "wastecls predict img.jpg",
         "wastecls predict photos/ 'more/**/*.png' --top-k 3 --format csv --output preds.csv",
         "wastecls predict --model model.onnx litter/ --exclude-class unknown --tta",
+        "wastecls predict --boxes detections.json --images photos/ --format json "
+        "--output labelled.json --save-images checked/",
+        "wastecls predict --boxes runs/detect/predict/labels --images photos/ --min-score 0.3",
     ],
 )
 def predict(settings: PredictSettings) -> None:
-    """Classify images, folders (recursive) and globs; exit 1 if any input failed."""
+    """Classify images, folders (recursive) and globs, or a detector's boxes; exit 1 if any
+    input failed."""
     import sys
 
+    if settings.boxes is not None:
+        _predict_boxes(settings)
+        return
     from waste_cli.predict import predict as run_predict
 
     result = run_predict(settings, sys.stdout, _reporter(settings, stderr=True))
@@ -383,6 +391,28 @@ def predict(settings: PredictSettings) -> None:
                           + (f"; results in {settings.output}" if settings.output else ""))
         err_console.print(result.speed.summary())
     if result.failed:
+        raise typer.Exit(1)
+
+
+def _predict_boxes(settings: PredictSettings) -> None:
+    import sys
+
+    from waste_cli.boxes import predict_boxes
+
+    result = predict_boxes(settings, sys.stdout, _reporter(settings, stderr=True))
+    for item in result.failed:
+        err_console.print(f"[yellow]failed:[/] {escape(str(item.detection.image))} box "
+                          f"{list(item.detection.region.box)}: {escape(item.error)}",
+                          soft_wrap=True)
+    if not settings.quiet:
+        err_console.print(
+            f"{result.boxes} boxes classified, {len(result.failed)} failed, "
+            f"{len(result.skipped)} entries of {settings.boxes} skipped, {result.below_score} "
+            f"under --min-score ({result.model}, {result.backend})"
+            + (f"; results in {settings.output}" if settings.output else "")
+            + (f"; pictures in {settings.save_images}" if settings.save_images else ""))
+        err_console.print(result.speed.summary().replace("per image", "per box"))
+    if result.failed or result.skipped:
         raise typer.Exit(1)
 
 

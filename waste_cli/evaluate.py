@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from waste_cli.backends import find_model
+from waste_cli.backends import Runner, find_model
 from waste_cli.console import Reporter
+from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
-from waste_cli.data.sources import load_rgb
+from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text, check_no_overlap, ensure_writable
-from waste_cli.inference import Speed, run_labelled
+from waste_cli.inference import EvalImages, Speed, run_labelled
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.policy import default_batch_size
@@ -54,9 +56,9 @@ def labelled_folder(data: Path, split: str) -> Path:
     return data
 
 
-def _match_classes(model_classes: list[str], folder: Path, allow_subset: bool) -> list[str]:
+def _match_classes(model_classes: list[str], data_classes: list[str], folder: Path,
+                   allow_subset: bool) -> list[str]:
     """The data classes to evaluate; a difference from the model's is an error unless allowed."""
-    data_classes = class_folders(folder)
     only_data = sorted(set(data_classes) - set(model_classes))
     only_model = sorted(set(model_classes) - set(data_classes))
     if (only_data or only_model) and not allow_subset:
@@ -71,8 +73,9 @@ def _match_classes(model_classes: list[str], folder: Path, allow_subset: bool) -
     return shared
 
 
-def _write_outputs(out: Path, report: dict[str, Any], samples: list[tuple[Path, int]],
+def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
                    logits: torch.Tensor, classes: list[str], top_losses: int) -> None:
+    samples = images.samples
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     buffer = io.StringIO()
@@ -107,11 +110,18 @@ def _write_outputs(out: Path, report: dict[str, Any], samples: list[tuple[Path, 
     wrong.sort(key=lambda i: -float(losses[i]))
     if top_losses and wrong:
         picks = wrong[:top_losses]
-        images = [np.asarray(load_rgb(samples[i][0], 128)) for i in picks]
+        pictures = [np.asarray(_thumbnail(images, i)) for i in picks]
         captions = [f"true {classes[samples[i][1]]}\npred {classes[int(probs[i].argmax())]} "
                     f"({float(probs[i].max()):.0%})\n{samples[i][0].name}" for i in picks]
-        plot_image_grid(images, captions, out / "top_losses.png",
+        plot_image_grid(pictures, captions, out / "top_losses.png",
                         "Most confident mistakes (check these labels first)")
+
+
+def _thumbnail(images: EvalImages, index: int) -> Image.Image:
+    """What the model was shown for sample `index` (the image, or the box's crop), small."""
+    picture = images.image(index)
+    picture.thumbnail((128, 128))
+    return picture
 
 
 def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], top_k: int,
@@ -134,33 +144,70 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     }
 
 
-def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluateResult:
-    """Evaluate a checkpoint or ONNX model on a labelled folder; optionally write files."""
-    reporter = reporter or Reporter(settings.quiet)
+def _folder_images(settings: EvaluateSettings, runner: Runner) -> tuple[EvalImages, Path]:
+    """The labelled images of a class-folder split."""
+    assert settings.data is not None  # settings checked
     folder = labelled_folder(settings.data, settings.split)
-    model_path = find_model(settings.model, reporter)
-    if settings.out is not None:
-        check_no_overlap([("--out", settings.out)], [("model", model_path), ("data", folder)])
-        ensure_writable(settings.out, "--out folder")
-    model_path, runner = open_model(settings, reporter, model_path)
-    shared = _match_classes(runner.classes, folder, settings.allow_subset)
+    shared = _match_classes(runner.classes, class_folders(folder), folder,
+                            settings.allow_subset)
     samples = class_samples(folder, {c: runner.classes.index(c) for c in shared})
     if not samples:
         raise DataError(f"No images in the class folders of {folder}.")
+    return EvalImages(samples, runner.data_config), folder
+
+
+def _box_images(settings: EvaluateSettings, runner: Runner, reporter: Reporter
+                ) -> tuple[EvalImages, Path]:
+    """The annotated boxes of a COCO file, each labelled with its (mapped) category and cropped
+    as the model's training boxes were."""
+    assert settings.boxes is not None and settings.images is not None  # settings checked
+    class_map = (load_class_map(settings.map) if settings.map is not None else
+                 builtin_taxonomy(settings.taxonomy) if settings.taxonomy else ClassMap())
+    found, skipped = read_detections(settings.boxes, settings.images)
+    for entry in skipped[:20]:
+        reporter.warn(f"skipped {entry}")
+    labelled = [(d, class_map(d.category)) for d in found if d.category is not None]
+    labelled = [(d, label) for d, label in labelled if label is not None]
+    shared = _match_classes(runner.classes, sorted({label for _, label in labelled}),
+                            settings.boxes, settings.allow_subset)
+    kept = sorted(((d, label) for d, label in labelled if label in shared),
+                  key=lambda pair: str(pair[0].image))  # a photo's boxes together: one decode
+    if not kept:
+        raise DataError(f"No usable boxes in {settings.boxes}.")
+    samples = [(d.image, runner.classes.index(label)) for d, label in kept]
+    return EvalImages(samples, runner.data_config, [d.region for d, _ in kept],
+                      runner.crop), settings.boxes
+
+
+def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluateResult:
+    """Evaluate a checkpoint or ONNX model on a labelled folder or on annotated boxes;
+    optionally write files."""
+    reporter = reporter or Reporter(settings.quiet)
+    model_path = find_model(settings.model, reporter)
+    if settings.out is not None:
+        data = settings.data or settings.images
+        check_no_overlap([("--out", settings.out)], [("model", model_path), ("data", data),
+                                                     ("--boxes", settings.boxes)])
+        ensure_writable(settings.out, "--out folder")
+    if settings.data is not None:
+        labelled_folder(settings.data, settings.split)  # a wrong --data fails before loading
+    model_path, runner = open_model(settings, reporter, model_path)
+    images, source = (_box_images(settings, runner, reporter) if settings.boxes is not None
+                      else _folder_images(settings, runner))
+    samples = images.samples
     speed = Speed()
     batch_size = settings.batch_size or default_batch_size(runner.name, runner.on_cpu)
-    logits, bad = run_labelled(runner, samples, batch_size, settings.workers, reporter,
+    logits, bad = run_labelled(runner, images, batch_size, settings.workers, reporter,
                                f"evaluate ({runner.name})", speed=speed)
     logits = torch.from_numpy(logits)
     for i in bad:
-        reporter.warn(f"skipped unreadable image {samples[i][0]}")
+        reporter.warn(f"skipped {samples[i][0]}: {images.reason(i)}")
     targets = torch.tensor([label for _, label in samples])
     report = build_report(logits, targets, runner.classes, settings.top_k,
                           [str(samples[i][0]) for i in bad])
-    report |= {"model": str(model_path), "backend": runner.name, "data": str(folder),
+    report |= {"model": str(model_path), "backend": runner.name, "data": str(source),
                "speed_ms_per_image": speed.per_image_ms()}
     if settings.out is not None:
-        _write_outputs(settings.out, report, samples, logits, runner.classes,
+        _write_outputs(settings.out, report, images, logits, runner.classes,
                        settings.top_losses)
     return EvaluateResult(report, model_path, runner.name, settings.out, speed)
-

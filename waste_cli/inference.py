@@ -43,6 +43,8 @@ __all__ = ["ArrayBatch", "EvalImages", "Region", "Speed", "eval_short_side", "it
 
 # (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
 ArrayBatch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
+# A finished batch: (batch, (decode seconds, resize seconds), model seconds).
+Done = tuple[ArrayBatch, tuple[float, float], float]
 
 
 @dataclass
@@ -55,24 +57,27 @@ class Speed:
     """
 
     images: int = 0
-    preprocess: float = 0.0  # seconds: read, decode, resize, crop, normalise
+    decode: float = 0.0  # seconds: read and decode (and crop a box)
+    resize: float = 0.0  # seconds: resize, centre crop, normalise
     inference: float = 0.0  # seconds in the model
     processes: int = 1  # that ran the model
 
-    def add(self, images: int, preprocess: float, inference: float) -> None:
+    def add(self, images: int, preprocess: tuple[float, float], inference: float) -> None:
         self.images += images
-        self.preprocess += preprocess
+        self.decode += preprocess[0]
+        self.resize += preprocess[1]
         self.inference += inference
 
     def per_image_ms(self) -> dict[str, float]:
         each = 1000 / max(self.images, 1)
-        return {"preprocess": round(self.preprocess * each, 3),
+        return {"decode": round(self.decode * each, 3), "resize": round(self.resize * each, 3),
+                "preprocess": round((self.decode + self.resize) * each, 3),
                 "inference": round(self.inference * each, 3), "processes": self.processes}
 
     def summary(self) -> str:
         ms = self.per_image_ms()
-        return (f"Speed: {ms['preprocess']:.1f} ms preprocess, {ms['inference']:.1f} ms "
-                f"inference per image, in {self.processes} process"
+        return (f"Speed: {ms['decode']:.1f} ms decode, {ms['resize']:.1f} ms resize, "
+                f"{ms['inference']:.1f} ms inference per image, in {self.processes} process"
                 + ("es" if self.processes > 1 else ""))
 
 
@@ -106,6 +111,7 @@ class EvalImages:
             if region is not None:
                 self._by_path.setdefault(path, []).append(region)
         self._last: tuple[Path, Image.Image, tuple[int, int]] | None = None
+        self.decode_seconds = 0.0  # of the last batch
 
     def image(self, i: int) -> Image.Image:
         """Sample `i` as the picture the transform gets; raises one of DECODE_ERRORS."""
@@ -144,9 +150,13 @@ class EvalImages:
         """Decode and preprocess `indices`; unreadable images are listed, not raised."""
         images = np.empty((len(indices), *self.shape), np.float32)
         readable, bad = [], []
+        self.decode_seconds = 0.0
         for i in indices:
             try:
-                self.transform(self.image(i), out=images[len(readable)])
+                start = time.perf_counter()
+                picture = self.image(i)
+                self.decode_seconds += time.perf_counter() - start
+                self.transform(picture, out=images[len(readable)])
                 readable.append(i)
             except DECODE_ERRORS:
                 bad.append(i)
@@ -163,10 +173,13 @@ def _infer(runner: Runner, batch: ArrayBatch) -> tuple[ArrayBatch, float]:
     return (logits, labels, indices, bad), time.perf_counter() - start
 
 
-def _preprocess(images: EvalImages, indices: list[int]) -> tuple[ArrayBatch, float]:
+def _preprocess(images: EvalImages, indices: list[int]
+                ) -> tuple[ArrayBatch, tuple[float, float]]:
+    """The batch, and (seconds decoding, seconds resizing and normalising)."""
     start = time.perf_counter()
     batch = images.batch(indices)
-    return batch, time.perf_counter() - start
+    total = time.perf_counter() - start
+    return batch, (images.decode_seconds, total - images.decode_seconds)
 
 
 _WORKER: tuple[EvalImages, Runner | None] | None = None  # this worker process's job
@@ -182,7 +195,7 @@ def _start_worker(images: EvalImages, runner: Runner | None, threads: int, paren
 
 
 def _run_task(images: EvalImages, runner: Runner | None,
-              task: list[list[int]]) -> Iterator[tuple[ArrayBatch, float, float]]:
+              task: list[list[int]]) -> Iterator[Done]:
     """(batch, preprocess seconds, model seconds) for each batch of a task; without a runner
     the batch keeps its images and the model seconds are 0."""
     for indices in task:
@@ -191,25 +204,24 @@ def _run_task(images: EvalImages, runner: Runner | None,
         yield batch, preprocess, inference
 
 
-def _infer_here(runner: Runner, decoded: Iterable[tuple[ArrayBatch, float, float]]
-                ) -> Iterator[tuple[ArrayBatch, float, float]]:
+def _infer_here(runner: Runner, decoded: Iterable[Done]) -> Iterator[Done]:
     """Run the model in this process on batches decoded elsewhere."""
     for pixels, preprocess, _ in decoded:
         batch, inference = _infer(runner, pixels)
         yield batch, preprocess, inference
 
 
-def _work(task: list[list[int]]) -> list[tuple[ArrayBatch, float, float]]:
+def _work(task: list[list[int]]) -> list[Done]:
     """`_run_task` in a worker process, on the job its initializer gave it."""
     assert _WORKER is not None
     return list(_run_task(*_WORKER, task))
 
 
 def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner | None,
-                  tasks: Iterable[list[list[int]]]) -> Iterator[tuple[ArrayBatch, float, float]]:
+                  tasks: Iterable[list[list[int]]]) -> Iterator[Done]:
     """Run `_work` on `tasks` in `count` processes; results in order, two tasks per worker
     ahead."""
-    pending: deque[Future[list[tuple[ArrayBatch, float, float]]]] = deque()
+    pending: deque[Future[list[Done]]] = deque()
     with ProcessPoolExecutor(count, initializer=_start_worker,
                              initargs=(images, runner, threads, os.getpid())) as pool:
         try:
@@ -266,14 +278,15 @@ def iterate_batches(
 
 
 def run_labelled(
-    runner: Runner, samples: list[tuple[Path, int]], batch_size: int, workers: int | None,
-    reporter: Reporter, description: str, *, spread_model: bool = True,
+    runner: Runner, samples: list[tuple[Path, int]] | EvalImages, batch_size: int,
+    workers: int | None, reporter: Reporter, description: str, *, spread_model: bool = True,
     speed: Speed | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """float32 logits for every sample (NaN rows for unreadable images), unreadable indices."""
-    logits = np.full((len(samples), len(runner.classes)), np.nan, dtype=np.float32)
+    count = len(samples.samples if isinstance(samples, EvalImages) else samples)
+    logits = np.full((count, len(runner.classes)), np.nan, dtype=np.float32)
     bad: list[int] = []
-    with reporter.bar(description, len(samples)) as bar:
+    with reporter.bar(description, count) as bar:
         for batch_logits, _, indices, unreadable in iterate_batches(
                 runner, samples, batch_size, workers, spread_model=spread_model, speed=speed):
             bad += unreadable

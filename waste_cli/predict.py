@@ -27,8 +27,8 @@ from waste_cli.inference import EvalImages, Speed, iterate_batches
 from waste_cli.policy import choose_backend, default_batch_size
 from waste_cli.settings import InferenceSettings, PredictSettings
 
-__all__ = ["FlipAveraged", "PredictResult", "Prediction", "expand_inputs", "open_model",
-           "predict", "predict_stream"]
+__all__ = ["FlipAveraged", "PredictResult", "Prediction", "classify", "expand_inputs",
+           "open_model", "output_format", "predict", "predict_stream"]
 
 
 @dataclass
@@ -139,33 +139,39 @@ class FlipAveraged:
         return FlipAveraged(self.runner.for_worker(threads))
 
 
-def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
-                   reporter: Reporter, speed: Speed | None = None) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in input order, batch by batch."""
+def classify(runner: Runner, images: EvalImages, settings: PredictSettings,
+             reporter: Reporter, speed: Speed | None = None, what: str = "predict"
+             ) -> Iterator[tuple[int, list[str], list[float], str]]:
+    """(sample index, top-k labels, their probabilities, error) for every sample of `images`,
+    in sample order, batch by batch: the postprocessing of predict and of detector boxes."""
     unknown = sorted(set(settings.exclude_class) - set(runner.classes))
     if unknown:
         raise ConfigError(f"--exclude-class {', '.join(unknown)}: the model has no such class "
                           f"(it knows {', '.join(runner.classes)}).")
     excluded = [runner.classes.index(c) for c in settings.exclude_class]
     model = FlipAveraged(runner) if settings.tta else runner
-    images = EvalImages([(p, -1) for p in paths], runner.data_config)
-    batches = iterate_batches(model, images,
-                              settings.batch_size or default_batch_size(runner.name,
-                                                                        runner.on_cpu),
-                              settings.workers,
-                              speed=speed)
-    with reporter.bar(f"predict ({runner.name})", len(paths)) as bar:
+    batch_size = settings.batch_size or default_batch_size(runner.name, runner.on_cpu)
+    batches = iterate_batches(model, images, batch_size, settings.workers, speed=speed)
+    with reporter.bar(f"{what} ({runner.name})", len(images.samples)) as bar:
         for logits, _, indices, bad in batches:
-            results: dict[int, Prediction] = {
-                i: Prediction(paths[i], error=images.reason(i)) for i in bad}
+            results: dict[int, tuple[list[str], list[float], str]] = {
+                i: ([], [], images.reason(i)) for i in bad}
             if len(indices):
                 probs, labels = _postprocess(logits, runner, excluded, settings.top_k)
                 for i, p, y in zip(indices.tolist(), probs.tolist(), labels.tolist(),
                                    strict=True):
-                    results[i] = Prediction(paths[i], [runner.classes[k] for k in y], p)
+                    results[i] = ([runner.classes[k] for k in y], p, "")
             for i in sorted(results):
-                yield results[i]
+                yield i, *results[i]
             bar.advance(len(results))
+
+
+def predict_stream(runner: Runner, paths: list[Path], settings: PredictSettings,
+                   reporter: Reporter, speed: Speed | None = None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in input order, batch by batch."""
+    images = EvalImages([(p, -1) for p in paths], runner.data_config)
+    for i, labels, probs, error in classify(runner, images, settings, reporter, speed):
+        yield Prediction(paths[i], labels, probs, error)
 
 
 class _Writer:
@@ -196,7 +202,8 @@ class _Writer:
             self.handle.write(f"{item.path}  {shown or 'ERROR ' + item.error}\n")
 
 
-def _output_format(settings: PredictSettings) -> str:
+def output_format(settings: PredictSettings) -> str:
+    """--format, or the one --output's extension names."""
     if settings.output is None or settings.format != "table":
         return settings.format
     suffix = settings.output.suffix.lower()
@@ -216,7 +223,7 @@ def predict(settings: PredictSettings, stdout: IO[str],
                           *(("input", p) for p in paths)])
         ensure_writable(settings.output.parent, "--output folder")
     model_path, runner = open_model(settings, reporter, model_path)
-    fmt = _output_format(settings)
+    fmt = output_format(settings)
     count, speed = 0, Speed()
 
     def run(handle: IO[str]) -> None:

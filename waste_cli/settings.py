@@ -276,8 +276,21 @@ class EvaluateSettings(InferenceSettings):
     command: ClassVar[str] = "evaluate"
     arguments: ClassVar[tuple[str, ...]] = ("model",)
 
-    data: Path = Field(description="A `prepare` root (with --split) or a class-folder directory.")
+    data: Path | None = Field(
+        None, description="A `prepare` root (with --split) or a class-folder directory."
+    )
     split: Literal["test", "val", "train"] = Field("test", description="Split of a prepare root.")
+    boxes: Path | None = Field(
+        None, description="Evaluate on the boxes of a COCO annotation file instead (with "
+        "--images): each box is cropped as prepare crops and scored against its category."
+    )
+    images: Path | None = Field(None, description="Image folder of --boxes.")
+    map: Path | None = Field(
+        None, description="--boxes: YAML/JSON class mapping of the annotation's categories."
+    )
+    taxonomy: Literal["detect-waste"] | None = Field(
+        None, description="--boxes: built-in class mapping of the annotation's categories."
+    )
     out: Path | None = Field(
         None, description="Write report.json, per_class.csv, predictions.csv and PNGs here."
     )
@@ -288,6 +301,17 @@ class EvaluateSettings(InferenceSettings):
     top_k: int = Field(5, ge=1, description="k of the top-k accuracy.")
     top_losses: int = Field(16, ge=0, description="Images in top_losses.png.")
 
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateSettings:
+        if (self.data is None) == (self.boxes is None):
+            raise ValueError("give --data (class folders) or --boxes (COCO annotations), "
+                             "one of them")
+        if self.boxes is not None and self.images is None:
+            raise ValueError("--boxes needs --images DIR, the folder of the annotated photos")
+        if self.map is not None and self.taxonomy is not None:
+            raise ValueError("use either map or taxonomy, not both")
+        return self
+
 
 class PredictSettings(InferenceSettings):
     """`wastecls predict`: classify images, folders and globs."""
@@ -295,8 +319,22 @@ class PredictSettings(InferenceSettings):
     command: ClassVar[str] = "predict"
     arguments: ClassVar[tuple[str, ...]] = ("inputs",)
 
-    inputs: list[str] = Field(description="Image files, folders (recursive) and globs.")
-    top_k: int = Field(1, ge=1, description="Labels per image.")
+    inputs: list[str] = Field(
+        default_factory=list, description="Image files, folders (recursive) and globs."
+    )
+    boxes: Path | None = Field(
+        None, description="Classify a detector's boxes instead: a COCO annotation or results "
+        "file, or a folder of YOLO label files (with --images)."
+    )
+    images: Path | None = Field(None, description="Image folder the --boxes refer to.")
+    coco_images: Path | None = Field(
+        None, description="COCO file whose 'images' list names the images of a COCO results file."
+    )
+    min_score: float = Field(0.0, ge=0, description="--boxes: skip detections scored below this.")
+    save_images: Path | None = Field(
+        None, description="--boxes: draw the labelled boxes on each photo into this folder."
+    )
+    top_k: int = Field(1, ge=1, description="Labels per image (or box).")
     format: Literal["table", "json", "csv"] = Field(
         "table", description="table on screen; json (lines) or csv, also for --output."
     )
@@ -307,6 +345,17 @@ class PredictSettings(InferenceSettings):
         default_factory=list, description="Never predict this class (repeatable)."
     )
     tta: bool = Field(False, description="Average with the horizontally flipped image.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PredictSettings:
+        if bool(self.inputs) == (self.boxes is not None):
+            raise ValueError("give images to classify, or --boxes DETECTIONS with --images DIR, "
+                             "one of them")
+        if self.boxes is not None and self.images is None:
+            raise ValueError("--boxes needs --images DIR, the folder of the detector's photos")
+        if self.save_images is not None and self.boxes is None:
+            raise ValueError("--save-images draws boxes: it goes with --boxes")
+        return self
 
 
 class ExportSettings(CommandSettings):

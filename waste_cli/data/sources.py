@@ -122,6 +122,32 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
 Reduction = Callable[[int, int], float]
 
 
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+                b"avif")
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO media file of a HEIF brand (the `ftyp` box at the start): a phone's photo."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF through pillow-heif, if it is installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _unreadable(data: bytes) -> str:
+    if _is_heif(data):
+        return ("a HEIC/HEIF photo, which needs the pillow-heif plugin: pip install "
+                "'wastecls[heif]' (or pip install pillow-heif)")
+    return "not an image file, or a format Pillow cannot read"
+
+
 def decode_image(data: bytes, reduce: int | Reduction = 0
                  ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an image completely, apply its EXIF orientation, return it as 8-bit RGB with its
@@ -141,8 +167,9 @@ def decode_image(data: bytes, reduce: int | Reduction = 0
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise UnidentifiedImageError("not an image file, or a format Pillow cannot "
-                                         "read") from None
+            if not (_is_heif(data) and _register_heif()):
+                raise UnidentifiedImageError(_unreadable(data)) from None
+            image = Image.open(io.BytesIO(data))
         full = oriented_size(image)
         if reduce and image.format == "JPEG":
             factor = reduce(*full) if callable(reduce) else min(full) / reduce

@@ -1,0 +1,138 @@
+"""Camera-sized photos: `wastecls predict` end to end against the model alone, and what decoding
+for size changes in the model's answers.
+
+1. Photos with known labels at camera size: TrashNet's test split (default prepare split, seed
+   0), `--per-class` photos per class, upscaled to 4032x3024 (12 MP) and saved as JPEG q92 —
+   real photos at a camera's size, though not a camera's detail.
+2. Answers of the model (onnxruntime) with the product's decode-for-size path and with a full
+   decode, in this process: top-1 agreement and accuracy of each.
+3. `wastecls predict DIR --format csv --output F` end to end (process start included), and the
+   model-only rate of the same backend (onnxruntime, one single-threaded session per core, batch
+   2, as predict runs it) measured just before and after: the ratio, and predict's Speed line.
+
+Usage: python bench/bench_camera.py --model bench/out/train_run/seed0/best.pt \
+    --data ../shared/data/trashnet [--per-class 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from waste_cli.backends import OnnxRunner
+from waste_cli.data.scan import class_folders, class_samples
+
+CAMERA = (4032, 3024)
+
+
+def camera_set(test: Path, folder: Path, per_class: int) -> list[tuple[Path, int]]:
+    classes = class_folders(test)
+    samples = class_samples(test, {c: i for i, c in enumerate(classes)})
+    chosen: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        for path, _ in [s for s in samples if s[1] == index][:per_class]:
+            target = folder / name / f"{path.stem}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            photo = Image.open(path).convert("RGB")
+            size = CAMERA if photo.width >= photo.height else CAMERA[::-1]
+            photo.resize(size, Image.Resampling.BICUBIC).save(target, quality=92)
+            chosen.append((target, index))
+    return chosen
+
+
+def answers(model: Path, samples: list[tuple[Path, int]], full_decode: bool) -> np.ndarray:
+    from waste_cli.inference import EvalImages
+
+    runner = OnnxRunner(model)
+    images = EvalImages(samples, runner.data_config)
+    if full_decode:
+        images.short = 0  # decode every pixel, as before decoding for size
+    out = []
+    for start in range(0, len(samples), 8):
+        batch, _, _, bad = images.batch(list(range(start, min(start + 8, len(samples)))))
+        assert not bad
+        out.append(runner(batch).argmax(1))
+    return np.concatenate(out)
+
+
+def _model_only_worker(model: str, shape: tuple[int, ...], seconds: float, queue) -> None:
+    runner = OnnxRunner(Path(model), threads=1)
+    batch = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    runner(batch)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        runner(batch)
+        done += 2
+    queue.put(done / (time.perf_counter() - start))
+
+
+def model_only(model: Path, seconds: float = 15.0) -> float:
+    """Images/s of one single-threaded onnxruntime session per core, batch 2, summed."""
+    shape = tuple(OnnxRunner(model).data_config["input_size"])
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_model_only_worker,
+                                       args=(str(model), shape, seconds, queue))
+               for _ in range(os.cpu_count() or 1)]
+    for worker in workers:
+        worker.start()
+    rates = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="a best.pt")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
+    parser.add_argument("--per-class", type=int, default=20)
+    args = parser.parse_args()
+    print(f"# camera-size benchmark, {date.today()}, {os.cpu_count()} cores "
+          f"{platform.machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        subprocess.run(["wastecls", "prepare", str(args.data), "--out", str(root / "data"),
+                        "-q"], check=True, capture_output=True)
+        onnx = root / "model.onnx"
+        subprocess.run(["wastecls", "export", "-m", str(args.model), "--onnx", "--out",
+                        str(onnx), "-q"], check=True, capture_output=True)
+        samples = camera_set(root / "data" / "test", root / "camera", args.per_class)
+        labels = np.array([label for _, label in samples])
+        fast, full = answers(onnx, samples, False), answers(onnx, samples, True)
+        print(f"\n{len(samples)} photos of {CAMERA[0]}x{CAMERA[1]} "
+              f"({args.per_class} per class of the test split)\n")
+        print("| decode | accuracy | top-1 agreement with full decode |\n|---|---|---|")
+        print(f"| full (every pixel) | {(full == labels).mean():.2%} | - |")
+        print(f"| for size (product) | {(fast == labels).mean():.2%} | "
+              f"{(fast == full).mean():.2%} |")
+        before = model_only(onnx)
+        start = time.perf_counter()
+        done = subprocess.run(["wastecls", "predict", "-m", str(onnx), str(root / "camera"),
+                               "--format", "csv", "--output", str(root / "out.csv")],
+                              capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - start
+        after = model_only(onnx)
+        speed = re.search(r"Speed:.*", " ".join(done.stderr.split()))
+        rate, reference = len(samples) / seconds, (before + after) / 2
+        print(f"\n- `wastecls predict` end to end (process start included): {rate:.1f} img/s "
+              f"({seconds:.1f} s)")
+        print(f"- model alone (onnxruntime, {os.cpu_count()} x 1 thread, batch 2): "
+              f"{reference:.1f} img/s (before {before:.1f}, after {after:.1f})")
+        print(f"- ratio end to end / model alone: **{rate / reference:.2f}**")
+        print(f"- predict's own line: {speed.group(0) if speed else '(none)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""`wastecls predict --boxes`: the second stage of a litter detector. Each box the detector found
+is cropped exactly as `prepare` cropped the training boxes (the model carries its crop settings)
+and classified; the detector's fields are kept in the output.
+
+Boxes are taken image by image, so a photo is decoded once (at the size its smallest box
+needs) however many boxes it holds, and all crops flow through predict's batched workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from waste_cli.backends import Runner, find_model
+from waste_cli.console import Reporter
+from waste_cli.data.detections import Detection, read_detections
+from waste_cli.data.sources import DECODE_ERRORS, decode_image
+from waste_cli.fileio import atomic_path, check_no_overlap, ensure_writable
+from waste_cli.inference import EvalImages, Speed
+from waste_cli.predict import classify, open_model, output_format
+from waste_cli.settings import PredictSettings
+
+__all__ = ["BoxPrediction", "BoxesResult", "classify_boxes", "load_boxes", "predict_boxes",
+           "save_pictures", "write_boxes"]
+
+DRAW_SHORT_SIDE = 1280  # pictures of the labelled boxes are drawn at about this size
+
+
+@dataclass
+class BoxPrediction:
+    detection: Detection
+    labels: list[str] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class BoxesResult:
+    model: Path
+    backend: str
+    boxes: int  # classified
+    failed: list[BoxPrediction]
+    skipped: list[dict[str, Any]]  # unusable entries of the detections file
+    below_score: int  # detections under --min-score, left out on purpose
+    speed: Speed
+
+
+def load_boxes(settings: PredictSettings) -> tuple[list[Detection], list[dict[str, Any]], int]:
+    """The detections to classify, ordered image by image; the skipped entries; how many
+    were under --min-score."""
+    assert settings.boxes is not None and settings.images is not None  # settings checked
+    found, skipped = read_detections(settings.boxes, settings.images, settings.coco_images)
+    kept = [d for d in found if d.score is None or d.score >= settings.min_score]
+    order = sorted(range(len(kept)), key=lambda i: str(kept[i].image))  # stable: file order
+    return [kept[i] for i in order], skipped, len(found) - len(kept)
+
+
+def classify_boxes(runner: Runner, detections: list[Detection], settings: PredictSettings,
+                   reporter: Reporter, speed: Speed) -> Iterator[BoxPrediction]:
+    """One BoxPrediction per detection, in order."""
+    images = EvalImages([(d.image, -1) for d in detections], runner.data_config,
+                        [d.region for d in detections], runner.crop)
+    for i, labels, probs, error in classify(runner, images, settings, reporter, speed,
+                                            "classify boxes"):
+        yield BoxPrediction(detections[i], labels, probs, error)
+
+
+def _box_columns(detection: Detection) -> list[str]:
+    x, y, w, h = detection.region.box
+    kind = "cxcywh_normalized" if detection.region.normalized else "xywh_pixels"
+    return [f"{x:g}", f"{y:g}", f"{w:g}", f"{h:g}", kind]
+
+
+class _BoxWriter:
+    """COCO results (a JSON list, the detector's fields kept), CSV rows, or a table."""
+
+    def __init__(self, fmt: str, handle: IO[str], top_k: int, classes: list[str]) -> None:
+        self.fmt, self.handle, self.top_k, self.classes = fmt, handle, top_k, classes
+        self.first = True
+        if fmt == "csv":
+            self.csv = csv.writer(handle, lineterminator="\n")
+            columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
+            self.csv.writerow(["image", "x", "y", "w", "h", "box_format", "detector_score",
+                               *columns, "error"])
+        elif fmt == "json":
+            handle.write("[")
+
+    def write(self, item: BoxPrediction) -> None:
+        detection = item.detection
+        if self.fmt == "json":
+            record: dict[str, Any] = {**detection.record, "image": str(detection.image)}
+            if item.error:
+                record["error"] = item.error
+            else:
+                record |= {"category_id": self.classes.index(item.labels[0]) + 1,
+                           "category_name": item.labels[0],
+                           "classifier_score": round(item.probs[0], 6),
+                           "top_k": [{"category_name": label, "score": round(p, 6)}
+                                     for label, p in zip(item.labels, item.probs, strict=True)]}
+            self.handle.write(("\n" if self.first else ",\n") + json.dumps(record))
+            self.first = False
+        elif self.fmt == "csv":
+            cells = [c for label, p in zip(item.labels, item.probs, strict=True)
+                     for c in (label, f"{p:.6f}")]
+            cells += [""] * (2 * self.top_k - len(cells))
+            score = "" if detection.score is None else f"{detection.score:g}"
+            self.csv.writerow([str(detection.image), *_box_columns(detection), score, *cells,
+                               item.error])
+        else:
+            shown = "  ".join(f"{label} {p:.1%}" for label, p in zip(item.labels, item.probs,
+                                                                      strict=True))
+            box = " ".join(_box_columns(detection)[:4])
+            self.handle.write(f"{detection.image} [{box}]  {shown or 'ERROR ' + item.error}\n")
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.handle.write("\n]\n")
+
+
+def write_boxes(predictions: Iterator[BoxPrediction], fmt: str, handle: IO[str], top_k: int,
+                classes: list[str]) -> list[BoxPrediction]:
+    """Write every prediction as it comes; return them all (for the pictures and the count)."""
+    writer = _BoxWriter(fmt, handle, top_k, classes)
+    done = []
+    for item in predictions:
+        writer.write(item)
+        done.append(item)
+    writer.close()
+    return done
+
+
+def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: Path,
+                  reporter: Reporter) -> int:
+    """Draw each photo's boxes with their labels into `folder` (same relative paths, as JPEG):
+    a detector and a classifier are checked by looking. Returns the pictures written."""
+    from PIL import ImageDraw, ImageFont
+
+    by_image: dict[Path, list[BoxPrediction]] = {}
+    for item in predictions:
+        by_image.setdefault(item.detection.image, []).append(item)
+    written = 0
+    with reporter.bar("draw labelled boxes", len(by_image)) as bar:
+        for path, items in by_image.items():
+            try:
+                image, full = decode_image(path.read_bytes(), DRAW_SHORT_SIDE)
+            except (*DECODE_ERRORS, OSError):
+                bar.advance()
+                continue
+            scale = image.width / full[0]
+            draw = ImageDraw.Draw(image)
+            font = ImageFont.load_default(size=max(12, image.height // 40))
+            line = max(2, image.height // 300)
+            for item in items:
+                x0, y0, x1, y1 = (v * scale for v in item.detection.region.corners(full, False,
+                                                                                    1.0))
+                colour = (220, 40, 40) if item.error else (40, 200, 60)
+                draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+                text = (f"{item.labels[0]} {item.probs[0]:.0%}" if item.labels
+                        else "error")
+                left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+                lift = bottom - top + 2 * line
+                draw.rectangle((left, top - lift, right + 2 * line, bottom - lift), fill=colour)
+                draw.text((x0 + line, y0 - lift), text, fill=(255, 255, 255), font=font)
+            relative = path.resolve().relative_to(images_root.resolve())
+            target = (folder / relative).with_suffix(".jpg")
+            with atomic_path(target) as tmp:
+                image.save(tmp, "JPEG", quality=90)
+            written += 1
+            bar.advance()
+    return written
+
+
+def predict_boxes(settings: PredictSettings, stdout: IO[str],
+                  reporter: Reporter | None = None) -> BoxesResult:
+    """Classify every detection of --boxes; write the results to --output (atomically) or
+    `stdout` as they come, and the pictures to --save-images."""
+    reporter = reporter or Reporter(settings.quiet)
+    assert settings.images is not None  # settings checked
+    model_path = find_model(settings.model, reporter)
+    inputs = [("model", model_path), ("--images folder", settings.images),
+              ("--boxes", settings.boxes), ("--coco-images", settings.coco_images)]
+    check_no_overlap([("--output", settings.output), ("--save-images", settings.save_images)],
+                     inputs)
+    for folder, what in ((settings.output and settings.output.parent, "--output folder"),
+                         (settings.save_images, "--save-images folder")):
+        if folder is not None:
+            ensure_writable(folder, what)
+    detections, skipped, below = load_boxes(settings)
+    for entry in skipped[:20]:
+        reporter.warn(f"skipped {entry}")
+    if len(skipped) > 20:
+        reporter.warn(f"... and {len(skipped) - 20} more skipped entries")
+    model_path, runner = open_model(settings, reporter, model_path)
+    fmt, speed = output_format(settings), Speed()
+    stream = classify_boxes(runner, detections, settings, reporter, speed)
+    if settings.output is None:
+        done = write_boxes(stream, fmt, stdout, settings.top_k, runner.classes)
+    else:
+        with atomic_path(settings.output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+            done = write_boxes(stream, fmt, handle, settings.top_k, runner.classes)
+    if settings.save_images is not None:
+        save_pictures(done, settings.images, settings.save_images, reporter)
+    failed = [item for item in done if item.error]
+    return BoxesResult(model_path, runner.name, len(done) - len(failed), failed, skipped,
+                       below, speed)
