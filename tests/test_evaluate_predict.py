@@ -131,7 +131,7 @@ def test_predict_reports_where_the_time_went(trained, inputs):
         result = predict(settings, io.StringIO())
         speed = result.speed
         assert speed.images == result.predicted == 3 and speed.processes == processes
-        assert speed.preprocess > 0 and speed.inference > 0
+        assert speed.decode > 0 and speed.resize > 0 and speed.inference > 0
     assert "ms inference per image, in 2 processes" in speed.summary()
 
 
