@@ -25,6 +25,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from common import split_and_onnx
 from PIL import Image
 
 from waste_cli.backends import OnnxRunner
@@ -106,11 +107,7 @@ def main() -> None:
           f"{platform.machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        subprocess.run(["wastecls", "prepare", str(args.data), "--out", str(root / "data"),
-                        "-q"], check=True, capture_output=True)
-        onnx = root / "model.onnx"
-        subprocess.run(["wastecls", "export", "-m", str(args.model), "--onnx", "--out",
-                        str(onnx), "-q"], check=True, capture_output=True)
+        _, onnx = split_and_onnx(args.data, args.model, root)
         annotations, classes = scenes(root / "data" / "test", root / "scenes", args.scenes,
                                       args.boxes)
         boxes = args.scenes * args.boxes

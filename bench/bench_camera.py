@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from common import split_and_onnx
 from PIL import Image
 
 from waste_cli.backends import OnnxRunner
@@ -103,16 +104,12 @@ def main() -> None:
           f"{platform.machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        subprocess.run(["wastecls", "prepare", str(args.data), "--out", str(root / "data"),
-                        "-q"], check=True, capture_output=True)
-        onnx = root / "model.onnx"
-        subprocess.run(["wastecls", "export", "-m", str(args.model), "--onnx", "--out",
-                        str(onnx), "-q"], check=True, capture_output=True)
+        _, onnx = split_and_onnx(args.data, args.model, root)
         samples = camera_set(root / "data" / "test", root / "camera", args.per_class)
         labels = np.array([label for _, label in samples])
         fast, full = answers(onnx, samples, False), answers(onnx, samples, True)
         print(f"\n{len(samples)} photos of {CAMERA[0]}x{CAMERA[1]} "
-              f"({args.per_class} per class of the test split)\n")
+              f"(up to {args.per_class} per class of the test split)\n")
         print("| decode | accuracy | top-1 agreement with full decode |\n|---|---|---|")
         print(f"| full (every pixel) | {(full == labels).mean():.2%} | - |")
         print(f"| for size (product) | {(fast == labels).mean():.2%} | "

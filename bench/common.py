@@ -4,6 +4,7 @@ training rate that end-to-end figures are compared with."""
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
 from pathlib import Path
 
@@ -46,3 +47,14 @@ def model_only_rate(arch: str, size: int, batch: int, amp: bool, frozen_layers: 
         step()
         done += batch
     return done / (time.perf_counter() - start)
+
+
+def split_and_onnx(data: Path, model: Path, root: Path) -> tuple[Path, Path]:
+    """`wastecls prepare DATA` (the default split) into root/data, and MODEL exported to ONNX
+    as root/model.onnx: the held-out photos and the model the inference benchmarks use."""
+    subprocess.run(["wastecls", "prepare", str(data), "--out", str(root / "data"), "-q"],
+                   check=True, capture_output=True)
+    onnx = root / "model.onnx"
+    subprocess.run(["wastecls", "export", "-m", str(model), "--onnx", "--out", str(onnx), "-q"],
+                   check=True, capture_output=True)
+    return root / "data", onnx

@@ -252,7 +252,9 @@ def freeze_layers(model: nn.Module, count: int) -> list[nn.Module]:
     dataset barely move (with --layer-decay they learn at a few percent of the head's rate),
     yet their backward pass at full resolution is the costliest part of a step: frozen, it is
     skipped. Returns the frozen modules, which the caller keeps in eval mode so their
-    BatchNorm statistics stay the pretrained ones. This is Ultralytics' `freeze=N`.
+    BatchNorm statistics stay the pretrained ones. This is Ultralytics' `freeze=N`. Not
+    `timm.utils.freeze`: it swaps BatchNorm for FrozenBatchNorm2d, whose state dict lacks
+    `num_batches_tracked`, so checkpoints would no longer load into a plain timm model.
     """
     from timm.models import group_modules, group_parameters
 
