@@ -40,7 +40,8 @@ bench:
 		--keep bench/out/train_run
 	$(PYTHON) bench/bench_predict.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET) \
 		--calib-data $(BENCH_DATA)/train --test-split $(BENCH_DATA)/test
-	$(PYTHON) bench/bench_camera.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET)
+	$(PYTHON) bench/bench_camera.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET) \
+		--per-class 200
 	$(PYTHON) bench/bench_boxes.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET)
 	$(PYTHON) bench/bench_pseudo.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS)
 	$(PYTHON) bench/bench_ddp.py --data $(BENCH_DATA) --weights $(SHARED_WEIGHTS)
