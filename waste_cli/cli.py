@@ -66,16 +66,11 @@ def _help(info: FieldInfo) -> str:
 
 
 def _plain(annotation: Any) -> Any:
-    """`X | None` -> X."""
+    """`X | None` -> X: the type Typer parses a field as (Literal fields list their values in
+    --help); pydantic validates the value afterwards."""
     args = [a for a in get_args(annotation) if a is not type(None)]
     optional = get_origin(annotation) in (Union, UnionType) and len(args) == 1
     return args[0] if optional else annotation
-
-
-def _cli_type(annotation: Any) -> Any:
-    """The type Typer parses a field as (Literal fields list their values in --help); pydantic
-    validates the value afterwards."""
-    return _plain(annotation)
 
 
 # --help panels, grouped as the README groups the flags; fields not named here go to "Run".
@@ -133,7 +128,7 @@ def settings_command(
                 param = typer.Option(*decls, help=_help(info), show_default=False,
                                      rich_help_panel=_PANEL_OF.get(name, "Run"), **flag)
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[_cli_type(info.annotation)
+                                            annotation=Annotated[_plain(info.annotation)
                                                                  | None, param]))
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=ConfigOption))
