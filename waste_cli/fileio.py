@@ -39,15 +39,24 @@ def _running(pid: int) -> bool:
     return True
 
 
+_STALE = re.compile(r"\..+\.wastecls-(\d+)-[\w.]+")
+_CLEANED: set[Path] = set()  # folders this process has already cleaned
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporaries of `path` left by wastecls processes that no longer run."""
-    pattern = re.compile(re.escape(f".{path.name}.wastecls-") + r"(\d+)-[\w.]+")
+    """Remove the temporaries left in `path`'s folder by wastecls processes that no longer
+    run; each folder is looked at once per process (a command may write thousands of files
+    into one)."""
+    folder = path.parent.resolve()
+    if folder in _CLEANED:
+        return
+    _CLEANED.add(folder)
     try:
-        entries = list(path.parent.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return
     for entry in entries:
-        match = pattern.fullmatch(entry.name)
+        match = _STALE.fullmatch(entry.name)
         if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
