@@ -144,10 +144,9 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     }
 
 
-def _folder_images(settings: EvaluateSettings, runner: Runner) -> tuple[EvalImages, Path]:
+def _folder_images(settings: EvaluateSettings, runner: Runner, folder: Path
+                   ) -> tuple[EvalImages, Path]:
     """The labelled images of a class-folder split."""
-    assert settings.data is not None  # settings checked
-    folder = labelled_folder(settings.data, settings.split)
     shared = _match_classes(runner.classes, class_folders(folder), folder,
                             settings.allow_subset)
     samples = class_samples(folder, {c: runner.classes.index(c) for c in shared})
@@ -189,11 +188,11 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         check_no_overlap([("--out", settings.out)], [("model", model_path), ("data", data),
                                                      ("--boxes", settings.boxes)])
         ensure_writable(settings.out, "--out folder")
-    if settings.data is not None:
-        labelled_folder(settings.data, settings.split)  # a wrong --data fails before loading
+    # A wrong --data fails here, before the model is loaded.
+    folder = labelled_folder(settings.data, settings.split) if settings.data else None
     model_path, runner = open_model(settings, reporter, model_path)
-    images, source = (_box_images(settings, runner, reporter) if settings.boxes is not None
-                      else _folder_images(settings, runner))
+    images, source = (_folder_images(settings, runner, folder) if folder is not None
+                      else _box_images(settings, runner, reporter))
     samples = images.samples
     speed = Speed()
     batch_size = settings.batch_size or default_batch_size(runner.name, runner.on_cpu)
