@@ -278,8 +278,7 @@ def train(settings: TrainSettings) -> None:
     ],
 )
 def pseudolabel(settings: PseudolabelSettings) -> None:
-    """Label an unlabelled folder with a trained model: a manifest and sorted copies; exit 1 if
-    any image failed."""
+    """Label an unlabelled folder: a manifest and sorted copies; exit 1 if any image failed."""
     from waste_cli.pseudolabel import pseudolabel as run_pseudolabel
 
     result = run_pseudolabel(settings, _reporter(settings))
@@ -367,8 +366,7 @@ def evaluate(settings: EvaluateSettings) -> None:
     ],
 )
 def predict(settings: PredictSettings) -> None:
-    """Classify images, folders (recursive) and globs, or a detector's boxes; exit 1 if any
-    input failed."""
+    """Classify images, folders and globs, or a detector's boxes; exit 1 if any input failed."""
     import sys
 
     if settings.boxes is not None:
