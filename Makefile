@@ -9,7 +9,7 @@ SHARED_WEIGHTS ?= ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint bench docs
+.PHONY: install test test-fast demo lint bench docs model
 
 install:
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
@@ -29,6 +29,10 @@ lint:
 
 demo: install
 	DEMO=$(DEMO) bash bench/demo.sh
+
+# Rebuild the built-in model (waste_cli/models/) from TrashNet without the samples/ photos.
+model:
+	$(PYTHON) bench/build_model.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS)
 
 BENCH_DATA ?= bench/out/data
 

@@ -20,3 +20,6 @@ wastecls evaluate "$RUN/best.pt" --data "$DEMO/data" --out "$DEMO/eval"
 wastecls predict --model "$RUN/best.pt" "$DEMO/data/test/glass" --top-k 2
 wastecls export --model "$RUN/best.pt" --onnx --out "$DEMO/model.onnx"
 wastecls predict --model "$DEMO/model.onnx" "$DEMO/data/test" --format csv --output "$DEMO/predictions.csv"
+# The model that ships with wastecls, on a bundled photo it never saw (no --model, no runs/train/ there).
+SAMPLE_PHOTO="$PWD/samples/trashnet-mini/glass/glass1.jpg"
+(cd "$DEMO" && wastecls predict "$SAMPLE_PHOTO" --top-k 2)

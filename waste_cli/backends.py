@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from waste_cli.checkpoint import Checkpoint
 
-__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "find_model", "open_runner"]
+__all__ = ["BUILTIN_MODEL", "ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner",
+           "builtin_model", "find_model", "open_runner"]
 
 ONNX_META_KEY = "wastecls"
 
@@ -143,8 +144,21 @@ class OnnxRunner:
         return {**self.__dict__, "_session": None}
 
 
+BUILTIN_MODEL = "trashnet-lite0"
+
+
+def builtin_model() -> Path | None:
+    """The waste classifier that ships inside the package (see the README's model card), if
+    this installation has it."""
+    from importlib import resources
+
+    path = Path(str(resources.files("waste_cli").joinpath(f"models/{BUILTIN_MODEL}.onnx")))
+    return path if path.is_file() else None
+
+
 def find_model(model: Path | None, reporter: Reporter) -> Path:
-    """The model to use: the one given, else the newest runs/train/*/best.pt here."""
+    """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
+    built-in one."""
     if model is not None:
         if not model.is_file():
             what = "is a folder" if model.is_dir() else "does not exist"
@@ -152,6 +166,12 @@ def find_model(model: Path | None, reporter: Reporter) -> Path:
                              ".onnx from `wastecls export`.")
         return model
     candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    builtin = builtin_model()
+    if not candidates and builtin is not None:
+        classes = OnnxRunner(builtin).classes
+        reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "
+                      f"{', '.join(classes)}); give --model to use your own")
+        return builtin
     if not candidates:
         raise ModelError(
             "No model given and no runs/train/*/best.pt under the current folder. Pass "
