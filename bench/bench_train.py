@@ -1,9 +1,11 @@
-"""Training benchmark for issue 3: accuracy within a time budget, and data-loading overhead.
+"""Training benchmark: what the bare `wastecls train` reaches, in how long, and its overhead.
 
 1. `wastecls prepare DATA` (default split, seed 0) into a temporary folder.
 2. Model-only forward+backward+step throughput of the same model, batch size, image size,
-   optimizer and threads, on random tensors already in memory.
-3. `wastecls train` with the recipe below (plus any extra flags), timed end to end.
+   optimizer, frozen layers and threads (the values `auto` resolves to), on random tensors
+   already in memory.
+3. `wastecls train --data ROOT --weights W --seed N` with no tuning flags (plus any extra
+   flags), timed end to end; it prints its automatic choices, which are also in config.yaml.
 4. `wastecls evaluate best.pt --split test`: test accuracy.
 
 Throughput ratio = mean images/s of the unfrozen training epochs (metrics.csv; data loading
@@ -30,14 +32,9 @@ from pathlib import Path
 import torch
 from common import add_data_arguments, model_only_rate
 
+from waste_cli.recipe import resolve_auto
 from waste_cli.runtime import keep_freed_memory
-
-# Since session 5 (BENCHMARKS.md run 11): 288 px with the stem and first five stages fixed, in
-# fp32, for 12 epochs; run 10 fixed four groups with bf16 autocast, runs 5-9 trained all layers
-# at 256 px for 10 epochs.
-RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "288", "--freeze-layers", "6",
-          "--epochs", "12", "--ema", "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
-          "--cache", "ram", "--batch-size", "32"]
+from waste_cli.settings import TrainSettings
 
 
 def _flag(args: list[str], name: str, default: str) -> str:
@@ -46,14 +43,22 @@ def _flag(args: list[str], name: str, default: str) -> str:
     return args[positions[-1] + 1] if positions else default
 
 
+def resolved(data: Path, recipe: list[str]) -> TrainSettings:
+    """The settings the bare command resolves to here (what the run will print)."""
+    settings = TrainSettings(data=data, weights=Path(_flag(recipe, "--weights", "")) or None)
+    paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
+    return resolve_auto(settings, torch.device("cpu"), paths)[0]
+
+
 def train_and_test(data: Path, runs: Path, recipe: list[str], seed: int, keep: Path | None
                    ) -> dict:
     """One `wastecls train` with `--seed seed`, timed, its model-only rate measured before and
     after (the machine's speed drifts over minutes), and its best.pt evaluated on the test split."""
-    size = int(_flag(recipe, "--img-size", "224"))
-    batch = int(_flag(recipe, "--batch-size", "32"))
-    frozen_layers = int(_flag(recipe, "--freeze-layers", "0"))
-    amp = "--amp" in recipe
+    auto = resolved(data, recipe)
+    size = int(_flag(recipe, "--img-size", str(auto.img_size)))
+    batch = int(_flag(recipe, "--batch-size", str(auto.batch_size)))
+    frozen_layers = int(_flag(recipe, "--freeze-layers", str(auto.freeze_layers)))
+    amp = "--amp" in recipe or bool(auto.amp)
     before = model_only_rate("tf_efficientnet_lite0", size, batch, amp, frozen_layers)
     start = time.perf_counter()
     subprocess.run(["wastecls", "train", "--data", str(data), "--project", str(runs),
@@ -116,11 +121,11 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="flags added after the recipe")
     args = parser.parse_args()
     keep_freed_memory()  # as `wastecls train` on a CPU does, so that model-only is comparable
-    recipe = [*RECIPE, "--weights", str(args.weights), *args.extra]
+    recipe = ["--weights", str(args.weights), *args.extra]
     freeze_epochs = int(_flag(recipe, "--freeze-epochs", "0"))
     print(f"# train benchmark, {date.today()}, {os.cpu_count()} cores {platform.machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print("recipe: wastecls train " + " ".join(recipe) + f"; seeds {args.seeds}")
+    print("command: wastecls train --data ROOT " + " ".join(recipe) + f"; seeds {args.seeds}")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     results = []

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, NoReturn, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
 import typer
 from pydantic.fields import FieldInfo
@@ -66,11 +66,27 @@ def _help(info: FieldInfo) -> str:
 
 
 def _plain(annotation: Any) -> Any:
-    """`X | None` -> X: the type Typer parses a field as (Literal fields list their values in
-    --help); pydantic validates the value afterwards."""
+    """The type Typer parses a field as: `X | None` -> X (Literal fields list their values in
+    --help); a union such as `int | Literal["auto"]`, which Typer cannot parse, -> str.
+    Pydantic validates the value afterwards."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return annotation
     args = [a for a in get_args(annotation) if a is not type(None)]
-    optional = get_origin(annotation) in (Union, UnionType) and len(args) == 1
-    return args[0] if optional else annotation
+    return args[0] if len(args) == 1 else str
+
+
+def _metavar(annotation: Any) -> str | None:
+    """`<int|auto>` for a number-or-word union; None lets Typer choose."""
+    if get_origin(annotation) not in (Union, UnionType) or _plain(annotation) is not str:
+        return None
+    names = []
+    for arg in get_args(annotation):
+        base = get_args(arg)[0] if get_origin(arg) is Annotated else arg
+        if get_origin(base) is Literal:
+            names += [str(v) for v in get_args(base)]
+        elif base is not type(None):
+            names.append(base.__name__)
+    return "<" + "|".join(names) + ">"
 
 
 # --help panels, grouped as the README groups the flags; fields not named here go to "Run".
@@ -116,17 +132,17 @@ def settings_command(
         for name in sorted(cls.model_fields, key=lambda n: (n not in arguments, n in shared)):
             info = cls.model_fields[name]
             kind = _plain(info.annotation)
-            listed = {"metavar": f"<{get_args(kind)[0].__name__}>"} if get_origin(kind) is list \
-                else {}  # repeatable: one value per use, not a Python list
+            metavar = (f"<{get_args(kind)[0].__name__}>" if get_origin(kind) is list  # repeatable
+                       else "" if kind is bool else _metavar(info.annotation))  # no <bool> noise
             if name in arguments:
                 param = typer.Argument(help=info.description, show_default=False)
             else:
                 decls = short.get(name) or (flag_name(name),)
-                if info.annotation is bool and "/" not in decls[0]:
+                if kind is bool and "/" not in decls[0]:
                     decls = (f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:])
-                flag = {"metavar": ""} if info.annotation is bool else listed  # no <bool> noise
                 param = typer.Option(*decls, help=_help(info), show_default=False,
-                                     rich_help_panel=_PANEL_OF.get(name, "Run"), **flag)
+                                     rich_help_panel=_PANEL_OF.get(name, "Run"),
+                                     **({"metavar": metavar} if metavar is not None else {}))
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=Annotated[_plain(info.annotation)
                                                                  | None, param]))

@@ -130,8 +130,9 @@ def create_model(
     pretrained: bool = False,
     weights: Path | None = None,
     drop_rate: float | None = None,
+    classes: list[str] | None = None,
 ) -> nn.Module:
-    """A timm classifier with `num_classes` outputs.
+    """A timm classifier with `num_classes` outputs (named `classes`, when known).
 
     Weights come from `weights` (a local file: see `load_weights`) when given, else from timm's
     pretrained source when `pretrained`, else random initialisation. Options left as None keep
@@ -145,7 +146,7 @@ def create_model(
         return _create_pretrained(name, num_classes, **kwargs)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, classes)
     return model
 
 
@@ -182,15 +183,16 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module)
     return renamed
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, a plain state dict, a wastecls or Lightning checkpoint."""
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Tensors from a .safetensors file, a plain state dict, a wastecls or Lightning checkpoint,
+    and the class names of its classifier's rows when the file records them (wastecls)."""
     if not path.is_file():
         raise ModelError(f"Weights file {path} does not exist.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
+            return load_file(str(path)), None
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable or unsafe files
         raise ModelError(
@@ -198,7 +200,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "file or a PyTorch weights file that loads safely. Give timm or efficientnet_pytorch "
             "weights, or a wastecls checkpoint.") from None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-        return data["model"]
+        return data["model"], list(data["classes"])
     for key in ("state_dict", "model", "model_state_dict"):  # Lightning and training scripts
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -209,22 +211,38 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for prefix in prefixes:
         if all(k.startswith(prefix) for k in data):
             data = {k[len(prefix):]: v for k, v in data.items()}
-    return data
+    return data, None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def _match_head(state: dict[str, torch.Tensor], head: set[str], source: list[str],
+                target: list[str]) -> None:
+    """Reorder a trained classifier's rows from the `source` class names to `target`'s: a class
+    both know keeps what it learnt, a new one starts at zero (fine-tuning a waste model on
+    other waste classes)."""
+    for key in head & set(state):
+        rows = torch.zeros((len(target), *state[key].shape[1:]), dtype=state[key].dtype)
+        for index, name in enumerate(target):
+            if name in source:
+                rows[index] = state[key][source.index(name)]
+        state[key] = rows
+
+
+def load_weights(model: nn.Module, path: Path, classes: list[str] | None = None) -> None:
     """Load a local weights file into `model`, checked shape by shape.
 
     Accepts timm-layout state dicts (.pth/.safetensors), wastecls checkpoints and
     efficientnet_pytorch-layout files (also inside Lightning checkpoints). The classifier is
-    kept from `model` when its shape differs (another number of classes); any other missing,
-    unexpected or mis-shaped tensor is an error that names it.
+    kept from `model` when its shape differs (another number of classes); a wastecls
+    checkpoint's classifier is matched to `classes` by name. Any other missing, unexpected or
+    mis-shaped tensor is an error that names it.
     """
-    state = _read_state_dict(path)
+    state, trained_classes = _read_state_dict(path)
     if any(k.startswith("_blocks.") for k in state):
         state = _from_efficientnet_pytorch(state, model)
     own = model.state_dict()
     head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
+    if trained_classes and classes and trained_classes != classes:
+        _match_head(state, head, trained_classes, classes)
     new_head = any(k in head and v.shape != own[k].shape for k, v in state.items()) or not (
         head & set(state))
     state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}

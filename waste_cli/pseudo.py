@@ -169,6 +169,15 @@ class PseudoContext:
     reporter: Reporter
     labelled_sampler: Callable[[], Sampler[int] | None]  # --sampler weighted, or None
 
+    @property
+    def min_confidence(self) -> float:
+        """The softmax confidence a pseudo-label needs: --pseudo-threshold times the highest
+        the loss aims for. With label smoothing e over K classes the target's top probability
+        is 1 - e + e/K (0.917 for 0.1 and six classes), so a model trained on it rarely reaches
+        a fixed 0.9; on this scale one threshold means the same for any smoothing and K."""
+        smoothing = self.settings.label_smoothing
+        return self.settings.pseudo_threshold * (1 - smoothing + smoothing / len(self.classes))
+
 
 class PseudoStrategy(Protocol):
     active: bool  # whether this epoch's batches carry pseudo-labels
@@ -229,8 +238,7 @@ class PerEpochPseudo:
             torch.distributed.all_gather_object(shares, (mine, logits[mine]))
             for indices, part in shares:
                 logits[indices] = part
-        accepted, self.stats = label_pool(logits, self.pool, ctx.classes,
-                                          ctx.settings.pseudo_threshold)
+        accepted, self.stats = label_pool(logits, self.pool, ctx.classes, ctx.min_confidence)
         return accepted
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -299,7 +307,7 @@ class PerBatchPseudo:
         """Label the weak views without gradients: (labels, mask of the confident ones)."""
         with torch.no_grad():
             confidence, labels = self.labeller(weak).float().softmax(1).max(1)
-        mask = confidence >= self.context.settings.pseudo_threshold
+        mask = confidence >= self.context.min_confidence
         self.seen.update(indices.tolist())
         for i in mask.nonzero().flatten().tolist():
             self.accepted.append((self.pool.paths[int(indices[i])].name, int(labels[i])))

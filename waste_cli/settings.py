@@ -18,13 +18,14 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from waste_cli.builtin import BUILTIN_MODEL, named_file
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_write_text
 
@@ -152,14 +153,19 @@ class TrainSettings(ModelRunSettings):
     )
     pretrained: bool = Field(True, description="Start from timm's pretrained weights (Hub).")
     weights: Path | None = Field(
-        None, description="Local weights to start from (.pth/.safetensors/wastecls .pt)."
+        None, description=f"Local weights to start from (.pth/.safetensors/wastecls .pt), or "
+        f"{BUILTIN_MODEL}: the built-in waste model."
     )
-    img_size: int | None = Field(
-        None, ge=16, description="Square input size (default: the model's own)."
+    img_size: Annotated[int, Field(ge=16)] | Literal["auto"] | None = Field(
+        "auto", description="Square input size. auto: a wastecls --weights checkpoint's size, "
+        "else timm's test size or 1.3x the pretraining size (FixRes: 224 -> 288)."
     )
-    aug: Literal["none", "light", "strong"] = Field("strong", description="Augmentation level.")
-    cache: Literal["none", "ram"] = Field(
-        "none", description="ram: keep decoded, resized images in memory after the first read."
+    aug: Literal["auto", "none", "light", "strong"] = Field(
+        "auto", description="Augmentation level. auto: light on a CPU, strong on a GPU."
+    )
+    cache: Literal["auto", "none", "ram"] = Field(
+        "auto", description="ram: keep decoded, resized images in memory. auto: ram when they "
+        "take at most a quarter of the free memory."
     )
     val_frac: float = Field(
         0.1, gt=0, lt=1, description="Share of train held out for validation when there is no val."
@@ -182,7 +188,7 @@ class TrainSettings(ModelRunSettings):
     decay_epochs: int | None = Field(
         None, ge=1, description="step: epochs between decays (default: a third of the run)."
     )
-    epochs: int = Field(10, ge=1, description="Training epochs.")
+    epochs: int = Field(12, ge=1, description="Training epochs.")
     patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without improvement."
     )
@@ -193,19 +199,22 @@ class TrainSettings(ModelRunSettings):
     freeze_epochs: int = Field(
         0, ge=0, description="Train only the head for this many first epochs (fastai style)."
     )
-    freeze_layers: int = Field(
-        0, ge=0, description="Never train the first N of timm's layer groups (stem, stages): "
-        "faster steps, early features stay pretrained (Ultralytics' freeze).",
+    freeze_layers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Never train the first N of timm's layer groups (stem, stages): "
+        "faster steps, early features stay pretrained (Ultralytics' freeze). auto: on a CPU "
+        "all but the last two stages and the head, on a GPU none.",
     )
     layer_decay: float | None = Field(
-        None, gt=0, le=1, description="Layer-wise lr decay: earlier layers learn slower (timm)."
+        0.7, gt=0, le=1, description="Layer-wise lr decay: earlier layers learn slower (timm)."
     )
     drop_rate: float | None = Field(
         None, ge=0, lt=1, description="Dropout before the classifier (default: timm's)."
     )
-    ema: bool = Field(False, description="Validate and keep an exponential moving average.")
+    ema: bool = Field(True, description="Validate and keep an exponential moving average.")
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay per step.")
-    amp: bool = Field(False, description="Mixed precision (bf16 on CPU, fp16/bf16 on CUDA).")
+    amp: bool | None = Field(
+        None, description="Mixed precision (bf16 on CPU, fp16/bf16 on CUDA). Default: on CUDA."
+    )
     channels_last: bool = Field(True, description="channels_last memory format (faster).")
     nproc: int = Field(
         1, ge=1, description="Training processes on this machine (DDP, launched via torchrun)."
@@ -223,7 +232,8 @@ class TrainSettings(ModelRunSettings):
     )
     pseudo_start: int = Field(5, ge=1, description="First epoch (1-based) using pseudo-labels.")
     pseudo_threshold: float = Field(
-        0.9, gt=0, le=1, description="Confidence an image needs to be used."
+        0.9, gt=0, le=1, description="Confidence an image needs to be used, as a share of the "
+        "highest the smoothed loss aims for (0.9 x 0.917 with 6 classes and smoothing 0.1)."
     )
     pseudo_weight: float = Field(1.0, ge=0, description="Weight of the pseudo-label loss.")
     pseudo_ramp: int = Field(
@@ -241,6 +251,8 @@ class TrainSettings(ModelRunSettings):
         None, description="Neptune project (default: $NEPTUNE_PROJECT)."
     )
 
+    _builtin_weights = field_validator("weights")(lambda path: named_file(path, ".pt"))
+
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:
         if self.data is None and self.resume is None:
@@ -254,8 +266,8 @@ class InferenceSettings(ModelRunSettings):
     """Fields of the commands that run a trained model: evaluate, predict, pseudolabel."""
 
     model: Path | None = Field(
-        None, description="best.pt or .onnx (default: $WASTECLS_MODEL, else newest "
-        "runs/train/*/best.pt)."
+        None, description=f"best.pt, .onnx or {BUILTIN_MODEL} (default: $WASTECLS_MODEL, else "
+        "the newest runs/train/*/best.pt, else the built-in model)."
     )
     batch_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="Images per batch (default: the fastest for the backend)."
@@ -263,6 +275,7 @@ class InferenceSettings(ModelRunSettings):
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), else torch."
     )
+    _builtin_model = field_validator("model")(lambda path: named_file(path, ".onnx"))
     workers: int | None = Field(
         None, ge=0, description="On a CPU: processes that each decode and run the model on "
         "their own batches (default: one per core, at most 8); on a GPU: decoding processes "
@@ -364,8 +377,9 @@ class ExportSettings(CommandSettings):
     command: ClassVar[str] = "export"
 
     model: Path | None = Field(
-        None, description="best.pt to export (default: as in predict)."
+        None, description=f"best.pt or {BUILTIN_MODEL} to export (default: as in predict)."
     )
+    _builtin_model = field_validator("model")(lambda path: named_file(path, ".pt"))
     onnx: bool = Field(False, description="Write an ONNX model (onnxruntime, web, mobile).")
     torchscript: bool = Field(False, description="Write a traced TorchScript module.")
     out: Path | None = Field(

@@ -77,6 +77,7 @@ from waste_cli.pseudo import (
     load_pool,
     read_manifests,
 )
+from waste_cli.recipe import resolve_auto
 from waste_cli.runtime import (
     autocast,
     keep_freed_memory,
@@ -236,6 +237,11 @@ class Trainer:
         if device.type == "cpu":
             keep_freed_memory()
         self.data = load_train_data(settings)
+        settings, self.choices = resolve_auto(
+            settings, device, [p for p, _ in (*self.data.train, *self.data.val)])
+        self.settings = settings
+        for choice in self.choices:
+            reporter.info(str(choice))
         self._build_model(pretrained=last is None)
         self.generator = torch.Generator()
         self.workers = self._loader_workers()
@@ -262,7 +268,8 @@ class Trainer:
         settings = self.settings
         model = create_model(settings.arch, len(self.data.classes), drop_rate=settings.drop_rate,
                              pretrained=settings.pretrained and pretrained,
-                             weights=settings.weights if pretrained else None)
+                             weights=settings.weights if pretrained else None,
+                             classes=self.data.classes)
         self.data_config = data_config(model, settings.img_size)
         # Before the optimizer is built, so that frozen layers are not even in it.
         self.frozen_layers = (freeze_layers(model, settings.freeze_layers)
@@ -637,6 +644,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
         trainer = Trainer(settings, reporter, dist, device, last)
         run = trainer.run_dir
         log = MetricsLog.resume(run / "metrics.csv", trainer.state["epoch"], write=dist.main)
+        settings = trainer.settings  # every `auto` resolved
         if dist.main:
             write_config(settings, run / "config.yaml")
             if last is None:
