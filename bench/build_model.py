@@ -4,13 +4,17 @@
    file name: the samples are downscaled copies), so that the bundled sample stays an honest
    check the model never saw.
 2. `wastecls prepare` with its defaults (stratified 70/10/20 split, seed 0).
-3. `wastecls train` with the CPU recipe of BENCHMARKS.md, seed 0, from the ImageNet weights.
+3. `wastecls train` with its defaults (the CPU recipe that `auto` resolves to), seed 0, from the
+   ImageNet weights. A kept run is reused when its config.yaml holds what the defaults resolve
+   to now; otherwise it is an error to delete it first.
 4. `wastecls export --onnx` in fp32, `--half` (fp16 weights) and `--int8` (calibrated on the
    training split; export refuses it when it loses more than a point on the validation split);
    each is evaluated on the held-out test split and on `samples/`, and the smallest file within
    0.5 points of fp32's test accuracy is kept.
-5. The chosen file goes to waste_cli/models/trashnet-lite0.onnx, its measurements to
-   waste_cli/models/trashnet-lite0.json (the model card's numbers).
+5. The chosen file goes to waste_cli/models/trashnet-lite0.onnx, the checkpoint with fp16
+   weights (what `train --weights trashnet-lite0` and `export` start from) to
+   waste_cli/models/trashnet-lite0.pt, the measurements to waste_cli/models/trashnet-lite0.json
+   (the model card's numbers).
 
 Usage: python bench/build_model.py --data ../shared/data/trashnet \
     --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
@@ -24,20 +28,48 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
+import torch
+import yaml
 from common import add_data_arguments
 
 from waste_cli.backends import OnnxRunner
+from waste_cli.checkpoint import load_checkpoint, save_checkpoint
+from waste_cli.recipe import resolve_auto
+from waste_cli.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "trashnet-mini"
 TARGET = ROOT / "waste_cli" / "models" / "trashnet-lite0.onnx"
-RECIPE = ["--arch", "efficientnet-lite0", "--img-size", "288", "--freeze-layers", "6",
-          "--epochs", "12", "--ema", "--lr", "1e-3", "--layer-decay", "0.7", "--aug", "light",
-          "--cache", "ram", "--batch-size", "32", "--seed", "0"]
+RECIPE = ["--seed", "0"]  # the defaults: every tuning choice is `auto`
+AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "epochs", "ema",
+                 "lr", "layer_decay", "batch_size")
+
+
+def check_kept_run(run: Path, data: Path, weights: Path) -> None:
+    """A reused run must be what the defaults train today: compare its resolved config."""
+    kept = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    settings = TrainSettings(data=data, weights=weights, seed=0)
+    paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
+    now = resolve_auto(settings, torch.device("cpu"), paths)[0].model_dump(mode="json")
+    ignored = {"data", "weights", "project", "name", "quiet", "workers"}
+    differ = {k: (kept.get(k), v) for k, v in now.items() if k not in ignored and kept.get(k) != v}
+    if differ:
+        raise SystemExit(f"{run} was trained with other settings than today's defaults "
+                         f"(kept, now): {differ}. Delete it to retrain.")
+
+
+def write_checkpoint(best: Path, target: Path) -> None:
+    """best.pt with fp16 weights (half the size; fine-tuning copies them into float32) and
+    without the paths of this machine."""
+    checkpoint = load_checkpoint(best)
+    checkpoint["model"] = {k: v.half() if v.is_floating_point() else v
+                           for k, v in checkpoint["model"].items()}
+    checkpoint["settings"] = {**checkpoint["settings"], "data": None, "weights": None,
+                              "project": None}
+    save_checkpoint(target, dict(checkpoint))
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,7 +94,8 @@ def without_samples(data: Path, folder: Path) -> int:
 
 
 def accuracy(model: Path, data: Path, split: str | None) -> float:
-    args = ["evaluate", str(model), "--data", str(data), "--json", "--backend", "onnxruntime"]
+    backend = "onnxruntime" if model.suffix == ".onnx" else "torch"  # no ONNX twin written
+    args = ["evaluate", str(model), "--data", str(data), "--json", "--backend", backend]
     report = json.loads(run(*args, *(["--split", split] if split else [])).stdout)
     return report["accuracy"]
 
@@ -79,16 +112,18 @@ def main() -> None:
         photos = without_samples(args.data, root / "raw")
         run("prepare", str(root / "raw"), "--out", str(root / "data"), "-q")
         best = args.keep / "best.pt"
-        seconds = None
-        if not best.is_file():  # a kept run is reused: only the exports are redone
-            start = time.perf_counter()
+        if best.is_file():  # a kept run is reused: only the exports are redone
+            check_kept_run(args.keep, root / "data", args.weights)
+        else:
             run("train", "--data", str(root / "data"), "--weights", str(args.weights),
                 "--project", str(args.keep.parent), "--name", args.keep.name, "-q", *RECIPE)
-            seconds = round(time.perf_counter() - start)
+        seconds = round(json.loads((args.keep / "summary.json").read_text())["seconds"])
         exports = {"fp32": [], "fp16": ["--half"],
                    "int8": ["--int8", "--calib-data", str(root / "data" / "train")]}
         card: dict = {"built": str(date.today()), "training_photos": photos,
                       "train_seconds": seconds, "recipe": RECIPE, "formats": {}}
+        resolved = yaml.safe_load((args.keep / "config.yaml").read_text())["train"]
+        card["resolved"] = {k: resolved[k] for k in AUTO_RECORDED}
         files = {}
         for name, flags in exports.items():
             path = root / f"{name}.onnx"
@@ -109,6 +144,9 @@ def main() -> None:
         card["classes"] = OnnxRunner(files["fp32"]).classes
         TARGET.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(files[card["chosen"]], TARGET)
+        write_checkpoint(best, TARGET.with_suffix(".pt"))
+        card["checkpoint_megabytes"] = round(TARGET.with_suffix(".pt").stat().st_size / 2**20, 1)
+        card["checkpoint_samples_accuracy"] = accuracy(TARGET.with_suffix(".pt"), SAMPLES, None)
         TARGET.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
         print(json.dumps(card, indent=2))
 

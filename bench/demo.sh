@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # The README demo: prepare -> train -> evaluate -> predict -> export on the bundled TrashNet
-# sample (72 photos). Uses the shared ImageNet weights when they are beside the repo, else
-# trains from scratch (the Hugging Face Hub may be out of reach; see README "Offline use").
+# sample (72 photos), then the built-in model on a photo. Training starts from the built-in
+# waste model (`--weights trashnet-lite0`, inside the package) with the default recipe, so it
+# needs neither ../shared nor the Hugging Face Hub.
 set -euo pipefail
 DEMO=${DEMO:-demo}
-WEIGHTS=${SHARED_WEIGHTS:-../shared/weights/tf_efficientnet_lite0.in1k.safetensors}
-if [ -f "$WEIGHTS" ]; then
-  START=(--arch efficientnet-lite0 --weights "$WEIGHTS")
-else
-  echo "note: $WEIGHTS not found; training from scratch (--no-pretrained)"
-  START=(--arch efficientnet-lite0 --no-pretrained)
-fi
 set -x
-wastecls prepare samples/trashnet-mini --out "$DEMO/data" --size 128 --overwrite
-wastecls train --data "$DEMO/data" "${START[@]}" --img-size 112 --epochs 15 --batch-size 16 \
-  --lr 3e-3 --project "$DEMO/runs" --name exp --cache ram
+wastecls prepare samples/trashnet-mini --out "$DEMO/data" --overwrite
+wastecls train --data "$DEMO/data" --weights trashnet-lite0 --project "$DEMO/runs" --name exp
 RUN=$(ls -td "$DEMO"/runs/exp* | head -n 1)
 wastecls evaluate "$RUN/best.pt" --data "$DEMO/data" --out "$DEMO/eval"
 wastecls predict --model "$RUN/best.pt" "$DEMO/data/test/glass" --top-k 2

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import SAMPLE, run_cli
 
-from waste_cli.backends import BUILTIN_MODEL, OnnxRunner, builtin_model
+from waste_cli.backends import OnnxRunner
+from waste_cli.builtin import BUILTIN_MODEL, builtin_file
 
-pytestmark = pytest.mark.skipif(builtin_model() is None, reason="no built-in model packaged")
+pytestmark = pytest.mark.skipif(builtin_file(".onnx") is None, reason="no built-in model packaged")
 
 
 def test_predict_works_offline_with_no_model_anywhere(tmp_path, monkeypatch):
@@ -31,10 +33,42 @@ def test_it_is_right_on_the_sample_it_never_saw(tmp_path, monkeypatch):
 
 
 def test_the_model_card_matches_the_file():
-    path = builtin_model()
+    path = builtin_file(".onnx")
     card = json.loads(path.with_suffix(".json").read_text())
     runner = OnnxRunner(path)
     assert runner.classes == card["classes"]
     assert runner.metadata["precision"] == card["chosen"]
     assert path.stat().st_size / 2**20 == pytest.approx(
         card["formats"][card["chosen"]]["megabytes"], abs=0.1)
+
+
+needs_checkpoint = pytest.mark.skipif(builtin_file(".pt") is None,
+                                      reason="no built-in checkpoint packaged")
+
+
+@needs_checkpoint
+def test_training_can_start_from_it(prepared, tmp_path):
+    """Waste features are a better start than ImageNet's: `--weights trashnet-lite0`."""
+    from waste_cli.recipe import resolve_auto
+    from waste_cli.settings import TrainSettings
+
+    settings = TrainSettings(data=prepared, weights=BUILTIN_MODEL)
+    assert settings.weights == builtin_file(".pt")
+    assert resolve_auto(settings, torch.device("cpu"), [])[0].img_size == 288  # its own size
+    result = run_cli("train", "--data", prepared, "--weights", BUILTIN_MODEL, "--img-size", "64",
+                     "--epochs", "1", "--workers", "0", "--project", tmp_path, "-q")
+    assert result.exit_code == 0, result.output
+    checkpoint = torch.load(tmp_path / "exp" / "best.pt", weights_only=True)
+    assert checkpoint["arch"] == "tf_efficientnet_lite0"
+
+
+@needs_checkpoint
+def test_export_writes_it_here_not_into_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export", "--model", BUILTIN_MODEL, "--onnx", "-q")
+    assert result.exit_code == 0, result.output
+    exported = OnnxRunner(tmp_path / f"{BUILTIN_MODEL}.onnx")
+    assert exported.classes == OnnxRunner(builtin_file(".onnx")).classes
+    package = builtin_file(".pt").parent
+    assert sorted(p.name for p in package.iterdir()) == sorted(
+        f"{BUILTIN_MODEL}{suffix}" for suffix in (".json", ".onnx", ".pt"))

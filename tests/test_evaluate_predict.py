@@ -155,10 +155,10 @@ def test_predict_bad_inputs_are_reported_and_skipped(trained, inputs, tmp_path):
 def test_default_model_discovery(trained, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     single = str(next((inputs / "nested" / "glass").glob("*.jpg")))
-    from waste_cli.backends import builtin_model
+    from waste_cli.builtin import builtin_file
 
     result = run_cli("predict", single)
-    if builtin_model() is None:
+    if builtin_file(".onnx") is None:
         assert result.exit_code == 1 and "No model given" in result.output
     else:  # nothing trained here: the model that ships with wastecls, said by name
         assert result.exit_code == 0 and "built-in trashnet-lite0" in result.output

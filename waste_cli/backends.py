@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from waste_cli.builtin import BUILTIN_MODEL, builtin_file
 from waste_cli.console import Reporter
 from waste_cli.errors import ModelError
 
@@ -25,8 +26,7 @@ if TYPE_CHECKING:
 
     from waste_cli.checkpoint import Checkpoint
 
-__all__ = ["BUILTIN_MODEL", "ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner",
-           "builtin_model", "find_model", "open_runner"]
+__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "find_model", "open_runner"]
 
 ONNX_META_KEY = "wastecls"
 
@@ -144,18 +144,6 @@ class OnnxRunner:
         return {**self.__dict__, "_session": None}
 
 
-BUILTIN_MODEL = "trashnet-lite0"
-
-
-def builtin_model() -> Path | None:
-    """The waste classifier that ships inside the package (see the README's model card), if
-    this installation has it."""
-    from importlib import resources
-
-    path = Path(str(resources.files("waste_cli").joinpath(f"models/{BUILTIN_MODEL}.onnx")))
-    return path if path.is_file() else None
-
-
 def find_model(model: Path | None, reporter: Reporter) -> Path:
     """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
     built-in one."""
@@ -166,7 +154,7 @@ def find_model(model: Path | None, reporter: Reporter) -> Path:
                              ".onnx from `wastecls export`.")
         return model
     candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    builtin = builtin_model()
+    builtin = builtin_file(".onnx")
     if not candidates and builtin is not None:
         classes = OnnxRunner(builtin).classes
         reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "

@@ -243,9 +243,10 @@ def prepare(settings: PrepareSettings) -> None:
 @settings_command(
     TrainSettings,
     examples=[
+        "wastecls train --data data/   # the recipe: every `auto` is printed and saved",
+        "wastecls train --data data/ --weights tf_efficientnet_lite0.in1k.safetensors   # offline",
+        "wastecls train --data data/ --weights trashnet-lite0   # start from the built-in model",
         "wastecls train --data data/ --arch efficientnet-b2 --sampler weighted --device cuda:1",
-        "wastecls train --data data/ --weights tf_efficientnet_lite0.in1k.safetensors "
-        "--img-size 192 --epochs 8 --cache ram",
         "wastecls train --data data/ --arch resnet50 --freeze-backbone --sched exp --lr-decay 0.99",
         "wastecls train --resume runs/train/exp",
         "wastecls train --data data/ --nproc 2   # or: torchrun --nproc-per-node 2 -m waste_cli "

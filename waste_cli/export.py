@@ -22,6 +22,7 @@ from torch import nn
 
 from waste_cli import __version__
 from waste_cli.backends import ONNX_META_KEY, OnnxRunner, find_model
+from waste_cli.builtin import is_builtin
 from waste_cli.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import class_folders, list_images
@@ -338,8 +339,9 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
 
 
 def _target(settings: ExportSettings, source: Path, suffix: str) -> Path:
-    """--out, or the checkpoint's path, with the format's suffix."""
-    base = settings.out or source.with_suffix("")
+    """--out, or the checkpoint's path (the current folder for the built-in model, whose
+    folder belongs to the installation), with the format's suffix."""
+    base = settings.out or (Path(source.stem) if is_builtin(source) else source.with_suffix(""))
     return base if base.suffix == suffix else base.with_suffix(suffix)
 
 
