@@ -128,6 +128,7 @@ def main() -> None:
         for name, flags in exports.items():
             path = root / f"{name}.onnx"
             done = run("export", "-m", str(best), "--onnx", *flags, "--out", str(path), "-q",
+                       "--verify-data", str(root / "data" / "val"),
                        check=name == "fp32")
             if done.returncode:
                 card["formats"][name] = {"refused": " ".join(done.stderr.split())}

@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -480,3 +481,15 @@ def test_degenerate_datasets_are_said(sample_copy, tmp_path):
     result = run_cli("train", "--data", tmp_path / "one", "--arch", TINY["arch"],
                      "--no-pretrained", "--project", tmp_path / "runs")
     assert result.exit_code == 1 and "at least two" in _one_paragraph(result)
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_file(trained, tmp_path):
+    """Staged through mkstemp (owner-only), outputs still end readable as the umask allows."""
+    result = run_cli("export", "--model", trained.run_dir / "best.pt", "--onnx", "--no-verify",
+                     "--out", tmp_path / "m.onnx", "-q")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "plain").touch()
+    plain = stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+    assert plain & 0o044  # the usual umask: others may read
+    for name in ("m.onnx", "m.onnx.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == plain, name

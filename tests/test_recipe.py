@@ -108,7 +108,7 @@ def test_number_or_auto_flags_parse(prepared, tmp_path, value, ok):
 
 
 def test_help_lists_the_choices():
-    text = " ".join(run_cli("train", "--help").output.split())
+    text = " ".join(run_cli("train", "--help", env={"COLUMNS": "200"}).output.split())
     for shown in ("<int|auto>", "<auto|none|light|strong>", "<auto|none|ram>",
                   "<val_loss|val_acc|val_macro_f1>", "<cosine|step|exp|none>"):
         assert shown in text, shown

@@ -64,15 +64,27 @@ def remove_stale_temporaries(path: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _umask_mode() -> int:
+    """The permissions a plainly created file gets here (0o644 with the usual umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed over `path`."""
+    """Yield a temporary path beside `path`; on success it is renamed over `path` with the
+    permissions of a plainly created file (mkstemp's own are owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=temporary_name(path, "").name, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         if exc.filename not in (None, tmp, str(path)):
