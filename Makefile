@@ -36,12 +36,12 @@ model:
 
 BENCH_DATA ?= bench/out/data
 
-# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 1.5 hours on 2 cores).
+# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 2 hours on 2 cores).
 bench:
 	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)
 	wastecls prepare $(TRASHNET) --out $(BENCH_DATA) --overwrite -q
 	$(PYTHON) bench/bench_train.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) \
-		--keep bench/out/train_run
+		--seeds 0 1 2 --keep bench/out/train_run
 	$(PYTHON) bench/bench_predict.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET) \
 		--calib-data $(BENCH_DATA)/train --test-split $(BENCH_DATA)/test
 	$(PYTHON) bench/bench_camera.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET) \

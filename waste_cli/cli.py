@@ -236,7 +236,8 @@ def prepare(settings: PrepareSettings) -> None:
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
         f"{result.imbalance:.1f}x, {result.duplicates} exact duplicates kept together, "
         f"{len(result.skipped)} skipped (see prepare_report.json)"
-        + (f", {len(result.warnings)} warnings (above)." if result.warnings else ".")
+        + (f", {len(result.warnings)} warning{'s' if len(result.warnings) > 1 else ''} "
+           "(above)." if result.warnings else ".")
     )
 
 
@@ -396,7 +397,8 @@ def predict(settings: PredictSettings) -> None:
         err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
                           soft_wrap=True)
     if not settings.quiet:
-        err_console.print(f"{result.predicted} images predicted, {len(result.failed)} failed "
+        noun = "image" if result.predicted == 1 else "images"
+        err_console.print(f"{result.predicted} {noun} predicted, {len(result.failed)} failed "
                           f"({result.model}, {result.backend})"
                           + (f"; results in {settings.output}" if settings.output else ""))
         err_console.print(result.speed.summary())
