@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -72,7 +73,7 @@ def train_and_test(data: Path, runs: Path, recipe: list[str], seed: int, keep: P
         ["wastecls", "evaluate", str(run / "best.pt"), "--data", str(data), "--split", "test",
          "--json"], check=True, capture_output=True, text=True).stdout)
     if keep:
-        subprocess.run(["cp", "-r", str(run), str(keep / f"seed{seed}")], check=True)
+        shutil.copytree(run, keep / f"seed{seed}", dirs_exist_ok=True)  # a rerun refreshes it
     best_epoch = json.loads((run / "summary.json").read_text())["best_epoch"]
     return {"seed": seed, "rows": rows, "report": report, "wall": wall, "before": before,
             "after": after, "best_epoch": best_epoch}
