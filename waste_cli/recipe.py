@@ -93,8 +93,12 @@ def _layer_groups(arch: str) -> int:
     import timm
     from timm.models import group_parameters
 
-    with torch.device("meta"):  # the structure only: no memory, no initialisation
-        model = timm.create_model(resolve_arch(arch), pretrained=False, num_classes=2)
+    name = resolve_arch(arch)
+    try:
+        with torch.device("meta"):  # the structure only: no memory, no initialisation
+            model = timm.create_model(name, pretrained=False, num_classes=2)
+    except Exception:  # a model whose constructor computes on its tensors: build it for real
+        model = timm.create_model(name, pretrained=False, num_classes=2)
     try:
         return len(group_parameters(model, model.group_matcher(coarse=True)))
     except (AttributeError, NotImplementedError):
