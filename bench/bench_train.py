@@ -31,11 +31,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from common import add_data_arguments, model_only_rate
+from common import add_data_arguments, default_settings, model_only_rate
 
-from waste_cli.recipe import resolve_auto
 from waste_cli.runtime import keep_freed_memory
-from waste_cli.settings import TrainSettings
 
 
 def _flag(args: list[str], name: str, default: str) -> str:
@@ -44,18 +42,12 @@ def _flag(args: list[str], name: str, default: str) -> str:
     return args[positions[-1] + 1] if positions else default
 
 
-def resolved(data: Path, recipe: list[str]) -> TrainSettings:
-    """The settings the bare command resolves to here (what the run will print)."""
-    settings = TrainSettings(data=data, weights=Path(_flag(recipe, "--weights", "")) or None)
-    paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
-    return resolve_auto(settings, torch.device("cpu"), paths)[0]
-
-
 def train_and_test(data: Path, runs: Path, recipe: list[str], seed: int, keep: Path | None
                    ) -> dict:
     """One `wastecls train` with `--seed seed`, timed, its model-only rate measured before and
     after (the machine's speed drifts over minutes), and its best.pt evaluated on the test split."""
-    auto = resolved(data, recipe)
+    weights = _flag(recipe, "--weights", "")
+    auto = default_settings(data, Path(weights) if weights else None)
     size = int(_flag(recipe, "--img-size", str(auto.img_size)))
     batch = int(_flag(recipe, "--batch-size", str(auto.batch_size)))
     frozen_layers = int(_flag(recipe, "--freeze-layers", str(auto.freeze_layers)))

@@ -31,14 +31,11 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-import torch
 import yaml
-from common import add_data_arguments
+from common import add_data_arguments, default_settings
 
 from waste_cli.backends import OnnxRunner
 from waste_cli.checkpoint import load_checkpoint, save_checkpoint
-from waste_cli.recipe import resolve_auto
-from waste_cli.settings import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "trashnet-mini"
@@ -51,9 +48,7 @@ AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "ep
 def check_kept_run(run: Path, data: Path, weights: Path) -> None:
     """A reused run must be what the defaults train today: compare its resolved config."""
     kept = yaml.safe_load((run / "config.yaml").read_text())["train"]
-    settings = TrainSettings(data=data, weights=weights, seed=0)
-    paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
-    now = resolve_auto(settings, torch.device("cpu"), paths)[0].model_dump(mode="json")
+    now = default_settings(data, weights).model_dump(mode="json")
     ignored = {"data", "weights", "project", "name", "quiet", "workers"}
     differ = {k: (kept.get(k), v) for k, v in now.items() if k not in ignored and kept.get(k) != v}
     if differ:

@@ -13,6 +13,8 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from waste_cli.models import freeze_layers
+from waste_cli.recipe import resolve_auto
+from waste_cli.settings import TrainSettings
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +22,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
     parser.add_argument("--weights", type=Path,
                         default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
+
+
+def default_settings(data: Path, weights: Path | None) -> TrainSettings:
+    """What `wastecls train --data DATA --weights W` resolves its `auto` settings to on this
+    CPU (a `prepare` root: its train and val images decide the cache)."""
+    paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
+    return resolve_auto(TrainSettings(data=data, weights=weights), torch.device("cpu"),
+                        paths)[0]
 
 
 def model_only_rate(arch: str, size: int, batch: int, amp: bool, frozen_layers: int,

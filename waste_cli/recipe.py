@@ -69,14 +69,16 @@ def _checkpoint_size(weights: Path | None) -> int | None:
     return None
 
 
-def _img_size(settings: TrainSettings, starts_trained: bool) -> AutoChoice:
-    import timm
+def _own_size(cfg: Any) -> int:
+    """The architecture's pretraining input size (224 when timm has no config for it)."""
+    return int(cfg.input_size[-1]) if cfg is not None else 224
 
+
+def _img_size(settings: TrainSettings, cfg: Any, starts_trained: bool) -> AutoChoice:
     trained = _checkpoint_size(settings.weights)
     if trained is not None:
         return AutoChoice("img_size", trained, "the size --weights was trained at")
-    cfg = timm.get_pretrained_cfg(resolve_arch(settings.arch))
-    size = int(cfg.input_size[-1]) if cfg is not None else 224
+    size = _own_size(cfg)
     if cfg is not None and cfg.fixed_input_size:
         return AutoChoice("img_size", size, "this architecture takes one input size")
     if not starts_trained:
@@ -152,10 +154,13 @@ def resolve_auto(settings: TrainSettings, device: torch.device,
 
     `paths` are the training and validation images: their count and size decide the cache.
     """
+    import timm
+
+    cfg = timm.get_pretrained_cfg(resolve_arch(settings.arch))
     starts_trained = settings.pretrained or settings.weights is not None
     choices: list[AutoChoice] = []
     if settings.img_size == "auto":
-        choices.append(_img_size(settings, starts_trained))
+        choices.append(_img_size(settings, cfg, starts_trained))
     if settings.freeze_layers == "auto":
         choices.append(_freeze_layers(settings, device, starts_trained))
     if settings.aug == "auto":
@@ -168,11 +173,7 @@ def resolve_auto(settings: TrainSettings, device: torch.device,
                                   if device.type == "cuda" else f"{device.type}: float32"))
     resolved = settings.model_copy(update={c.name: c.value for c in choices})
     if settings.cache == "auto":
-        import timm
-
-        cfg = timm.get_pretrained_cfg(resolve_arch(settings.arch))
-        size = resolved.img_size if isinstance(resolved.img_size, int) else (
-            int(cfg.input_size[-1]) if cfg is not None else 224)
+        size = resolved.img_size if isinstance(resolved.img_size, int) else _own_size(cfg)
         choices.append(_cache(paths, size, cfg.crop_pct if cfg is not None else 0.875))
         resolved = resolved.model_copy(update={"cache": choices[-1].value})
     return resolved, choices

@@ -237,10 +237,10 @@ class Trainer:
         if device.type == "cpu":
             keep_freed_memory()
         self.data = load_train_data(settings)
-        settings, self.choices = resolve_auto(
+        settings, choices = resolve_auto(
             settings, device, [p for p, _ in (*self.data.train, *self.data.val)])
         self.settings = settings
-        for choice in self.choices:
+        for choice in choices:
             reporter.info(str(choice))
         self._build_model(pretrained=last is None)
         self.generator = torch.Generator()
