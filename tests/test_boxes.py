@@ -15,6 +15,8 @@ from conftest import COCO_NAMES, SAMPLE, run_cli
 from PIL import Image
 
 from waste_cli.data.detections import Region, read_detections
+from waste_cli.data.sources import cut_box
+from waste_cli.errors import DataError
 from waste_cli.inference import EvalImages
 
 CLASSES = sorted(COCO_NAMES)
@@ -217,3 +219,44 @@ def test_images_folder_is_required_to_exist(trained, tmp_path):
     result = run_cli("predict", "-m", trained.run_dir / "best.pt", "--boxes", labels,
                      "--images", tmp_path / "none")
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ({"images": [], "annotations": [], "categories": None}, "'categories' is not a list"),
+    ({"images": [], "annotations": [], "categories": 5}, "'categories' is not a list"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_malformed_detection_files_are_one_message(tmp_path, content, message):
+    detections = tmp_path / "detections.json"
+    detections.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DataError, match=message):
+        read_detections(detections, tmp_path)
+
+
+def test_results_need_a_file_that_names_their_images(scenes, tmp_path):
+    _, images, _ = scenes
+    results, names = tmp_path / "results.json", tmp_path / "names.json"
+    results.write_text(json.dumps([{"image_id": 1, "bbox": [1, 1, 9, 9], "score": 0.5}]))
+    names.write_text(json.dumps({"images": 3}))
+    with pytest.raises(DataError, match="no 'images' list"):
+        read_detections(results, images, names)
+
+
+def test_hostile_numbers_are_skipped_with_their_reason(scenes, tmp_path):
+    annotations, images, _ = scenes
+    hostile = [{"image_id": 1, "bbox": [10**400, 1, 2, 3]},  # no float holds it
+               {"image_id": 1, "bbox": [1e308, 1e308, 1e308, 1e308]},
+               {"image_id": 1, "bbox": [1, 1, 50, 50], "score": 10**400}]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(hostile))
+    found, skipped = read_detections(results, images, annotations)
+    assert not found
+    assert [s["reason"].split(" ")[0] for s in skipped] == ["non-numeric", "bbox", "non-numeric"]
+    assert "beyond any image's size" in skipped[1]["reason"]
+
+
+def test_a_box_under_a_pixel_is_said_to_be_so():
+    image = Image.new("RGB", (100, 80))
+    assert cut_box(image, (100, 80), (50, 40, 50.2, 40.2), size=0) == \
+        "box is less than a pixel wide or high"
+    assert "outside the image (100x80)" in cut_box(image, (100, 80), (200, 0, 220, 20), size=0)

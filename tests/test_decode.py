@@ -52,6 +52,10 @@ def test_the_decoder_keeps_what_the_resize_needs(tmp_path):
     reduce = box_reduction([(0, 0, 400, 400), (100, 100, 300, 300)], 64)
     assert decode_image(data, reduce)[0].size == (2016, 1512)  # 1/4 would leave it 50 px
     assert decode_image(data, box_reduction([(0, 0, 4000, 3000)], 64))[0].size == (504, 378)
+    # A box counts as cut to the image: 800 px of which 150 px lie inside keep 150 px, and a
+    # box wholly outside (skipped later) does not stop the others from being reduced.
+    assert box_reduction([(3882, 0, 4682, 800)], 64)(4032, 3024) == 150 / 64
+    assert box_reduction([(5000, 5000, 5100, 5100), (0, 0, 4000, 3000)], 64)(4032, 3024) > 8
 
 
 @pytest.mark.parametrize("case", ["large", "rotated", "small", "png"])

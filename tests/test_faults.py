@@ -376,6 +376,8 @@ def test_malformed_coco_boxes_are_skipped_and_listed(tmp_path):
         ([1, 2, 3], "not [x, y, width, height]"),
         (None, "not [x, y, width, height]"),
         ([0, 0, 0, 10], "without area"),
+        ([10**400, 1, 2, 3], "non-numeric"),  # an integer no float holds
+        ([1e308, 1e308, 1e308, 1e308], "beyond any image's size"),
     ]
     next_id = 100
     for bbox, _ in bad:
@@ -411,14 +413,25 @@ def test_malformed_coco_boxes_are_skipped_and_listed(tmp_path):
     assert kept == 6 + 1  # the six good boxes and the one cut to the image
 
 
-@pytest.mark.parametrize("content", ["[]", "{\"images\": 3}", "not json", ""])
+@pytest.mark.parametrize("content", ["[]", "{\"images\": 3}", "not json", "",
+                                     "[" * 100_000 + "]" * 100_000, "\udcff"])
 def test_unusable_annotation_files(tmp_path, content):
     annotations = tmp_path / "ann.json"
-    annotations.write_text(content)
+    annotations.write_text(content, errors="surrogateescape")  # "\udcff": a byte not UTF-8
     (tmp_path / "images").mkdir()
     result = run_cli("prepare", annotations, "--images", tmp_path / "images", "--out",
                      tmp_path / "data")
     assert result.exit_code == 1 and str(annotations) in _one_paragraph(result)
+
+
+@pytest.mark.parametrize("content", ['["a list"]', '{"classes": 3}', "{", "[" * 100_000])
+def test_a_damaged_dataset_json_is_one_message(prepared, tmp_path, content):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    (data / "dataset.json").write_text(content)
+    result = run_cli("train", "--data", data, "--arch", "test_efficientnet", "--epochs", "1")
+    message = _one_paragraph(result)
+    assert result.exit_code == 1 and "dataset.json" in message and "prepare" in message
 
 
 def test_inputs_that_are_not_what_they_seem(trained, prepared, tmp_path):

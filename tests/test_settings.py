@@ -52,6 +52,8 @@ def test_written_config_repeats_the_run(sample_dir, tmp_path):
         ("[prepare\n", ".toml", "Cannot read config file"),
         ("a: [\n", ".yaml", "Cannot read config file"),
         ("size: 3\n", ".ini", "must end in"),
+        ("a = " + "[" * 50_000 + "]" * 50_000, ".toml", "nested too deeply"),
+        ("[" * 50_000 + "]" * 50_000, ".yaml", "nested too deeply"),
     ],
 )
 def test_config_file_errors_name_the_problem(tmp_path, text, suffix, message):

@@ -178,6 +178,11 @@ def settings_command(
     return decorate
 
 
+def _count(number: int, noun: str, plural: str = "") -> str:
+    """"1 box", "2 boxes": a number with its noun in the right form."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def _fail(message: str, code: int) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
@@ -234,10 +239,9 @@ def prepare(settings: PrepareSettings) -> None:
     out_console.print(table)
     out_console.print(
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
-        f"{result.imbalance:.1f}x, {result.duplicates} exact duplicates kept together, "
-        f"{len(result.skipped)} skipped (see prepare_report.json)"
-        + (f", {len(result.warnings)} warning{'s' if len(result.warnings) > 1 else ''} "
-           "(above)." if result.warnings else ".")
+        f"{result.imbalance:.1f}x, {_count(result.duplicates, 'exact duplicate')} kept "
+        f"together, {len(result.skipped)} skipped (see prepare_report.json)"
+        + (f", {_count(len(result.warnings), 'warning')} (above)." if result.warnings else ".")
     )
 
 
@@ -397,8 +401,8 @@ def predict(settings: PredictSettings) -> None:
         err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
                           soft_wrap=True)
     if not settings.quiet:
-        noun = "image" if result.predicted == 1 else "images"
-        err_console.print(f"{result.predicted} {noun} predicted, {len(result.failed)} failed "
+        err_console.print(f"{_count(result.predicted, 'image')} predicted, "
+                          f"{len(result.failed)} failed "
                           f"({result.model}, {result.backend})"
                           + (f"; results in {settings.output}" if settings.output else ""))
         err_console.print(result.speed.summary())
@@ -418,8 +422,9 @@ def _predict_boxes(settings: PredictSettings) -> None:
                           soft_wrap=True)
     if not settings.quiet:
         err_console.print(
-            f"{result.boxes} boxes classified, {len(result.failed)} failed, "
-            f"{len(result.skipped)} entries of {settings.boxes} skipped, {result.below_score} "
+            f"{_count(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed, "
+            f"{_count(len(result.skipped), 'entry', 'entries')} of {settings.boxes} skipped, "
+            f"{result.below_score} "
             f"under --min-score ({result.model}, {result.backend})"
             + (f"; results in {settings.output}" if settings.output else "")
             + (f"; pictures in {settings.save_images}" if settings.save_images else ""))

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from waste_cli.errors import ConfigError, WasteclsError
 
 __all__ = ["atomic_path", "atomic_write_text", "check_no_overlap", "describe_os_error",
-           "ensure_writable", "file_sha256", "remove_stale_temporaries", "temporary_name",
-           "write_error"]
+           "ensure_writable", "file_sha256", "read_structured", "remove_stale_temporaries",
+           "temporary_name", "write_error"]
 
 
 def temporary_name(path: Path, tag: str) -> Path:
@@ -98,6 +101,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_structured(path: Path, other: str = "json") -> Any:
+    """The data in a JSON (.json), YAML (.yaml, .yml) or TOML (.toml) file; files with any other
+    suffix are read as `other` ("json" or "yaml").
+
+    Raises OSError when the file cannot be read, and ValueError with the reason when it does not
+    hold valid data: text that is not UTF-8, a syntax error, or nesting too deep for the parser
+    (a hostile file must give a message, never a RecursionError)."""
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    kind = {".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}.get(suffix, other)
+    try:
+        if kind == "toml":
+            return tomllib.loads(text)
+        if kind == "yaml":
+            import yaml  # only commands that read YAML pay its import
+
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from None
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -27,7 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from waste_cli.builtin import BUILTIN_MODEL, named_file
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_write_text
+from waste_cli.fileio import atomic_write_text, read_structured
 
 __all__ = [
     "COMMAND_SETTINGS",
@@ -454,15 +453,11 @@ def flag_name(field: str) -> str:
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist (or is not a file).")
+    if path.suffix.lower() not in {".toml", ".yaml", ".yml", ".json"}:
+        raise ConfigError(f"Config file {path} must end in .toml, .yaml, .yml or .json.")
     try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in {".yaml", ".yml", ".json"}:
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"Config file {path} must end in .toml, .yaml, .yml or .json.")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        data = read_structured(path) or {}
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of settings, not {data!r}.")

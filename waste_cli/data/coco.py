@@ -7,7 +7,6 @@ names that leave the image folder are skipped and reported with their reason, ne
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import defaultdict
@@ -17,11 +16,13 @@ from typing import Any
 from waste_cli.data.sources import Box, CropJob, SourceImage
 from waste_cli.data.taxonomy import ClassMap
 from waste_cli.errors import DataError
+from waste_cli.fileio import read_structured
 
 __all__ = ["BACKGROUND", "coco_sources", "crop_box", "parse_bbox", "safe_image_path"]
 
 BACKGROUND = "background"
 BACKGROUND_MAX_IOU = 0.05
+MAX_COORDINATE = 2**31  # Pillow's limit on an image's side: any box beyond lies outside
 
 
 def crop_box(bbox: list[float], square: bool, zoom: float) -> Box:
@@ -71,8 +72,8 @@ def safe_image_path(images: Path, file_name: str) -> Path | None:
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_structured(path)
+    except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read COCO annotations {path}: {exc}. Give a COCO detection "
                         "JSON file (images, annotations, categories).") from None
     lists = ("images", "annotations", "categories")
@@ -95,10 +96,12 @@ def parse_bbox(bbox: Any) -> tuple[list[float] | None, str]:
         return None, f"bbox is not [x, y, width, height]: {bbox!r}"
     try:
         values = [float(v) for v in bbox]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None, f"non-numeric bbox {bbox!r}"
     if any(isinstance(v, bool) for v in bbox) or not all(math.isfinite(v) for v in values):
         return None, f"non-numeric or non-finite bbox {bbox!r}"
+    if any(abs(v) > MAX_COORDINATE for v in values):
+        return None, f"bbox beyond any image's size {bbox!r}"
     if values[2] <= 0 or values[3] <= 0:
         return None, f"box without area {bbox!r}"
     return values, ""

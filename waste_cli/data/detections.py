@@ -8,7 +8,6 @@ does for its own COCO input.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from waste_cli.data.coco import crop_box, parse_bbox, safe_image_path
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import Box
 from waste_cli.errors import DataError
+from waste_cli.fileio import read_structured
 
 __all__ = ["Detection", "Region", "read_detections"]
 
@@ -68,15 +68,11 @@ def read_detections(source: Path, images: Path, coco_images: Path | None = None
         if coco_images is None:
             raise DataError(f"{source} is a COCO results file (a list of boxes): name its "
                             "images with --coco-images FILE (a COCO file with an 'images' list).")
-        names = _read_json(coco_images)
-        if not isinstance(names, dict) or not isinstance(names.get("images"), list):
-            raise DataError(f"{coco_images} has no 'images' list to name the results' images.")
-        return _coco(data, names, images, source)
+        return _coco(data, _image_names(coco_images), images, source)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list) and isinstance(
             data.get("images"), list):
         if coco_images is not None:
-            names = _read_json(coco_images)
-            data = {**data, "images": names.get("images", []) if isinstance(names, dict) else []}
+            data = {**data, "images": _image_names(coco_images)["images"]}
         return _coco(data["annotations"], data, images, source)
     raise DataError(f"{source} is neither COCO annotations (images, annotations), COCO results "
                     "(a list of boxes) nor a folder of YOLO label files.")
@@ -84,10 +80,19 @@ def read_detections(source: Path, images: Path, coco_images: Path | None = None
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return read_structured(path)
+    except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read {path}: {exc}. Give a COCO JSON file or a folder of YOLO "
                         "label files.") from None
+
+
+def _image_names(path: Path) -> dict[str, Any]:
+    """The COCO file that names the images of a results file (--coco-images)."""
+    names = _read_json(path)
+    if not isinstance(names, dict) or not isinstance(names.get("images"), list):
+        raise DataError(f"{path} has no 'images' list to name the boxes' images. Give the COCO "
+                        "file the detector ran on (e.g. instances_val.json) as --coco-images.")
+    return names
 
 
 def _key(value: Any) -> Any:
@@ -102,6 +107,9 @@ def _coco(boxes: list[Any], named: dict[str, Any], images: Path, source: Path
         key = _key(entry.get("id")) if isinstance(entry, dict) else None
         if key is not None and key not in files:
             files[key] = entry.get("file_name")
+    if not isinstance(named.get("categories", []), list):
+        raise DataError(f"{source}: 'categories' is not a list of {{id, name}} objects. Fix it, "
+                        "or leave it out: the classifier names the boxes.")
     categories = {_key(c.get("id")): str(c.get("name")) for c in named.get("categories", [])
                   if isinstance(c, dict) and _key(c.get("id")) is not None}
     found: list[Detection] = []
@@ -138,7 +146,7 @@ def _coco(boxes: list[Any], named: dict[str, Any], images: Path, source: Path
 def _finite(value: Any) -> bool:
     try:
         return not isinstance(value, bool) and math.isfinite(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 

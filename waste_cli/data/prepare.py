@@ -240,13 +240,20 @@ def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult,
         (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
 
 
+def _nothing_usable(settings: PrepareSettings, skipped: list[dict[str, Any]]) -> DataError:
+    """The error for a source whose every image or box was skipped, with the first reasons."""
+    return DataError(f"No usable images in {settings.source}: see the reasons below.\n"
+                     + "\n".join(f"  {s}" for s in skipped[:10]))
+
+
 def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> PrepareResult:
     """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
     reporter = reporter or Reporter(settings.quiet)
     class_map = _class_map(settings)
     sources, skipped, kind = _collect_sources(settings, class_map)
     if not sources:
-        raise DataError(f"No images found in {settings.source}.")
+        raise _nothing_usable(settings, skipped) if skipped else DataError(
+            f"No images found in {settings.source}.")
     tmp = _prepare_output(settings)
     try:
         results = _process_all(sources, tmp / ".staging", settings, reporter)
@@ -256,8 +263,7 @@ def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> Prep
         classes = sorted({c for s in labelled for c in counts[s]} | {
             c for c in counts.get(PSEUDO_SPLIT, {})})
         if not classes:
-            raise DataError(f"No usable images in {settings.source}: see the reasons below.\n"
-                            + "\n".join(f"  {s}" for s in (skipped + bad)[:10]))
+            raise _nothing_usable(settings, skipped + bad)
         for split in (*SPLITS, PSEUDO_SPLIT):
             counts.setdefault(split, {})
             counts[split] = {c: counts[split].get(c, 0) for c in classes}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from waste_cli.errors import DataError
+from waste_cli.fileio import read_structured
 
 __all__ = [
     "DATASET_FORMAT",
@@ -67,9 +67,16 @@ def read_dataset_json(root: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"Cannot read {path}: {exc}") from exc
+        meta = read_structured(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Cannot read {path}: {exc}. Run `wastecls prepare` again to rewrite "
+                        "it.") from None
+    shapes = {"classes": list, "settings": dict, "source": dict}
+    if not isinstance(meta, dict) or any(not isinstance(meta.get(key, kind()), kind)
+                                         for key, kind in shapes.items()):
+        raise DataError(f"{path} is not the dataset.json `wastecls prepare` writes (an object "
+                        "with a classes list and settings). Run `wastecls prepare` again.")
+    return meta
 
 
 def crop_settings(root: Path) -> dict[str, Any]:

@@ -193,9 +193,18 @@ def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
 
 def box_reduction(boxes: list[Box], target: int) -> Reduction:
     """How far an image may shrink on decode so that the shorter side of every box (pixels of
-    the full image, x0 y0 x1 y1) still has `target` pixels: its crops are resized to that."""
-    shortest = min((min(b[2] - b[0], b[3] - b[1]) for b in boxes), default=0.0)
-    return lambda width, height: shortest / target if target and shortest > 0 else 1.0
+    the full image, x0 y0 x1 y1), as cut to the image, still has `target` pixels: its crops are
+    resized to that. Boxes outside the image (skipped later) do not count."""
+
+    def reduction(width: int, height: int) -> float:
+        sides = []
+        for box in boxes:
+            x0, y0, x1, y1 = _clip(box, width, height)
+            if x1 > x0 and y1 > y0:
+                sides.append(min(x1 - x0, y1 - y0))
+        return min(sides) / target if target and sides else 1.0
+
+    return reduction
 
 
 def cut_box(image: Image.Image, full_size: tuple[int, int], box: Box, *, size: int,
@@ -207,7 +216,9 @@ def cut_box(image: Image.Image, full_size: tuple[int, int], box: Box, *, size: i
     full_box = _clip(box, *full_size)  # a box partly outside is cut to the image
     width, height = full_box[2] - full_box[0], full_box[3] - full_box[1]
     if width <= 0 or height <= 0:
-        return f"box lies outside the image ({full_size[0]}x{full_size[1]})"
+        inside = box[0] < full_size[0] and box[1] < full_size[1] and box[2] > 0 and box[3] > 0
+        return ("box is less than a pixel wide or high" if inside else
+                f"box lies outside the image ({full_size[0]}x{full_size[1]})")
     if min(width, height) < min_size:
         return f"smaller than min-size ({width}x{height})"
     scale = image.width / full_size[0]

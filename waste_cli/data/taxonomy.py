@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from waste_cli.errors import DataError
+from waste_cli.fileio import read_structured
 
 __all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "load_class_map"]
 
@@ -66,8 +66,7 @@ def builtin_taxonomy(name: str) -> ClassMap:
 def load_class_map(path: Path) -> ClassMap:
     """Read a YAML or JSON file of `target: [source names]`; the target `ignore` drops them."""
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        data = read_structured(path, other="yaml")
+    except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read class map {path}: {exc}") from exc
     return _from_mapping(data, str(path))
