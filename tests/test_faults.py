@@ -299,6 +299,32 @@ def test_ctrl_c_predict_exits_130(onnx_model, many_images, tmp_path):
     assert not output.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
+def test_a_reader_that_leaves_early_stops_predict_quietly(onnx_model, many_images):
+    reader = subprocess.Popen(["head", "-n", "2"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    proc = _wastecls("predict", "-m", onnx_model, many_images, "--format", "csv",
+                     stdout=reader.stdin, stderr=subprocess.PIPE)
+    reader.stdin.close()  # only the two processes hold the pipe now
+    _, err = proc.communicate(timeout=300)
+    assert len(reader.stdout.read().splitlines()) == 2 and reader.wait(timeout=60) == 0
+    assert proc.returncode == 141 and "error" not in err and "Traceback" not in err, err
+
+
+def test_file_names_that_are_not_utf8_are_written_as_they_are(onnx_model, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes from another system
+    shutil.copy(next((SAMPLE / "glass").glob("*.jpg")), folder / name)
+    output, manifest = tmp_path / "out.csv", tmp_path / "manifest.csv"
+    assert run_cli("predict", "-m", onnx_model, folder, "--output", output).exit_code == 0
+    assert b"caf\xe9.jpg" in output.read_bytes()
+    result = run_cli("pseudolabel", "-m", onnx_model, "--data", folder, "--out", manifest,
+                     "--threshold", "0.01")
+    assert result.exit_code == 0, result.output
+    assert b"caf\xe9.jpg" in manifest.read_bytes()
+
+
 # --- full, read-only and odd destinations ---------------------------------------------------
 
 @pytest.mark.subprocess

@@ -19,7 +19,7 @@ from waste_cli.backends import Runner, find_model
 from waste_cli.console import Reporter
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
-from waste_cli.fileio import atomic_path, check_no_overlap, ensure_writable
+from waste_cli.fileio import atomic_path, atomic_text, check_no_overlap, ensure_writable
 from waste_cli.inference import EvalImages, Speed
 from waste_cli.predict import classify, open_model, output_format
 from waste_cli.settings import PredictSettings
@@ -200,7 +200,7 @@ def predict_boxes(settings: PredictSettings, stdout: IO[str],
     if settings.output is None:
         done = write_boxes(stream, fmt, stdout, settings.top_k, runner.classes)
     else:
-        with atomic_path(settings.output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_text(settings.output) as handle:
             done = write_boxes(stream, fmt, handle, settings.top_k, runner.classes)
     if settings.save_images is not None:
         save_pictures(done, settings.images, settings.save_images, reporter)

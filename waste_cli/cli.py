@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
@@ -160,6 +161,8 @@ def settings_command(
             except KeyboardInterrupt:
                 _fail("Interrupted. Files completed before this were kept; nothing "
                       "half-written carries a final name.", 130)
+            except BrokenPipeError:  # the reader left early (`| head`): stop quietly
+                _reader_gone()
             except OSError as exc:
                 _fail(describe_os_error(exc), 1)
             except Exception as exc:  # a bug: still one paragraph, unless asked for more
@@ -181,6 +184,13 @@ def settings_command(
 def _count(number: int, noun: str, plural: str = "") -> str:
     """"1 box", "2 boxes": a number with its noun in the right form."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def _reader_gone() -> NoReturn:
+    """Exit as Unix tools do when the pipe they write to closes: no message, the status of a
+    process stopped by SIGPIPE (141), and no second error when Python flushes stdout at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise typer.Exit(141)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -260,8 +270,6 @@ def prepare(settings: PrepareSettings) -> None:
 )
 def train(settings: TrainSettings) -> None:
     """Fine-tune a timm model on a prepared dataset; writes a run folder with best.pt."""
-    import sys
-
     from waste_cli.distributed import launch_torchrun
     from waste_cli.trainer import train as run_train
 
@@ -389,8 +397,6 @@ def evaluate(settings: EvaluateSettings) -> None:
 )
 def predict(settings: PredictSettings) -> None:
     """Classify images, folders and globs, or a detector's boxes; exit 1 if any input failed."""
-    import sys
-
     if settings.boxes is not None:
         _predict_boxes(settings)
         return
@@ -411,8 +417,6 @@ def predict(settings: PredictSettings) -> None:
 
 
 def _predict_boxes(settings: PredictSettings) -> None:
-    import sys
-
     from waste_cli.boxes import predict_boxes
 
     result = predict_boxes(settings, sys.stdout, _reporter(settings, stderr=True))

@@ -18,13 +18,13 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from waste_cli.errors import ConfigError, WasteclsError
 
-__all__ = ["atomic_path", "atomic_write_text", "check_no_overlap", "describe_os_error",
-           "ensure_writable", "file_sha256", "read_structured", "remove_stale_temporaries",
-           "temporary_name", "write_error"]
+__all__ = ["atomic_path", "atomic_text", "atomic_write_text", "check_no_overlap",
+           "describe_os_error", "ensure_writable", "file_sha256", "read_structured",
+           "remove_stale_temporaries", "temporary_name", "write_error"]
 
 
 def temporary_name(path: Path, tag: str) -> Path:
@@ -97,10 +97,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_text(path: Path) -> Iterator[IO[str]]:
+    """A UTF-8 text file to write that appears at `path`, complete, when the block ends.
+
+    File names that are not UTF-8 (copied from another system) reach Python as surrogate
+    escapes (PEP 383); they are written back as the same bytes, so a listed name is the file's
+    own name, as the shell shows it."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8",
+                                        errors="surrogateescape") as handle:
+        yield handle
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text (UTF-8) through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with atomic_text(path) as handle:
+        handle.write(text)
 
 
 def read_structured(path: Path, other: str = "json") -> Any:

@@ -22,7 +22,7 @@ from waste_cli.backends import Runner, find_model, open_runner
 from waste_cli.console import Reporter
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_path, check_no_overlap, ensure_writable
+from waste_cli.fileio import atomic_text, check_no_overlap, ensure_writable
 from waste_cli.inference import EvalImages, Speed, iterate_batches
 from waste_cli.policy import choose_backend, default_batch_size
 from waste_cli.settings import InferenceSettings, PredictSettings
@@ -241,6 +241,6 @@ def predict(settings: PredictSettings, stdout: IO[str],
     if settings.output is None:
         run(stdout)
     else:
-        with atomic_path(settings.output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        with atomic_text(settings.output) as handle:
             run(handle)
     return PredictResult(model_path, runner.name, count, failed, speed)
