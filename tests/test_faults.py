@@ -4,9 +4,11 @@ survives its parent, and every failure is one paragraph with the documented exit
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -311,6 +313,15 @@ def test_a_reader_that_leaves_early_stops_predict_quietly(onnx_model, many_image
     assert proc.returncode == 141 and "error" not in err and "Traceback" not in err, err
 
 
+def test_a_strip_too_elongated_to_resize_is_refused_with_its_reason(onnx_model, tmp_path):
+    strip, photo = tmp_path / "strip.png", next((SAMPLE / "glass").glob("*.jpg"))
+    Image.new("RGB", (2, 4000), (90, 120, 60)).save(strip)  # its resize: 620 MiB at 329 px
+    result = _run("predict", "-m", onnx_model, strip, photo, "--format", "csv")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert "too elongated" in rows[1][-1] and rows[2][1] and not rows[2][-1]  # photo: labelled
+
+
 def test_file_names_that_are_not_utf8_are_written_as_they_are(onnx_model, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -460,17 +471,30 @@ def test_a_damaged_dataset_json_is_one_message(prepared, tmp_path, content):
     assert result.exit_code == 1 and "dataset.json" in message and "prepare" in message
 
 
+class _RunsCode:
+    """Unpickled, it runs a command that leaves a file behind."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
 def test_inputs_that_are_not_what_they_seem(trained, prepared, tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("just text")
     unknown = tmp_path / "model.h5"
     unknown.write_bytes(os.urandom(256))
+    code = tmp_path / "code.pt"  # a pickle that would run a command: refused, and quietly
+    code.write_bytes(pickle.dumps(_RunsCode(tmp_path / "ran"), protocol=4))
     photo = next((prepared / "test" / "glass").glob("*.jpg"))
-    for model in (text, unknown, tmp_path):
+    for model in (text, unknown, tmp_path, code):
         result = run_cli("predict", "-m", model, photo)
         message = _one_paragraph(result)
         assert result.exit_code == 1 and str(model) in message, message
-        assert "weights_only" not in message
+        assert "weights_only" not in message and "Warning" not in message
+    assert not (tmp_path / "ran").exists()
     fake = tmp_path / "fake.jpg"
     fake.write_text("<html>not a photo</html>")
     result = run_cli("predict", "-m", trained.run_dir / "best.pt", "--backend", "torch",

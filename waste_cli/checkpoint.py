@@ -6,6 +6,7 @@ A checkpoint is one plain dict of tensors, numbers, strings and lists, so that i
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -15,7 +16,7 @@ from waste_cli.errors import ModelError, WasteclsError
 from waste_cli.fileio import atomic_path
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
-           "load_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "load_tensors", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "wastecls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -73,12 +74,20 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         ) from None
 
 
+def load_tensors(path: Path, mmap: bool = False) -> Any:
+    """`torch.load` with weights_only=True (tensors and plain data, never code) and quiet:
+    torch warns about the pickle protocol of files it then refuses, which callers report."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a wastecls checkpoint safely (weights_only: tensors and plain data, never code)."""
     if not path.is_file():
         raise ModelError(f"Checkpoint {path} does not exist or is not a file.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path)
     except Exception as exc:  # truncated zip, pickle that needs code, not a torch file ...
         raise ModelError(f"Cannot read {path} as a wastecls checkpoint ({type(exc).__name__}). "
                          "Give a best.pt or last.pt written by `wastecls train`, or an .onnx "

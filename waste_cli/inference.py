@@ -138,7 +138,7 @@ class EvalImages:
     def reason(self, i: int) -> str:
         """Why sample `i` could not be used, for the report."""
         try:
-            self.image(i)
+            self.transform(self.image(i))
         except DECODE_ERRORS as exc:
             return f"unreadable image: {exc}" if self.regions is None or \
                 self.regions[i] is None else str(exc)

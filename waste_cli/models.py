@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from waste_cli.checkpoint import CHECKPOINT_FORMAT, Checkpoint
+from waste_cli.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_tensors
 from waste_cli.errors import ConfigError, ModelError
 
 __all__ = [
@@ -193,7 +193,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | N
             from safetensors.torch import load_file
 
             return load_file(str(path)), None
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_tensors(path)
     except Exception as exc:  # torch raises many types for unreadable or unsafe files
         raise ModelError(
             f"Cannot read weights file {path} ({type(exc).__name__}): it is not a .safetensors "

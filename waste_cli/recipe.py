@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from waste_cli.checkpoint import CHECKPOINT_FORMAT
+from waste_cli.checkpoint import CHECKPOINT_FORMAT, load_tensors
 from waste_cli.models import resolve_arch
 from waste_cli.settings import TrainSettings, flag_name
 
@@ -61,7 +61,7 @@ def _checkpoint_size(weights: Path | None) -> int | None:
     if weights is None or weights.suffix not in {".pt", ".pth"}:
         return None
     try:
-        data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+        data = load_tensors(weights, mmap=True)
     except Exception:  # not a zip checkpoint: models.load_weights reports what it is
         return None
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:

@@ -50,6 +50,11 @@ def data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]
     }
 
 
+# The longest side, in shorter sides, of a picture the evaluation resize accepts: the centre
+# crop sees 1/64 of such a strip, and the resize's memory grows with the ratio (a 2x4000 px
+# strip would take 620 MiB), so longer ones are refused rather than risk a worker's memory.
+MAX_ELONGATION = 64
+
 _PIL_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                 "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
                 "hamming": Image.Resampling.HAMMING, "box": Image.Resampling.BOX}
@@ -83,6 +88,10 @@ class CenterCropEval:
         width, height = image.size
         short, long = sorted(image.size)
         resized_long = int(self.scale * long / short)  # torchvision's rounding
+        if resized_long > MAX_ELONGATION * self.scale:
+            raise ValueError(f"too elongated for the model's centred square ({width}x{height}, "
+                             f"more than {MAX_ELONGATION}:1): resizing it would take "
+                             f"{resized_long * self.scale * 3 / 2**20:,.0f} MiB")
         size = (self.scale, resized_long) if width <= height else (resized_long, self.scale)
         if size != image.size:
             image = image.resize(size, self.filter)
