@@ -12,6 +12,7 @@ import pytest
 from conftest import SAMPLE, run_cli
 from PIL import Image
 
+from waste_cli.data import sources
 from waste_cli.data.detections import Region
 from waste_cli.data.sources import box_reduction, decode_image
 from waste_cli.data.transforms import eval_transform
@@ -56,6 +57,19 @@ def test_the_decoder_keeps_what_the_resize_needs(tmp_path):
     # box wholly outside (skipped later) does not stop the others from being reduced.
     assert box_reduction([(3882, 0, 4682, 800)], 64)(4032, 3024) == 150 / 64
     assert box_reduction([(5000, 5000, 5100, 5100), (0, 0, 4000, 3000)], 64)(4032, 3024) > 8
+
+
+def test_the_bomb_limit_counts_the_pixels_decoded_not_declared(tmp_path, monkeypatch):
+    """A photo far larger than the limit is fine when decoded reduced (a panorama for a 288 px
+    model); decoded in full, or as a PNG that cannot be reduced, it is refused with a reason."""
+    monkeypatch.setattr(sources, "MAX_DECODED_PIXELS", 1_000_000)  # as 89 MP is to a 700 MP
+    jpeg, png = tmp_path / "big.jpg", tmp_path / "big.png"
+    _camera_photo(jpeg, size=(2000, 1500))
+    _camera_photo(png, size=(2000, 1500), fmt="PNG")
+    assert decode_image(jpeg.read_bytes(), 329)[0].size == (500, 375)
+    for data, reduce in ((jpeg.read_bytes(), 0), (png.read_bytes(), 329)):
+        with pytest.raises(Image.DecompressionBombError, match="2000x1500 would decode to"):
+            decode_image(data, reduce)
 
 
 @pytest.mark.parametrize("case", ["large", "rotated", "small", "png"])

@@ -152,10 +152,15 @@ class EvalImages:
         readable, bad = [], []
         self.decode_seconds = 0.0
         for i in indices:
+            start = time.perf_counter()
             try:
-                start = time.perf_counter()
                 picture = self.image(i)
+            except DECODE_ERRORS:
+                bad.append(i)
+                continue
+            finally:  # a file that fails to decode took decoding time too
                 self.decode_seconds += time.perf_counter() - start
+            try:
                 self.transform(picture, out=images[len(readable)])
                 readable.append(i)
             except DECODE_ERRORS:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +147,14 @@ def _unreadable(data: bytes) -> str:
     return "not an image file, or a format Pillow cannot read"
 
 
+# Pillow's guard against decompression bombs, applied to the pixels a decode produces rather
+# than to the size a file declares: a 100 MP panorama decoded at 1/8 for a model is 1.6 MP and
+# safe, a PNG that declares 100 MP is refused. Every image wastecls reads goes through
+# decode_image, which checks this limit itself.
+MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+Image.MAX_IMAGE_PIXELS = None
+
+
 def decode_image(data: bytes, reduce: int | Reduction = 0
                  ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an image completely, apply its EXIF orientation, return it as 8-bit RGB with its
@@ -162,23 +169,33 @@ def decode_image(data: bytes, reduce: int | Reduction = 0
     """
     if not data:
         raise ValueError("empty file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            if not (_is_heif(data) and _register_heif()):
-                raise UnidentifiedImageError(_unreadable(data)) from None
-            image = Image.open(io.BytesIO(data))
-        full = oriented_size(image)
-        if reduce and image.format == "JPEG":
-            factor = reduce(*full) if callable(reduce) else min(full) / reduce
-            if factor >= 2:  # the decoder keeps at least the size asked for
-                image.draft("RGB", (math.ceil(image.width / factor),
-                                    math.ceil(image.height / factor)))
-        image.load()
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if not (_is_heif(data) and _register_heif()):
+            raise UnidentifiedImageError(_unreadable(data)) from None
+        image = Image.open(io.BytesIO(data))
+    reducible = bool(reduce) and image.format == "JPEG"
+    # Before anything reads further (a PNG's EXIF lies after its pixels): the fewest pixels the
+    # decoder can produce, then, after the JPEG decoder's reduction, the pixels it will produce.
+    _refuse_bomb(image.size, image.width * image.height // (64 if reducible else 1))
+    full = oriented_size(image)
+    if reducible:
+        factor = reduce(*full) if callable(reduce) else min(full) / reduce
+        if factor >= 2:  # the decoder keeps at least the size asked for
+            image.draft("RGB", (math.ceil(image.width / factor),
+                                math.ceil(image.height / factor)))
+        _refuse_bomb(full, image.width * image.height)
+    image.load()
     ImageOps.exif_transpose(image, in_place=True)  # upright photos: no copy
     return to_rgb(image), full
+
+
+def _refuse_bomb(size: tuple[int, int], pixels: int) -> None:
+    if pixels > MAX_DECODED_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{size[0]}x{size[1]} would decode to at least {pixels:,} pixels, more than the "
+            f"{MAX_DECODED_PIXELS:,} allowed (a decompression bomb?)")
 
 
 def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
