@@ -89,6 +89,12 @@ def test_half_and_int8_report_accuracy(model, prepared, tmp_path):
     assert "QuantizeLinear" not in readers and "DequantizeLinear" not in writers  # ends in float
 
 
+def test_out_may_be_a_folder_to_write_into(model, tmp_path):
+    result = run_cli("export", "-m", model, "--onnx", "--out", tmp_path, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [str(tmp_path / f"{Path(model).stem}.onnx")]
+
+
 def test_failed_verification_leaves_no_file(model, monkeypatch):
     monkeypatch.setattr(export_module, "FP32_TOLERANCE", 0.0)
     result = run_cli("export", "-m", model, "--onnx")

@@ -339,9 +339,14 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
 
 
 def _target(settings: ExportSettings, source: Path, suffix: str) -> Path:
-    """--out, or the checkpoint's path (the current folder for the built-in model, whose
-    folder belongs to the installation), with the format's suffix."""
-    base = settings.out or (Path(source.stem) if is_builtin(source) else source.with_suffix(""))
+    """--out (inside it, named as the checkpoint, when it is a folder), or the checkpoint's path
+    (the current folder for the built-in model, whose folder belongs to the installation), with
+    the format's suffix."""
+    if settings.out is not None and settings.out.is_dir():
+        base = settings.out / source.stem
+    else:
+        base = settings.out or (Path(source.stem) if is_builtin(source) else
+                                source.with_suffix(""))
     return base if base.suffix == suffix else base.with_suffix(suffix)
 
 

@@ -382,7 +382,8 @@ class ExportSettings(CommandSettings):
     onnx: bool = Field(False, description="Write an ONNX model (onnxruntime, web, mobile).")
     torchscript: bool = Field(False, description="Write a traced TorchScript module.")
     out: Path | None = Field(
-        None, description="Output file (default: beside the checkpoint, e.g. best.onnx)."
+        None, description="Output file, or an existing folder to write into (default: beside "
+        "the checkpoint, e.g. best.onnx)."
     )
     opset: int = Field(18, ge=1, description="ONNX opset version (18 up to the newest the "
                        "installed torch exports).")
