@@ -393,11 +393,13 @@ def test_read_only_and_odd_destinations(trained, prepared, read_only, tmp_path):
         ("train", "--data", prepared, "--project", a_file, "--arch", TINY["arch"],
          "--no-pretrained"),
         ("export", "-m", model, "--onnx", "--out", read_only / "m.onnx"),
+        ("predict", "-m", model, prepared / "test", "--output", tmp_path),  # a folder: refused
+        ("pseudolabel", "-m", model, "--data", prepared / "test", "--out", tmp_path),  # first
     ]
     for case in cases:
         result = run_cli(*case, "--backend", "torch") if case[0] == "predict" else run_cli(*case)
         assert result.exit_code == 1, (case, result.output)
-        _one_paragraph(result)
+        assert "predict (" not in _one_paragraph(result)  # before the work: no progress line
     assert a_file.read_text() == "x"
 
 

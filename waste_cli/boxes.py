@@ -19,7 +19,13 @@ from waste_cli.backends import Runner, find_model
 from waste_cli.console import Reporter
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
-from waste_cli.fileio import atomic_path, atomic_text, check_no_overlap, ensure_writable
+from waste_cli.fileio import (
+    atomic_path,
+    atomic_text,
+    check_no_overlap,
+    ensure_file_writable,
+    ensure_writable,
+)
 from waste_cli.inference import EvalImages, Speed
 from waste_cli.predict import classify, open_model, output_format
 from waste_cli.settings import PredictSettings
@@ -185,10 +191,10 @@ def predict_boxes(settings: PredictSettings, stdout: IO[str],
               ("--boxes", settings.boxes), ("--coco-images", settings.coco_images)]
     check_no_overlap([("--output", settings.output), ("--save-images", settings.save_images)],
                      inputs)
-    for folder, what in ((settings.output and settings.output.parent, "--output folder"),
-                         (settings.save_images, "--save-images folder")):
-        if folder is not None:
-            ensure_writable(folder, what)
+    if settings.output is not None:
+        ensure_file_writable(settings.output, "--output")
+    if settings.save_images is not None:
+        ensure_writable(settings.save_images, "--save-images folder")
     detections, skipped, below = load_boxes(settings)
     for entry in skipped[:20]:
         reporter.warn(f"skipped {entry}")

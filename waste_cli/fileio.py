@@ -23,8 +23,8 @@ from typing import IO, Any
 from waste_cli.errors import ConfigError, WasteclsError
 
 __all__ = ["atomic_path", "atomic_text", "atomic_write_text", "check_no_overlap",
-           "describe_os_error", "ensure_writable", "file_sha256", "read_structured",
-           "remove_stale_temporaries", "temporary_name", "write_error"]
+           "describe_os_error", "ensure_file_writable", "ensure_writable", "file_sha256",
+           "read_structured", "remove_stale_temporaries", "temporary_name", "write_error"]
 
 
 def temporary_name(path: Path, tag: str) -> Path:
@@ -184,6 +184,13 @@ def ensure_writable(folder: Path, what: str) -> None:
     finally:
         if probe is not None:
             Path(probe).unlink(missing_ok=True)
+
+
+def ensure_file_writable(path: Path, what: str) -> None:
+    """`ensure_writable` for an output file: its folder, and no folder of its name in the way."""
+    ensure_writable(path.parent, f"{what} folder")
+    if path.is_dir():
+        raise write_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), path, what)
 
 
 _ADVICE = {

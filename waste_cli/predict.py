@@ -22,7 +22,7 @@ from waste_cli.backends import Runner, find_model, open_runner
 from waste_cli.console import Reporter
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_text, check_no_overlap, ensure_writable
+from waste_cli.fileio import atomic_text, check_no_overlap, ensure_file_writable
 from waste_cli.inference import EvalImages, Speed, iterate_batches
 from waste_cli.policy import choose_backend, default_batch_size
 from waste_cli.settings import InferenceSettings, PredictSettings
@@ -221,7 +221,7 @@ def predict(settings: PredictSettings, stdout: IO[str],
                          [("model", model_path),
                           *(("input", Path(i)) for i in settings.inputs if Path(i).exists()),
                           *(("input", p) for p in paths)])
-        ensure_writable(settings.output.parent, "--output folder")
+        ensure_file_writable(settings.output, "--output")
     model_path, runner = open_model(settings, reporter, model_path)
     fmt = output_format(settings)
     count, speed = 0, Speed()

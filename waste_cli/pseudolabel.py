@@ -16,7 +16,13 @@ from waste_cli.checkpoint import load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import PSEUDO_SPLIT
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_path, atomic_write_text, check_no_overlap, ensure_writable
+from waste_cli.fileio import (
+    atomic_path,
+    atomic_write_text,
+    check_no_overlap,
+    ensure_file_writable,
+    ensure_writable,
+)
 from waste_cli.predict import expand_inputs, open_model, predict_stream
 from waste_cli.settings import PredictSettings, PseudolabelSettings
 
@@ -50,7 +56,7 @@ def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
     folder = settings.data or _default_pool(model_path)
     check_no_overlap([("--out", settings.out), ("--copy-to", settings.copy_to)],
                      [("model", model_path), ("data", folder)])
-    ensure_writable(settings.out.parent, "--out folder")
+    ensure_file_writable(settings.out, "--out")
     if settings.copy_to is not None:
         ensure_writable(settings.copy_to, "--copy-to folder")
     model_path, runner = open_model(settings, reporter, model_path)
