@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from waste_cli.errors import ConfigError
-from waste_cli.settings import PrepareSettings, load_settings
+from waste_cli.settings import PrepareSettings, TrainSettings, load_settings
 
 BASE = {"source": "raw", "out": "data"}
 
@@ -88,3 +88,9 @@ def test_flag_reference_is_generated_from_the_app(tmp_path):
                     "wastecls", "--output", str(fresh)], check=True, capture_output=True)
     committed = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
     assert committed.read_text() == fresh.read_text(), "docs/cli.md is stale: run `make docs`"
+
+
+def test_resume_takes_the_run_folder_or_its_last_pt(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    for given in (tmp_path, tmp_path / "last.pt"):
+        assert load_settings(TrainSettings, {"resume": given}, None).resume == tmp_path

@@ -221,8 +221,11 @@ class TrainSettings(ModelRunSettings):
     project: Path = Field(Path("runs/train"), description="Folder that holds the run folders.")
     name: str = Field("exp", description="Run folder name (exp, exp2, ... if it exists).")
     resume: Path | None = Field(
-        None, description="Continue the run in this folder from its last.pt."
+        None, description="Continue the run in this folder (or of this last.pt) from its "
+        "last.pt."
     )
+    _resume_folder = field_validator("resume")(  # `--resume runs/train/exp/last.pt` works too
+        lambda path: path.parent if path is not None and path.is_file() else path)
     pseudolabel: Literal["none", "per-batch", "per-epoch"] = Field(
         "none", description="Train on confident pseudo-labels of unlabelled images."
     )
