@@ -78,6 +78,21 @@ def test_corrupt_truncated_empty_small_and_non_images_are_reported(sample_copy, 
     assert sum(sum(c.values()) for c in result.counts.values()) == 72
 
 
+def test_hidden_files_and_folders_are_not_photos(sample_copy, tmp_path):
+    """A camera card's .thumbnails/ and macOS's ._ copies carry .jpg names: never data."""
+    photo = next((sample_copy / "glass").glob("*.jpg"))
+    (sample_copy / "glass" / ".thumbnails").mkdir()
+    shutil.copy(photo, sample_copy / "glass" / ".thumbnails" / "thumb.jpg")
+    (sample_copy / "glass" / f"._{photo.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    result = _run(source=sample_copy, out=tmp_path / "out")
+    assert not result.skipped
+    assert sum(sum(c.values()) for c in result.counts.values()) == 72
+    predicted = run_cli("predict", "-m", "trashnet-lite0", sample_copy / "glass", "--format",
+                        "csv")
+    assert predicted.exit_code == 0 and "thumb" not in predicted.stdout
+    assert len(predicted.stdout.splitlines()) == 1 + 12
+
+
 def test_exif_orientation_is_applied(sample_copy, tmp_path):
     src = next((sample_copy / "glass").glob("*.jpg"))
     image = Image.open(src)

@@ -43,9 +43,14 @@ def is_image_path(path: Path) -> bool:
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under `folder`, sorted so that every run sees the same order."""
+    """Image files under `folder`, sorted so that every run sees the same order.
+
+    Hidden files and folders are left out, as a shell's `*` leaves them: a camera card's
+    `.thumbnails/`, the `._IMG_0001.jpg` copies macOS leaves on other disks, and wastecls's own
+    temporaries carry image suffixes but are not the user's photos."""
     pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.is_file() and is_image_path(p))
+    return sorted(p for p in pattern if p.is_file() and is_image_path(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def class_folders(root: Path) -> list[str]:
