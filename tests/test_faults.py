@@ -297,7 +297,7 @@ def test_ctrl_c_predict_exits_130(onnx_model, many_images, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "Interrupted" in err and "Traceback" not in err, err
     assert not output.exists() and not list(tmp_path.iterdir())
 
 

@@ -33,7 +33,7 @@ from waste_cli.data.sources import DECODE_ERRORS, box_reduction, cut_box, decode
 from waste_cli.data.transforms import eval_transform
 from waste_cli.errors import WasteclsError
 from waste_cli.policy import TASK_IMAGES, plan_workers
-from waste_cli.processes import die_with_parent
+from waste_cli.processes import die_with_parent, interrupts_held
 
 if TYPE_CHECKING:
     from waste_cli.backends import Runner
@@ -231,7 +231,8 @@ def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner |
                              initargs=(images, runner, threads, os.getpid())) as pool:
         try:
             for task in tasks:
-                pending.append(pool.submit(_work, task))
+                with interrupts_held():  # the first submit forks the workers
+                    pending.append(pool.submit(_work, task))
                 if len(pending) >= 2 * count:
                     yield from pending.popleft().result()
             while pending:

@@ -9,14 +9,10 @@ exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +65,7 @@ from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, freeze_layers, resolve_arch
 from waste_cli.plots import plot_confusion_matrix, plot_curves
 from waste_cli.policy import default_workers
+from waste_cli.processes import interrupts_held
 from waste_cli.pseudo import (
     PerBatchPseudo,
     PerEpochPseudo,
@@ -193,22 +190,6 @@ def improved(monitor: str, row: dict[str, Any], state: TrainState) -> bool:
         return value < best
     tie_won = value == best and row["val_loss"] < state.get("best_val_loss", math.inf)
     return value > best or tie_won
-
-
-@contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so metrics.csv and last.pt always agree."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -586,7 +567,7 @@ class Trainer:
             row = {k: row[k] for k in METRIC_COLUMNS}
             if self.pseudo is not None:
                 row |= self.pseudo.columns()
-            with _deferred_interrupt():
+            with interrupts_held():
                 self.save(row, cm, log, trackers)
             if settings.patience and state["bad_epochs"] >= settings.patience:
                 self.reporter.info(f"early stop: no {settings.monitor} improvement for "
