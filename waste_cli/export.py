@@ -342,11 +342,12 @@ def _target(settings: ExportSettings, source: Path, suffix: str) -> Path:
     """--out (inside it, named as the checkpoint, when it is a folder), or the checkpoint's path
     (the current folder for the built-in model, whose folder belongs to the installation), with
     the format's suffix."""
-    if settings.out is not None and settings.out.is_dir():
-        base = settings.out / source.stem
+    if settings.out is not None:
+        base = settings.out / source.stem if settings.out.is_dir() else settings.out
+    elif is_builtin(source):
+        base = Path(source.stem)
     else:
-        base = settings.out or (Path(source.stem) if is_builtin(source) else
-                                source.with_suffix(""))
+        base = source.with_suffix("")
     return base if base.suffix == suffix else base.with_suffix(suffix)
 
 
