@@ -55,7 +55,7 @@ def camera_set(test: Path, folder: Path, per_class: int) -> list[tuple[Path, int
 
 
 def answers(model: Path, samples: list[tuple[Path, int]], full_decode: bool) -> np.ndarray:
-    from waste_cli.inference import EvalImages
+    from waste_cli.batching import EvalImages
 
     runner = OnnxRunner(model)
     images = EvalImages(samples, runner.data_config)

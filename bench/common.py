@@ -14,7 +14,7 @@ from timm.optim import create_optimizer_v2
 
 from waste_cli.models import freeze_layers
 from waste_cli.recipe import resolve_auto
-from waste_cli.settings import TrainSettings
+from waste_cli.settings import TrainOptions
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +24,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         default=Path("../shared/weights/tf_efficientnet_lite0.in1k.safetensors"))
 
 
-def default_settings(data: Path, weights: Path | None) -> TrainSettings:
+def default_settings(data: Path, weights: Path | None) -> TrainOptions:
     """What `wastecls train --data DATA --weights W` resolves its `auto` settings to on this
     CPU (a `prepare` root: its train and val images decide the cache)."""
     paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
-    return resolve_auto(TrainSettings(data=data, weights=weights), torch.device("cpu"),
+    return resolve_auto(TrainOptions(data=data, weights=weights), torch.device("cpu"),
                         paths)[0]
 
 

@@ -80,10 +80,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample prepared at 40 px (train 9 / val 1 / test 2 per class). Read-only."""
     from waste_cli.console import Reporter
     from waste_cli.data.prepare import prepare
-    from waste_cli.settings import PrepareSettings
+    from waste_cli.settings import PrepareOptions
 
     out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare(PrepareSettings(source=SAMPLE, out=out, size=40, workers=1), Reporter(quiet=True))
+    prepare(PrepareOptions(source=SAMPLE, out=out, size=40, workers=1), Reporter(quiet=True))
     return out
 
 
@@ -97,21 +97,30 @@ def tiny_trainer(data: Path, project: Path, **overrides):
 
     from waste_cli.console import Reporter
     from waste_cli.distributed import Distributed
-    from waste_cli.settings import TrainSettings
-    from waste_cli.trainer import Trainer
+    from waste_cli.settings import TrainOptions
+    from waste_cli.trainer import build_trainer
 
-    settings = TrainSettings(data=data, project=project, **{**TINY, **overrides})
-    return Trainer(settings, Reporter(quiet=True), Distributed(), torch.device("cpu"))
+    settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
+    return build_trainer(settings, Reporter(quiet=True), Distributed(), torch.device("cpu"))
 
 
 def tiny_train(data: Path, project: Path, **overrides):
     """Train the tiny timm test model on `data`; returns the TrainResult."""
     from waste_cli.console import Reporter
-    from waste_cli.settings import TrainSettings
+    from waste_cli.settings import TrainOptions
     from waste_cli.trainer import train
 
-    settings = TrainSettings(data=data, project=project, **{**TINY, **overrides})
+    settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
     return train(settings, Reporter(quiet=True))
+
+
+@pytest.fixture
+def model(trained, tmp_path) -> Path:
+    """A private copy of the trained checkpoint (export and the ONNX twin write beside it)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(trained.run_dir / "best.pt", folder / "best.pt")
+    return folder / "best.pt"
 
 
 @pytest.fixture(scope="session")

@@ -50,9 +50,9 @@ needs_checkpoint = pytest.mark.skipif(builtin_file(".pt") is None,
 def test_training_can_start_from_it(prepared, tmp_path):
     """Waste features are a better start than ImageNet's: `--weights trashnet-lite0`."""
     from waste_cli.recipe import resolve_auto
-    from waste_cli.settings import TrainSettings
+    from waste_cli.settings import TrainOptions
 
-    settings = TrainSettings(data=prepared, weights=BUILTIN_MODEL)
+    settings = TrainOptions(data=prepared, weights=BUILTIN_MODEL)
     assert settings.weights == builtin_file(".pt")
     assert resolve_auto(settings, torch.device("cpu"), [])[0].img_size == 288  # its own size
     result = run_cli("train", "--data", prepared, "--weights", BUILTIN_MODEL, "--img-size", "64",

@@ -12,11 +12,11 @@ import pytest
 from conftest import SAMPLE, run_cli
 from PIL import Image
 
+from waste_cli.batching import EvalImages, eval_short_side
 from waste_cli.data import sources
 from waste_cli.data.detections import Region
 from waste_cli.data.sources import box_reduction, decode_image
 from waste_cli.data.transforms import eval_transform
-from waste_cli.inference import EvalImages, eval_short_side
 
 CONFIG = {"input_size": [3, 288, 288], "interpolation": "bicubic", "mean": [0.5] * 3,
           "std": [0.5] * 3, "crop_pct": 0.875, "crop_mode": "center"}
@@ -96,23 +96,23 @@ def test_every_consumer_decodes_for_its_size(tmp_path):
     path = tmp_path / "camera.jpg"
     _camera_photo(path)
     seen = []
-    import waste_cli.inference as inference
+    import waste_cli.batching as batching
 
-    original = inference.decode_image
+    original = batching.decode_image
 
     def spy(data, reduce=0):
         image, full = original(data, reduce)
         seen.append(image.size)
         return image, full
 
-    inference.decode_image = spy
+    batching.decode_image = spy
     try:
         EvalImages([(path, 0)], CONFIG).batch([0])
         EvalImages([(path, 0)] * 2, CONFIG, [Region((0, 0, 2000, 2000)),
                                              Region((100, 100, 200, 200))],
                    {"size": 64}).batch([0, 1])
     finally:
-        inference.decode_image = original
+        batching.decode_image = original
     assert seen == [(504, 378), (2016, 1512)]  # one decode for both boxes, at the small one's
 
 

@@ -123,10 +123,10 @@ def test_predict_exclude_class_and_tta(trained, inputs):
 
 def test_predict_reports_where_the_time_went(trained, inputs):
     from waste_cli.predict import predict
-    from waste_cli.settings import PredictSettings
+    from waste_cli.settings import PredictOptions
 
     for workers, processes in ((0, 1), (2, 2)):
-        settings = PredictSettings(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
+        settings = PredictOptions(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
                                    backend="torch", workers=workers, batch_size=1, quiet=True)
         result = predict(settings, io.StringIO())
         speed = result.speed

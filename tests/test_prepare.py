@@ -16,7 +16,7 @@ from waste_cli.console import Reporter
 from waste_cli.data.prepare import prepare
 from waste_cli.data.split import split_groups
 from waste_cli.errors import DataError
-from waste_cli.settings import PrepareSettings
+from waste_cli.settings import PrepareOptions
 
 
 def _files(root: Path) -> list[str]:
@@ -24,7 +24,7 @@ def _files(root: Path) -> list[str]:
 
 
 def _run(**kwargs):
-    return prepare(PrepareSettings(**{"workers": 1, **kwargs}), Reporter(quiet=True))
+    return prepare(PrepareOptions(**{"workers": 1, **kwargs}), Reporter(quiet=True))
 
 
 def test_folder_dataset_split_is_stratified_and_complete(sample_dir, tmp_path):

@@ -15,10 +15,10 @@ import torch
 from conftest import SAMPLE, run_cli, tiny_train
 from PIL import Image
 
+from waste_cli.batching import run_labelled
 from waste_cli.console import Reporter
 from waste_cli.data.loading import weighted_sampler
 from waste_cli.errors import DataError
-from waste_cli.inference import run_labelled
 from waste_cli.pseudo import MixedSampler, label_pool, load_pool, pseudo_weight
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
@@ -83,10 +83,10 @@ def test_mixed_sampler_keeps_the_weighted_labelled_draws():
 @pytest.fixture(scope="module")
 def with_pool(tmp_path_factory) -> Path:
     from waste_cli.data.prepare import prepare
-    from waste_cli.settings import PrepareSettings
+    from waste_cli.settings import PrepareOptions
 
     out = tmp_path_factory.mktemp("pool") / "data"
-    prepare(PrepareSettings(source=SAMPLE, out=out, size=40, workers=1, unlabeled_frac=0.5),
+    prepare(PrepareOptions(source=SAMPLE, out=out, size=40, workers=1, unlabeled_frac=0.5),
             Reporter(quiet=True))
     return out
 

@@ -12,13 +12,13 @@ from waste_cli import recipe
 from waste_cli.models import load_weights
 from waste_cli.pseudo import PseudoContext
 from waste_cli.recipe import resolve_auto
-from waste_cli.settings import TrainSettings
+from waste_cli.settings import TrainOptions
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
 
 
 def _resolve(data, device=CPU, **fields):
-    settings = TrainSettings(data=data, **fields)
+    settings = TrainOptions(data=data, **fields)
     paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
     resolved, choices = resolve_auto(settings, device, paths)
     return resolved, {c.name: c for c in choices}
@@ -116,11 +116,11 @@ def test_help_lists_the_choices():
 
 
 def test_pseudo_threshold_is_on_the_smoothed_scale(prepared):
-    settings = TrainSettings(data=prepared, label_smoothing=0.1, pseudo_threshold=0.9)
+    settings = TrainOptions(data=prepared, label_smoothing=0.1, pseudo_threshold=0.9)
     context = PseudoContext(settings, ["a", "b", "c", "d", "e", "f"], [], {}, torch.Generator(),
                             0, None, CPU, None, lambda: None)  # type: ignore[arg-type]
     assert context.min_confidence == pytest.approx(0.9 * (0.9 + 0.1 / 6))
-    plain = TrainSettings(data=prepared, label_smoothing=0.0, pseudo_threshold=0.9)
+    plain = TrainOptions(data=prepared, label_smoothing=0.0, pseudo_threshold=0.9)
     assert PseudoContext(plain, ["a", "b"], [], {}, torch.Generator(), 0, None, CPU, None,
                          lambda: None).min_confidence == pytest.approx(0.9)  # type: ignore
 

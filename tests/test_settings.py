@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli
 
 from waste_cli.errors import ConfigError
-from waste_cli.settings import PrepareSettings, TrainSettings, load_settings
+from waste_cli.settings import PrepareOptions, TrainOptions, load_settings
 
 BASE = {"source": "raw", "out": "data"}
 
@@ -20,7 +20,7 @@ def test_precedence_flag_env_file_default(tmp_path, monkeypatch):
     config.write_text("seed = 7\n[prepare]\nsize = 128\nmin_size = 40\nval_frac = 0.3\n")
     monkeypatch.setenv("WASTECLS_MIN_SIZE", "50")
     monkeypatch.setenv("WASTECLS_VAL_FRAC", "0.2")
-    s = load_settings(PrepareSettings, {**BASE, "val_frac": 0.15}, config)
+    s = load_settings(PrepareOptions, {**BASE, "val_frac": 0.15}, config)
     assert s.val_frac == 0.15  # flag beats env and file
     assert s.min_size == 50  # env beats file
     assert s.size == 128 and s.seed == 7  # file (section and top level) beats default
@@ -31,7 +31,7 @@ def test_yaml_config_and_env_config_path(tmp_path, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text("prepare:\n  size: 64\n  square: true\n")
     monkeypatch.setenv("WASTECLS_CONFIG", str(config))
-    s = load_settings(PrepareSettings, BASE)
+    s = load_settings(PrepareOptions, BASE)
     assert s.size == 64 and s.square is True
 
 
@@ -39,7 +39,7 @@ def test_written_config_repeats_the_run(sample_dir, tmp_path):
     out = tmp_path / "a"
     assert run_cli("prepare", sample_dir, "--out", out, "--size", "48", "--seed", "3",
                    "-q").exit_code == 0
-    again = load_settings(PrepareSettings, {"out": tmp_path / "b"}, out / "config.yaml")
+    again = load_settings(PrepareOptions, {"out": tmp_path / "b"}, out / "config.yaml")
     assert (again.size, again.seed, again.source) == (48, 3, sample_dir)
 
 
@@ -60,7 +60,7 @@ def test_config_file_errors_name_the_problem(tmp_path, text, suffix, message):
     config = tmp_path / f"c{suffix}"
     config.write_text(text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        load_settings(PrepareSettings, BASE, config)
+        load_settings(PrepareOptions, BASE, config)
 
 
 def test_missing_config_file_and_bad_env_value_via_cli(tmp_path):
@@ -93,4 +93,4 @@ def test_flag_reference_is_generated_from_the_app(tmp_path):
 def test_resume_takes_the_run_folder_or_its_last_pt(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
     for given in (tmp_path, tmp_path / "last.pt"):
-        assert load_settings(TrainSettings, {"resume": given}, None).resume == tmp_path
+        assert load_settings(TrainOptions, {"resume": given}, None).resume == tmp_path

@@ -276,7 +276,7 @@ def test_flags_that_change_training(prepared, tmp_path):
     assert trainer.loss_fn.label_smoothing == 0.0
     torch.testing.assert_close(trainer.loss_fn.weight, torch.ones(6))  # a balanced split
     assert not trainer.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
-    row = trainer.train_one_epoch(0, trainer.train_loader, set())
+    row, _ = trainer.train_one_epoch(0, trainer.train_loader)
     assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
 
 
@@ -284,7 +284,7 @@ def _weights_before_and_after(prepared, tmp_path, **overrides):
     """The model's state when training starts and after one epoch."""
     trainer = tiny_trainer(prepared, tmp_path, lr=0.05, **overrides)
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train_one_epoch(0, trainer.train_loader, set())
+    trainer.train_one_epoch(0, trainer.train_loader)
     return before, trainer.model.state_dict()
 
 
@@ -337,7 +337,7 @@ def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path):
     trainer = tiny_trainer(prepared, tmp_path, freeze_epochs=1, epochs=2, layer_decay=0.7)
     trainable = []
     for epoch in range(2):
-        trainer.train_one_epoch(epoch, trainer.train_loader, set())
+        trainer.train_one_epoch(epoch, trainer.train_loader)
         trainable.append(sum(p.requires_grad for p in trainer.model.parameters()))
     assert trainable[0] == 2 and trainable[1] > 2  # head weight + bias, then everything
 
@@ -361,10 +361,10 @@ def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
     data = tmp_path / "noval"
     shutil.copytree(prepared, data)
     shutil.rmtree(data / "val")
-    from waste_cli.settings import TrainSettings
+    from waste_cli.settings import TrainOptions
     from waste_cli.trainer import load_train_data
 
-    split = load_train_data(TrainSettings(data=data, val_frac=0.25, **TINY))
+    split = load_train_data(TrainOptions(data=data, val_frac=0.25, **TINY))
     assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)
     assert not {p for p, _ in split.val} & {p for p, _ in split.train}
 

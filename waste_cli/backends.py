@@ -1,6 +1,6 @@
 """Model runners: one interface over a PyTorch checkpoint and an ONNX file (Ultralytics'
 AutoBackend). They only load and run; which one to use, and whether to export a checkpoint
-first, is decided by `policy` and the commands.
+first, is decided by the inference core (inference.py).
 
 Every runner carries the class names and the data config it was trained with, so callers
 preprocess exactly as training did and never re-derive anything. Runners take and return numpy
@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from waste_cli.builtin import BUILTIN_MODEL, builtin_file
-from waste_cli.console import Reporter
 from waste_cli.errors import ModelError
 
 if TYPE_CHECKING:
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
 
     from waste_cli.checkpoint import Checkpoint
 
-__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "find_model", "open_runner"]
+__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "open_runner"]
 
 ONNX_META_KEY = "wastecls"
 
@@ -142,31 +140,6 @@ class OnnxRunner:
 
     def __getstate__(self) -> dict[str, Any]:  # spawned workers: the session stays here
         return {**self.__dict__, "_session": None}
-
-
-def find_model(model: Path | None, reporter: Reporter) -> Path:
-    """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
-    built-in one."""
-    if model is not None:
-        if not model.is_file():
-            what = "is a folder" if model.is_dir() else "does not exist"
-            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
-                             ".onnx from `wastecls export`.")
-        return model
-    candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    builtin = builtin_file(".onnx")
-    if not candidates and builtin is not None:
-        classes = OnnxRunner(builtin).classes
-        reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "
-                      f"{', '.join(classes)}); give --model to use your own")
-        return builtin
-    if not candidates:
-        raise ModelError(
-            "No model given and no runs/train/*/best.pt under the current folder. Pass "
-            "--model FILE (a best.pt or an exported .onnx) or set WASTECLS_MODEL."
-        )
-    reporter.info(f"using the newest trained model: {candidates[-1]}")
-    return candidates[-1]
 
 
 def open_runner(path: Path, device: torch.device | None) -> Runner:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from waste_cli.backends import Runner, find_model
+from waste_cli.backends import Runner
+from waste_cli.batching import EvalImages, Speed
 from waste_cli.console import Reporter
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
@@ -26,9 +27,9 @@ from waste_cli.fileio import (
     ensure_file_writable,
     ensure_writable,
 )
-from waste_cli.inference import EvalImages, Speed
-from waste_cli.predict import classify, open_model, output_format
-from waste_cli.settings import PredictSettings
+from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
+from waste_cli.predict import classify_options, output_format
+from waste_cli.settings import PredictOptions
 
 __all__ = ["BoxPrediction", "BoxesResult", "classify_boxes", "load_boxes", "predict_boxes",
            "save_pictures", "write_boxes"]
@@ -37,11 +38,10 @@ DRAW_SHORT_SIDE = 1280  # pictures of the labelled boxes are drawn at about this
 
 
 @dataclass
-class BoxPrediction:
-    detection: Detection
-    labels: list[str] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-    error: str = ""
+class BoxPrediction(Classified):
+    """The answer for one detector box."""
+
+    detection: Detection | None = None
 
 
 @dataclass
@@ -55,7 +55,7 @@ class BoxesResult:
     speed: Speed
 
 
-def load_boxes(settings: PredictSettings) -> tuple[list[Detection], list[dict[str, Any]], int]:
+def load_boxes(settings: PredictOptions) -> tuple[list[Detection], list[dict[str, Any]], int]:
     """The detections to classify, ordered image by image; the skipped entries; how many
     were under --min-score."""
     assert settings.boxes is not None and settings.images is not None  # settings checked
@@ -65,14 +65,13 @@ def load_boxes(settings: PredictSettings) -> tuple[list[Detection], list[dict[st
     return [kept[i] for i in order], skipped, len(found) - len(kept)
 
 
-def classify_boxes(runner: Runner, detections: list[Detection], settings: PredictSettings,
+def classify_boxes(runner: Runner, detections: list[Detection], options: ClassifyOptions,
                    reporter: Reporter, speed: Speed) -> Iterator[BoxPrediction]:
     """One BoxPrediction per detection, in order."""
     images = EvalImages([(d.image, -1) for d in detections], runner.data_config,
                         [d.region for d in detections], runner.crop)
-    for i, labels, probs, error in classify(runner, images, settings, reporter, speed,
-                                            "classify boxes"):
-        yield BoxPrediction(detections[i], labels, probs, error)
+    for i, answer in classify(runner, images, options, reporter, speed, "classify boxes"):
+        yield BoxPrediction(answer.labels, answer.probs, answer.error, detections[i])
 
 
 def _box_columns(detection: Detection) -> list[str]:
@@ -110,17 +109,12 @@ class _BoxWriter:
             self.handle.write(("\n" if self.first else ",\n") + json.dumps(record))
             self.first = False
         elif self.fmt == "csv":
-            cells = [c for label, p in zip(item.labels, item.probs, strict=True)
-                     for c in (label, f"{p:.6f}")]
-            cells += [""] * (2 * self.top_k - len(cells))
             score = "" if detection.score is None else f"{detection.score:g}"
-            self.csv.writerow([str(detection.image), *_box_columns(detection), score, *cells,
-                               item.error])
+            self.csv.writerow([str(detection.image), *_box_columns(detection), score,
+                               *item.cells(self.top_k), item.error])
         else:
-            shown = "  ".join(f"{label} {p:.1%}" for label, p in zip(item.labels, item.probs,
-                                                                      strict=True))
             box = " ".join(_box_columns(detection)[:4])
-            self.handle.write(f"{detection.image} [{box}]  {shown or 'ERROR ' + item.error}\n")
+            self.handle.write(f"{detection.image} [{box}]  {item.shown()}\n")
 
     def close(self) -> None:
         if self.fmt == "json":
@@ -180,7 +174,7 @@ def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: P
     return written
 
 
-def predict_boxes(settings: PredictSettings, stdout: IO[str],
+def predict_boxes(settings: PredictOptions, stdout: IO[str],
                   reporter: Reporter | None = None) -> BoxesResult:
     """Classify every detection of --boxes; write the results to --output (atomically) or
     `stdout` as they come, and the pictures to --save-images."""
@@ -196,13 +190,10 @@ def predict_boxes(settings: PredictSettings, stdout: IO[str],
     if settings.save_images is not None:
         ensure_writable(settings.save_images, "--save-images folder")
     detections, skipped, below = load_boxes(settings)
-    for entry in skipped[:20]:
-        reporter.warn(f"skipped {entry}")
-    if len(skipped) > 20:
-        reporter.warn(f"... and {len(skipped) - 20} more skipped entries")
-    model_path, runner = open_model(settings, reporter, model_path)
+    reporter.warn_some([f"skipped {entry}" for entry in skipped])
+    runner = open_model(model_path, settings.device, settings.backend, reporter)
     fmt, speed = output_format(settings), Speed()
-    stream = classify_boxes(runner, detections, settings, reporter, speed)
+    stream = classify_boxes(runner, detections, classify_options(settings), reporter, speed)
     if settings.output is None:
         done = write_boxes(stream, fmt, stdout, settings.top_k, runner.classes)
     else:

@@ -46,7 +46,7 @@ class Checkpoint(TypedDict):
     model: dict[str, torch.Tensor]  # state dict (the EMA weights when --ema)
     metrics: dict[str, Any]  # the epoch's metrics.csv row
     epoch: int
-    settings: dict[str, Any]  # the run's resolved TrainSettings
+    settings: dict[str, Any]  # the run's resolved TrainOptions
     wastecls_version: str
 
 

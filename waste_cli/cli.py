@@ -27,21 +27,41 @@ from waste_cli import __version__
 from waste_cli.errors import WasteclsError
 from waste_cli.fileio import describe_os_error
 from waste_cli.settings import (
-    CommandSettings,
-    EvaluateSettings,
-    ExportSettings,
-    ModelRunSettings,
-    PredictSettings,
-    PrepareSettings,
-    PseudolabelSettings,
-    TrainSettings,
+    EvaluateOptions,
+    ExportOptions,
+    ModelRunOptions,
+    Options,
+    PredictOptions,
+    PrepareOptions,
+    PseudolabelOptions,
+    TrainOptions,
     flag_name,
     load_settings,
 )
 
+
+class _FlagsWithoutType:
+    """Flags (--help, --version, --no-x) show no `<bool>` type in --help: they take no value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsWithoutType, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_FlagsWithoutType, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="wastecls",
-    help="Train, evaluate and ship image classifiers for waste and litter.",
+    cls=_Group,
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -54,13 +74,15 @@ out_console = Console(highlight=False)
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML/YAML config file (flags and WASTECLS_* win).",
-                 show_default=False, rich_help_panel="Run"),
+                 show_default=False),
 ]
 
 
 def _help(info: FieldInfo) -> str:
     """The field's description and its default (flags themselves default to "not given")."""
     text = info.description or ""
+    if info.is_required():
+        text += " \\[required]"
     if not any(info.default is v for v in (PydanticUndefined, None, False)):
         text += f" \\[default: {info.default}]"
     return text
@@ -70,6 +92,8 @@ def _plain(annotation: Any) -> Any:
     """The type Typer parses a field as: `X | None` -> X (Literal fields list their values in
     --help); a union such as `int | Literal["auto"]`, which Typer cannot parse, -> str.
     Pydantic validates the value afterwards."""
+    if get_origin(annotation) is Annotated:  # a validated type: Typer parses its base
+        annotation = get_args(annotation)[0]
     if get_origin(annotation) not in (Union, UnionType):
         return annotation
     args = [a for a in get_args(annotation) if a is not type(None)]
@@ -78,6 +102,8 @@ def _plain(annotation: Any) -> Any:
 
 def _metavar(annotation: Any) -> str | None:
     """`<int|auto>` for a number-or-word union; None lets Typer choose."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
     if get_origin(annotation) not in (Union, UnionType) or _plain(annotation) is not str:
         return None
     names = []
@@ -90,7 +116,8 @@ def _metavar(annotation: Any) -> str | None:
     return "<" + "|".join(names) + ">"
 
 
-# --help panels, grouped as the README groups the flags; fields not named here go to "Run".
+# --help panels, grouped as the README groups the flags; fields not named here, and a panel
+# that would hold one flag only, go to the first panel, "Options", beside --help.
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "boxes", "images", "coco_images", "min_score", "val_frac", "test_frac",
              "unlabeled_frac", "size", "min_size", "quality", "square", "zoom", "background",
@@ -99,7 +126,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Model and weights": ("model", "arch", "pretrained", "weights", "drop_rate", "backend",
                           "freeze_backbone", "freeze_epochs", "freeze_layers"),
     "Optimisation": ("opt", "lr", "weight_decay", "layer_decay", "sched", "warmup_epochs",
-                     "lr_decay", "decay_epochs", "epochs", "batch_size", "label_smoothing",
+                     "lr_decay", "decay_epochs", "epochs", "label_smoothing",
                      "class_weights", "ema", "ema_decay", "amp", "channels_last"),
     "Selection": ("monitor", "patience"),
     "Pseudo-labels": ("pseudolabel", "pseudo_data", "pseudo_start", "pseudo_threshold",
@@ -109,11 +136,18 @@ PANELS: dict[str, tuple[str, ...]] = {
                "calib_data", "verify", "verify_data", "max_drop", "overwrite"),
     "Tracking": ("neptune", "neptune_mode", "neptune_project"),
 }
-_PANEL_OF = {field: panel for panel, fields in PANELS.items() for field in fields}
+
+
+def _panels(fields: list[str]) -> dict[str, str]:
+    """The --help panel of each of a command's fields."""
+    panel_of = {field: panel for panel, names in PANELS.items() for field in names}
+    sizes = {panel: sum(panel_of.get(f) == panel for f in fields) for panel in PANELS}
+    return {f: panel_of[f] if sizes.get(panel_of.get(f, ""), 0) > 1 else "Options"
+            for f in fields}
 
 
 def settings_command(
-    cls: type[CommandSettings],
+    cls: type[Options],
     *,
     short: dict[str, tuple[str, ...]] | None = None,
     examples: list[str] | None = None,
@@ -126,25 +160,29 @@ def settings_command(
     """
     short = {"quiet": ("--quiet", "-q"), **(short or {})}
     arguments = cls.arguments
-    shared = set(CommandSettings.model_fields) | set(ModelRunSettings.model_fields)
+    shared = set(Options.model_fields) | set(ModelRunOptions.model_fields)
+    panels = _panels(list(cls.model_fields))
 
     def decorate(body: Callable[[Any], None]) -> Callable[..., None]:
         params = []
         for name in sorted(cls.model_fields, key=lambda n: (n not in arguments, n in shared)):
             info = cls.model_fields[name]
             kind = _plain(info.annotation)
-            metavar = (f"<{get_args(kind)[0].__name__}>" if get_origin(kind) is list  # repeatable
+            metavar = (f"<{get_args(kind)[0].__name__}>..." if get_origin(kind) is list
                        else "" if kind is bool else _metavar(info.annotation))  # no <bool> noise
-            if name in arguments:
-                param = typer.Argument(help=info.description, show_default=False)
+            required = info.is_required()
+            if name in arguments:  # a required argument cannot come from a config file
+                param = typer.Argument(help=info.description, show_default=False,
+                                       metavar=name.upper())
             else:
                 decls = short.get(name) or (flag_name(name),)
                 if kind is bool and "/" not in decls[0]:
                     decls = (f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:])
                 param = typer.Option(*decls, help=_help(info), show_default=False,
-                                     rich_help_panel=_PANEL_OF.get(name, "Run"),
+                                     rich_help_panel=panels[name],
                                      **({"metavar": metavar} if metavar is not None else {}))
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+            default = ... if required and name in arguments else None
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                             annotation=Annotated[_plain(info.annotation)
                                                                  | None, param]))
         params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -175,7 +213,7 @@ def settings_command(
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__name__, command.__doc__ = body.__name__, body.__doc__
         epilog = "Examples:\n\n" + "\n\n".join(f"  {e}" for e in examples) if examples else None
-        app.command(epilog=epilog)(command)
+        app.command(cls=_Command, epilog=epilog)(command)
         return body
 
     return decorate
@@ -198,7 +236,7 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _reporter(settings: CommandSettings, stderr: bool = False) -> Any:
+def _reporter(settings: Options, stderr: bool = False) -> Any:
     """Progress and messages for the engine; on stderr when stdout carries the results."""
     from waste_cli.console import Reporter
 
@@ -218,14 +256,13 @@ def _root(
 ) -> None:
     """Train, evaluate and ship image classifiers for waste and litter.
 
-    Typical use: [bold]wastecls prepare raw/ --out data/[/] then
-    [bold]wastecls train --data data/[/], [bold]wastecls evaluate[/], [bold]wastecls predict
-    img.jpg[/] and [bold]wastecls export --onnx[/].
+    Typical use: wastecls prepare raw/ --out data/, then wastecls train --data data/,
+    wastecls evaluate, wastecls predict img.jpg and wastecls export.
     """
 
 
 @settings_command(
-    PrepareSettings,
+    PrepareOptions,
     short={"out": ("--out", "-o")},
     examples=[
         "wastecls prepare raw/trashnet --out data/",
@@ -234,7 +271,7 @@ def _root(
         "wastecls prepare raw/ --out data/ --unlabeled-frac 0.8 --size 224",
     ],
 )
-def prepare(settings: PrepareSettings) -> None:
+def prepare(settings: PrepareOptions) -> None:
     """Split a class-folder dataset, or crop a COCO dataset, into train/val/test folders."""
     from waste_cli.data.prepare import prepare as run_prepare
 
@@ -256,7 +293,7 @@ def prepare(settings: PrepareSettings) -> None:
 
 
 @settings_command(
-    TrainSettings,
+    TrainOptions,
     examples=[
         "wastecls train --data data/   # the recipe: every `auto` is printed and saved",
         "wastecls train --data data/ --weights tf_efficientnet_lite0.in1k.safetensors   # offline",
@@ -268,7 +305,7 @@ def prepare(settings: PrepareSettings) -> None:
         "train --data data/",
     ],
 )
-def train(settings: TrainSettings) -> None:
+def train(settings: TrainOptions) -> None:
     """Fine-tune a timm model on a prepared dataset; writes a run folder with best.pt."""
     from waste_cli.distributed import launch_torchrun
     from waste_cli.trainer import train as run_train
@@ -297,7 +334,7 @@ def train(settings: TrainSettings) -> None:
 
 
 @settings_command(
-    PseudolabelSettings,
+    PseudolabelOptions,
     short={"model": ("--model", "-m"), "out": ("--out", "-o")},
     examples=[
         "wastecls pseudolabel --model runs/train/exp/best.pt --data data/pseudolabel "
@@ -307,7 +344,7 @@ def train(settings: TrainSettings) -> None:
         "wastecls train --data data/ --extra-labels manifest.csv   # the next self-training round",
     ],
 )
-def pseudolabel(settings: PseudolabelSettings) -> None:
+def pseudolabel(settings: PseudolabelOptions) -> None:
     """Label an unlabelled folder: a manifest and sorted copies; exit 1 if any image failed."""
     from waste_cli.pseudolabel import pseudolabel as run_pseudolabel
 
@@ -333,7 +370,7 @@ def pseudolabel(settings: PseudolabelSettings) -> None:
 
 
 @settings_command(
-    EvaluateSettings,
+    EvaluateOptions,
     short={"json_output": ("--json",)},
     examples=[
         "wastecls evaluate runs/train/exp/best.pt --data data/ --out runs/eval/exp",
@@ -341,7 +378,7 @@ def pseudolabel(settings: PseudolabelSettings) -> None:
         "wastecls evaluate best.pt --data other_dataset/ --allow-subset",
     ],
 )
-def evaluate(settings: EvaluateSettings) -> None:
+def evaluate(settings: EvaluateOptions) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class report and confusion matrix."""
     import json
 
@@ -384,7 +421,7 @@ def evaluate(settings: EvaluateSettings) -> None:
 
 
 @settings_command(
-    PredictSettings,
+    PredictOptions,
     short={"model": ("--model", "-m")},
     examples=[
         "wastecls predict img.jpg",
@@ -395,7 +432,7 @@ def evaluate(settings: EvaluateSettings) -> None:
         "wastecls predict --boxes runs/detect/predict/labels --images photos/ --min-score 0.3",
     ],
 )
-def predict(settings: PredictSettings) -> None:
+def predict(settings: PredictOptions) -> None:
     """Classify images, folders and globs, or a detector's boxes; exit 1 if any input failed."""
     if settings.boxes is not None:
         _predict_boxes(settings)
@@ -416,7 +453,7 @@ def predict(settings: PredictSettings) -> None:
         raise typer.Exit(1)
 
 
-def _predict_boxes(settings: PredictSettings) -> None:
+def _predict_boxes(settings: PredictOptions) -> None:
     from waste_cli.boxes import predict_boxes
 
     result = predict_boxes(settings, sys.stdout, _reporter(settings, stderr=True))
@@ -438,7 +475,7 @@ def _predict_boxes(settings: PredictSettings) -> None:
 
 
 @settings_command(
-    ExportSettings,
+    ExportOptions,
     short={"model": ("--model", "-m"), "out": ("--out", "-o")},
     examples=[
         "wastecls export --onnx",
@@ -446,7 +483,7 @@ def _predict_boxes(settings: PredictSettings) -> None:
         "wastecls export --onnx --int8 --calib-data data/train --out model-int8.onnx",
     ],
 )
-def export(settings: ExportSettings) -> None:
+def export(settings: ExportOptions) -> None:
     """Export a checkpoint to ONNX / TorchScript and verify it gives the same answers."""
     from waste_cli.export import export as run_export
 

@@ -7,6 +7,7 @@ plain summary line instead of thousands of redraws.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["Bar", "Reporter"]
+__all__ = ["Bar", "Reporter", "printable", "terminal_text"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (escape sequences, newlines, carriage returns)
+    written as a visible escape (`\\x1b`, `\\n`): names from data cannot redraw the screen or
+    fake a line of output."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def terminal_text(text: object) -> str:
+    """Text from data as rich markup that prints it literally (see `printable`)."""
+    return escape(printable(str(text)))
 
 
 def _format_fields(fields: dict[str, Any]) -> str:
@@ -68,12 +83,21 @@ class Reporter:
         return self.console.is_terminal and not self.quiet
 
     def info(self, message: str) -> None:
+        """A line for the user; names from data in it are shown literally."""
         if not self.quiet:
-            self.console.print(message, soft_wrap=True)
+            self.console.print(terminal_text(message), soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+        self.console.print(f"[yellow]warning:[/] {terminal_text(message)}", soft_wrap=True)
+
+    def warn_some(self, messages: list[str], limit: int = 20) -> None:
+        """The first `limit` warnings of a long list, then how many more there are (they are
+        all in the command's report)."""
+        for message in messages[:limit]:
+            self.warn(message)
+        if len(messages) > limit:
+            self.warn(f"... and {len(messages) - limit} more")
 
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Bar]:
@@ -85,7 +109,7 @@ class Reporter:
                 rate = bar.completed / max(bar.elapsed, 1e-9)
                 fields = _format_fields(bar.fields)
                 self.console.print(
-                    f"{description}: {bar.completed}/{total} in {bar.elapsed:.1f}s "
+                    f"{terminal_text(description)}: {bar.completed}/{total} in {bar.elapsed:.1f}s "
                     f"({rate:.1f}/s) {fields}".rstrip(), soft_wrap=True
                 )
             return
@@ -99,5 +123,5 @@ class Reporter:
             TextColumn("{task.fields[fields]}"),
         )
         with Progress(*columns, console=self.console, transient=False) as progress:
-            task = progress.add_task(description, total=total, fields="")
+            task = progress.add_task(terminal_text(description), total=total, fields="")
             yield Bar(progress, task, total)

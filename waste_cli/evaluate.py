@@ -17,19 +17,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from waste_cli.backends import Runner, find_model
+from waste_cli.backends import Runner
+from waste_cli.batching import EvalImages, Speed, run_labelled
 from waste_cli.console import Reporter
 from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
-from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
+from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.errors import DataError
 from waste_cli.fileio import atomic_write_text, check_no_overlap, ensure_writable
-from waste_cli.inference import EvalImages, Speed, run_labelled
+from waste_cli.inference import find_model, open_model
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.policy import default_batch_size
-from waste_cli.predict import open_model
-from waste_cli.settings import EvaluateSettings
+from waste_cli.settings import EvaluateOptions
 from waste_cli.tracking import write_json
 
 __all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder"]
@@ -144,7 +144,7 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     }
 
 
-def _folder_images(settings: EvaluateSettings, runner: Runner, folder: Path
+def _folder_images(settings: EvaluateOptions, runner: Runner, folder: Path
                    ) -> tuple[EvalImages, Path]:
     """The labelled images of a class-folder split."""
     shared = _match_classes(runner.classes, class_folders(folder), folder,
@@ -155,16 +155,14 @@ def _folder_images(settings: EvaluateSettings, runner: Runner, folder: Path
     return EvalImages(samples, runner.data_config), folder
 
 
-def _box_images(settings: EvaluateSettings, runner: Runner, reporter: Reporter
+def _box_images(settings: EvaluateOptions, runner: Runner, reporter: Reporter
                 ) -> tuple[EvalImages, Path]:
     """The annotated boxes of a COCO file, each labelled with its (mapped) category and cropped
     as the model's training boxes were."""
     assert settings.boxes is not None and settings.images is not None  # settings checked
-    class_map = (load_class_map(settings.map) if settings.map is not None else
-                 builtin_taxonomy(settings.taxonomy) if settings.taxonomy else ClassMap())
+    class_map = choose_class_map(settings.map, settings.taxonomy)
     found, skipped = read_detections(settings.boxes, settings.images)
-    for entry in skipped[:20]:
-        reporter.warn(f"skipped {entry}")
+    reporter.warn_some([f"skipped {entry}" for entry in skipped])
     labelled = [(d, class_map(d.category)) for d in found if d.category is not None]
     labelled = [(d, label) for d, label in labelled if label is not None]
     shared = _match_classes(runner.classes, sorted({label for _, label in labelled}),
@@ -178,7 +176,7 @@ def _box_images(settings: EvaluateSettings, runner: Runner, reporter: Reporter
                       runner.crop), settings.boxes
 
 
-def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluateResult:
+def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> EvaluateResult:
     """Evaluate a checkpoint or ONNX model on a labelled folder or on annotated boxes;
     optionally write files."""
     reporter = reporter or Reporter(settings.quiet)
@@ -190,7 +188,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         ensure_writable(settings.out, "--out folder")
     # A wrong --data fails here, before the model is loaded.
     folder = labelled_folder(settings.data, settings.split) if settings.data else None
-    model_path, runner = open_model(settings, reporter, model_path)
+    runner = open_model(model_path, settings.device, settings.backend, reporter)
     images, source = (_folder_images(settings, runner, folder) if folder is not None
                       else _box_images(settings, runner, reporter))
     samples = images.samples

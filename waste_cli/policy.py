@@ -1,5 +1,5 @@
-"""Inference policy, decided in one place: which backend runs a model, in what batches, and how
-the work is spread over processes. predict, evaluate, pseudolabel and the pseudo-label pass of
+"""Inference policy, decided in one place: in what batches a model runs, and how the work is
+spread over processes. predict, evaluate, pseudolabel and the pseudo-label pass of
 training all ask here; the numbers behind each default are in BENCHMARKS.md.
 """
 
@@ -7,30 +7,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
-from waste_cli.errors import ConfigError
-
-__all__ = ["MAX_PROCESSES", "TASK_IMAGES", "choose_backend", "default_batch_size",
+__all__ = ["MAX_PROCESSES", "TASK_IMAGES", "default_batch_size",
            "default_workers", "plan_workers"]
 
 MAX_PROCESSES = 8  # each worker process holds a copy of the model
 TASK_IMAGES = 16  # images per job sent to a worker: small batches without a round trip each
-
-
-def choose_backend(model: Path, device_type: str, backend: str) -> str:
-    """`torch` or `onnxruntime` for `model` on a device of `device_type`.
-
-    `auto` runs checkpoints on a CPU through onnxruntime (faster than eager PyTorch there, and
-    the ONNX file is checked against the checkpoint before use), and on GPUs through torch.
-    """
-    if model.suffix.lower() == ".onnx":
-        if backend == "torch":
-            raise ConfigError(f"{model} is an ONNX file: use --backend onnxruntime or auto.")
-        return "onnxruntime"
-    if backend == "auto":
-        return "onnxruntime" if device_type == "cpu" else "torch"
-    return backend
 
 
 def default_batch_size(backend: str, on_cpu: bool) -> int:

@@ -22,14 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from waste_cli.backends import TorchRunner
+from waste_cli.batching import run_labelled
 from waste_cli.console import Reporter
 from waste_cli.data.loading import ImageDataset, build_loader
 from waste_cli.data.scan import TRUTH_CSV, list_images
 from waste_cli.data.transforms import train_transform
 from waste_cli.distributed import Distributed, shard
 from waste_cli.errors import DataError
-from waste_cli.inference import run_labelled
-from waste_cli.settings import TrainSettings
+from waste_cli.runtime import to_device
+from waste_cli.settings import TrainOptions
 
 __all__ = [
     "MixedSampler",
@@ -158,7 +159,7 @@ class TwoViews:
 class PseudoContext:
     """What a strategy needs from the trainer, and nothing more."""
 
-    settings: TrainSettings
+    settings: TrainOptions
     classes: list[str]
     labelled: list[tuple[Path, int]]  # the training samples
     data_config: dict[str, Any]
@@ -182,7 +183,7 @@ class PseudoContext:
 class PseudoStrategy(Protocol):
     active: bool  # whether this epoch's batches carry pseudo-labels
 
-    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+    def begin_epoch(self, epoch: int) -> DataLoader | None:
         """Prepare `epoch`; the loader to train on, or None for the labelled loader."""
         ...
 
@@ -201,19 +202,21 @@ class PerEpochPseudo:
     evaluation preprocessing, and the confident images join that epoch's training set."""
 
     def __init__(self, context: PseudoContext, pool: PseudoPool,
-                 labelled_cache: list[Any] | None, pool_cache: list[Any] | None) -> None:
-        self.context, self.pool = context, pool
+                 labelled_cache: list[Any] | None, pool_cache: list[Any] | None,
+                 teacher: Callable[[], nn.Module]) -> None:
+        """`teacher()` is the model that labels the pool: the trainer's current (EMA) model."""
+        self.context, self.pool, self.teacher = context, pool, teacher
         self.labelled_cache, self.pool_cache = labelled_cache, pool_cache
         self.active, self.weight, self.stats = False, 0.0, None
 
-    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+    def begin_epoch(self, epoch: int) -> DataLoader | None:
         ctx, settings = self.context, self.context.settings
         self.weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start,
                                     settings.pseudo_ramp, epoch)
         self.active, self.stats = self.weight > 0, None
         if not self.active:
             return None
-        accepted = self._label(teacher)
+        accepted = self._label(self.teacher())
         samples = ctx.labelled + [(self.pool.paths[i], y) for i, y in accepted]
         cache = (self.labelled_cache + [self.pool_cache[i] for i, _ in accepted]
                  if self.labelled_cache is not None and self.pool_cache is not None else None)
@@ -268,7 +271,7 @@ class PerBatchPseudo:
         self.accepted: list[tuple[str, int]] = []
         self.seen: set[int] = set()
 
-    def begin_epoch(self, epoch: int, teacher: nn.Module) -> DataLoader | None:
+    def begin_epoch(self, epoch: int) -> DataLoader | None:
         ctx, settings = self.context, self.context.settings
         self.weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start,
                                     settings.pseudo_ramp, epoch)
@@ -292,8 +295,7 @@ class PerBatchPseudo:
         through the model in one forward pass (one backward, as DDP requires)."""
         ctx = self.context
         views, _, u_indices, _ = next(self.unlabelled)
-        weak, strong = (views[:, k].to(ctx.device, non_blocking=True,
-                                       memory_format=_memory_format(ctx.settings))
+        weak, strong = (to_device(views[:, k], ctx.device, ctx.settings.channels_last)
                         for k in (0, 1))
         u_labels, u_mask = self._targets(weak, u_indices)
         logits = model(torch.cat([images, strong]))
@@ -317,10 +319,6 @@ class PerBatchPseudo:
         stats = _stats(len(self.pool.paths), self.accepted, self.pool, self.context.classes)
         stats.pool = len(self.seen) if self.active else len(self.pool.paths)
         return stats.row(self.context.classes, has_truth=bool(self.pool.truth))
-
-
-def _memory_format(settings: TrainSettings) -> torch.memory_format:
-    return torch.channels_last if settings.channels_last else torch.contiguous_format
 
 
 def _cycle(loader: DataLoader) -> Iterator[Any]:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waste_cli.backends import find_model
 from waste_cli.checkpoint import load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import PSEUDO_SPLIT
@@ -23,8 +22,9 @@ from waste_cli.fileio import (
     ensure_file_writable,
     ensure_writable,
 )
-from waste_cli.predict import expand_inputs, open_model, predict_stream
-from waste_cli.settings import PredictSettings, PseudolabelSettings
+from waste_cli.inference import ClassifyOptions, find_model, open_model
+from waste_cli.predict import expand_inputs, predict_stream
+from waste_cli.settings import PseudolabelOptions
 
 __all__ = ["PseudolabelResult", "pseudolabel"]
 
@@ -48,7 +48,7 @@ def _default_pool(model_path: Path) -> Path:
                       "has no pseudolabel/ folder).")
 
 
-def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
+def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
                 ) -> PseudolabelResult:
     """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
     reporter = reporter or Reporter(settings.quiet)
@@ -59,11 +59,10 @@ def pseudolabel(settings: PseudolabelSettings, reporter: Reporter | None = None
     ensure_file_writable(settings.out, "--out")
     if settings.copy_to is not None:
         ensure_writable(settings.copy_to, "--copy-to folder")
-    model_path, runner = open_model(settings, reporter, model_path)
+    runner = open_model(model_path, settings.device, settings.backend, reporter)
     paths, failed = expand_inputs([str(folder)])
-    options = PredictSettings(inputs=[str(folder)], top_k=2, workers=settings.workers,
-                              batch_size=settings.batch_size,
-                              exclude_class=settings.exclude_class, quiet=True)
+    options = ClassifyOptions(top_k=2, exclude_class=tuple(settings.exclude_class),
+                              batch_size=settings.batch_size, workers=settings.workers)
     accepted: dict[str, list[float]] = defaultdict(list)
     rows, names = [["path", "label", "confidence", "margin", "accepted"]], set()
     for item in predict_stream(runner, paths, options, reporter):

@@ -1,4 +1,10 @@
-"""What `auto` means for each training setting, on this device and this data.
+"""Resolve, then build: every choice of a training run, made once, before anything is built.
+
+`resolve_run` turns the options into a `RunPlan`: every `auto` decided (below), the defaults that
+depend on other settings (the schedule's, the loader's), and, for `--resume`, the saved run's
+options merged with this call's. The trainer only wires objects together from the plan.
+
+What `auto` means for each training setting, on this device and this data:
 
 The defaults are a recipe, not a guess: on a CPU the one measured in BENCHMARKS.md (a higher
 resolution than pretraining, early stages frozen, light augmentation, images cached in RAM), on
@@ -12,17 +18,27 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from waste_cli.checkpoint import CHECKPOINT_FORMAT, load_tensors
+from waste_cli.checkpoint import CHECKPOINT_FORMAT, ResumeCheckpoint, load_tensors
+from waste_cli.errors import ConfigError
 from waste_cli.models import resolve_arch
-from waste_cli.settings import TrainSettings, flag_name
+from waste_cli.policy import default_workers
+from waste_cli.settings import TrainOptions, flag_name
 
-__all__ = ["AutoChoice", "available_memory", "resolve_auto"]
+__all__ = ["MACHINE_SETTINGS", "AutoChoice", "RunPlan", "available_memory", "loader_workers",
+           "resolve_auto", "resolve_run", "resumed_options", "schedule"]
+
+# Settings that describe this machine, not the experiment: a resumed run takes them anew.
+MACHINE_SETTINGS = ("device", "workers", "quiet", "nproc", "neptune", "neptune_mode",
+                    "neptune_project")
+WARMUP_LR = 1e-6  # where the linear warm-up starts
+MIN_LR_SHARE = 1e-3  # the schedule ends at this share of --lr
+STEP_DECAY, EXP_DECAY = 0.1, 0.99  # --lr-decay's default for --sched step and exp
 
 # timm's test_input_size is about 1.3x the training size for the models that have one: a CNN
 # fine-tuned above its pretraining resolution sees objects larger, as at test time (FixRes).
@@ -74,7 +90,7 @@ def _own_size(cfg: Any) -> int:
     return int(cfg.input_size[-1]) if cfg is not None else 224
 
 
-def _img_size(settings: TrainSettings, cfg: Any, starts_trained: bool) -> AutoChoice:
+def _img_size(settings: TrainOptions, cfg: Any, starts_trained: bool) -> AutoChoice:
     trained = _checkpoint_size(settings.weights)
     if trained is not None:
         return AutoChoice("img_size", trained, "the size --weights was trained at")
@@ -107,7 +123,7 @@ def _layer_groups(arch: str) -> int:
         return 0
 
 
-def _freeze_layers(settings: TrainSettings, device: torch.device,
+def _freeze_layers(settings: TrainOptions, device: torch.device,
                    starts_trained: bool) -> AutoChoice:
     if device.type != "cpu":
         return AutoChoice("freeze_layers", 0, f"{device.type}: every layer trains")
@@ -148,8 +164,8 @@ def _cache(paths: list[Path], img_size: int, crop_pct: float) -> AutoChoice:
     return AutoChoice("cache", "none", f"too large for RAM: {mib}")
 
 
-def resolve_auto(settings: TrainSettings, device: torch.device,
-                 paths: list[Path]) -> tuple[TrainSettings, list[AutoChoice]]:
+def resolve_auto(settings: TrainOptions, device: torch.device,
+                 paths: list[Path]) -> tuple[TrainOptions, list[AutoChoice]]:
     """`settings` with every `auto` value replaced, and the choices made (to print once).
 
     `paths` are the training and validation images: their count and size decide the cache.
@@ -177,3 +193,83 @@ def resolve_auto(settings: TrainSettings, device: torch.device,
         choices.append(_cache(paths, size, cfg.crop_pct if cfg is not None else 0.875))
         resolved = resolved.model_copy(update={"cache": choices[-1].value})
     return resolved, choices
+
+
+def loader_workers(options: TrainOptions, device: torch.device) -> int:
+    """Loader processes: --workers, else none on a CPU with --cache ram (augmenting a cached
+    image is cheap, and processes forked from the large training process slow its steps with
+    copy-on-write faults), else policy's default (what keeps a GPU fed)."""
+    if options.workers is not None:
+        return options.workers
+    if options.cache == "ram" and device.type == "cpu":
+        return 0
+    return default_workers()
+
+
+def schedule(options: TrainOptions) -> dict[str, Any] | None:
+    """timm `create_scheduler_v2` arguments for --sched (None: a constant rate), stepped per
+    update (cosine, warm-up; the caller adds `updates_per_epoch`) or per epoch (step, exp)."""
+    if options.sched == "none":
+        return None
+    kwargs: dict[str, Any] = {"num_epochs": options.epochs,
+                              "warmup_epochs": options.warmup_epochs, "warmup_lr": WARMUP_LR,
+                              "min_lr": options.lr * MIN_LR_SHARE}
+    if options.sched == "cosine":
+        return kwargs | {"sched": "cosine", "step_on_epochs": False}
+    if options.sched == "step":
+        return kwargs | {"sched": "step", "decay_rate": options.lr_decay or STEP_DECAY,
+                         "decay_epochs": options.decay_epochs or max(1, options.epochs // 3)}
+    # exp: lr *= lr_decay after every epoch (as torch's MultiplicativeLR)
+    return kwargs | {"sched": "step", "decay_rate": options.lr_decay or EXP_DECAY,
+                     "decay_epochs": 1}
+
+
+def resumed_options(given: TrainOptions, last: ResumeCheckpoint, where: Path) -> TrainOptions:
+    """The saved run's options, with this call's machine settings, --epochs and --data.
+
+    Any other setting given now that differs from the saved run's is refused: a resumed run
+    continues the experiment it started, it does not quietly change it.
+    """
+    saved = dict(last["settings"])
+    allowed = {*MACHINE_SETTINGS, "epochs", "data", "resume"}
+    changed = sorted(name for name in given.model_fields_set - allowed
+                     if json_value(getattr(given, name)) != saved.get(name))
+    if changed:
+        listed = ", ".join(f"{flag_name(n)} (run: {saved.get(n)!r}, given: "
+                           f"{json_value(getattr(given, n))!r})" for n in changed)
+        raise ConfigError(f"--resume continues the run in {where} as it was set up; these "
+                          f"settings differ and would be ignored: {listed}. Drop them, or "
+                          "start a new run.")
+    merged = saved | {k: getattr(given, k) for k in given.model_fields_set & allowed}
+    if merged["epochs"] < last["train_state"]["epoch"]:
+        raise ConfigError(f"--epochs {merged['epochs']} is below the "
+                          f"{last['train_state']['epoch']} epochs {where} has already trained.")
+    return TrainOptions.model_validate(merged)
+
+
+def json_value(value: Any) -> Any:
+    """A setting as the checkpoint stores it (paths as strings, tuples as lists)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [json_value(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A training run with every choice made: what the Trainer builds."""
+
+    options: TrainOptions  # every `auto` resolved
+    choices: list[AutoChoice] = field(default_factory=list)  # printed once
+    workers: int = 0  # loader processes
+    schedule: dict[str, Any] | None = None  # create_scheduler_v2 arguments
+    last: ResumeCheckpoint | None = None  # --resume: where training continues from
+
+
+def resolve_run(options: TrainOptions, device: torch.device, paths: list[Path],
+                last: ResumeCheckpoint | None = None) -> RunPlan:
+    """The complete plan of a run on `device` over the training and validation images
+    `paths`; `last` is the checkpoint a resumed run continues from."""
+    resolved, choices = resolve_auto(options, device, paths)
+    return RunPlan(resolved, choices, loader_workers(resolved, device), schedule(resolved), last)

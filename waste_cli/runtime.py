@@ -13,7 +13,8 @@ import torch
 
 from waste_cli.errors import DeviceError
 
-__all__ = ["autocast", "keep_freed_memory", "resolve_device", "seed_everything", "to_device"]
+__all__ = ["amp_dtype", "autocast", "keep_freed_memory", "memory_format", "resolve_device",
+           "seed_everything", "to_device"]
 
 
 def _available() -> list[str]:
@@ -107,7 +108,11 @@ def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
         yield
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of the model's weights and of every batch fed to it."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """Move a batch to `device` in the memory format the model was set up with."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt)
+    return images.to(device, non_blocking=True, memory_format=memory_format(channels_last))

@@ -1,14 +1,20 @@
 """Settings for every command: CLI flags > WASTECLS_* environment > config file > defaults.
 
-Each command has one pydantic-settings model. The CLI passes only the flags the user typed, so a
-value the user did not set falls through to the environment, then to the config file (TOML or
-YAML), then to the default declared here. Field descriptions double as the CLI's help text.
+Two layers, one field list. Each command's *options* (`PredictOptions`, `TrainOptions`, ...) are
+plain validated pydantic models: the engine takes them and may build them, and they never read
+the environment. Each command's *settings* class adds the sources on top (flags, `WASTECLS_*`,
+the config file); only `load_settings`, called by the CLI, builds one, and it hands the engine
+the plain options it resolved. So a variable set for one command never reaches another's
+internals. Field descriptions double as the CLI's help text.
 
 A config file holds top-level keys shared by several commands and/or one section per command:
 
     seed = 1            # any command that has a `seed` setting
     [train]
     arch = "resnet50"
+
+List settings come from the environment as JSON (`["glass", "metal"]`) or comma-separated
+(`glass,metal`).
 """
 
 from __future__ import annotations
@@ -16,29 +22,43 @@ from __future__ import annotations
 import json
 import os
 from contextvars import ContextVar
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from waste_cli.builtin import BUILTIN_MODEL, named_file
 from waste_cli.errors import ConfigError
 from waste_cli.fileio import atomic_write_text, read_structured
 
 __all__ = [
-    "COMMAND_SETTINGS",
-    "CommandSettings",
-    "EvaluateSettings",
-    "ExportSettings",
-    "InferenceSettings",
-    "ModelRunSettings",
-    "PredictSettings",
-    "PrepareSettings",
-    "PseudolabelSettings",
-    "TrainSettings",
+    "COMMAND_OPTIONS",
+    "EvaluateOptions",
+    "ExportOptions",
+    "InferenceOptions",
+    "ModelRunOptions",
+    "Options",
+    "PredictOptions",
+    "PrepareOptions",
+    "PseudolabelOptions",
+    "TrainOptions",
     "flag_name",
     "load_settings",
     "write_config",
@@ -47,45 +67,58 @@ __all__ = [
 ENV_PREFIX = "WASTECLS_"
 _CONFIG_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("wastecls_config", default=None)
 
-
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """The lowest-priority source: values read from --config for the command being run."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return (_CONFIG_VALUES.get() or {}).get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_CONFIG_VALUES.get() or {})
+# A model or weights file, where the built-in model's name stands for its file of that kind.
+OnnxOrCheckpoint = Annotated[Path | None, AfterValidator(partial(named_file, suffix=".onnx"))]
+CheckpointFile = Annotated[Path | None, AfterValidator(partial(named_file, suffix=".pt"))]
 
 
-class CommandSettings(BaseSettings):
-    """Fields shared by every command."""
+class Options(BaseModel):
+    """Fields shared by every command. A plain value: building one reads no environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
     command: ClassVar[str] = ""
     arguments: ClassVar[tuple[str, ...]] = ()  # fields given as positional CLI arguments
 
-    seed: int = Field(0, description="Random seed; the same seed gives the same result.")
     quiet: bool = Field(False, description="Print only warnings, errors and the final summary.")
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+class ClassMapFields(BaseModel):
+    """A class mapping for annotation categories: a file or a built-in taxonomy, not both."""
+
+    map: Path | None = Field(
+        None, description="YAML/JSON class mapping: target class -> list of source names."
+    )
+    taxonomy: Literal["detect-waste"] | None = Field(
+        None, description="Built-in class mapping (detect-waste: TACO's 60 categories -> 7)."
+    )
+
+    @model_validator(mode="after")
+    def _one_class_map(self) -> ClassMapFields:
+        if self.map is not None and self.taxonomy is not None:
+            raise ValueError("use either map or taxonomy, not both")
+        return self
 
 
-class PrepareSettings(CommandSettings):
+class BoxFields(BaseModel):
+    """Boxes on photos: an annotation or detections file (`boxes`) and the photos' folder."""
+
+    boxes: Path | None = None
+    images: Path | None = Field(None, description="Image folder the --boxes refer to.")
+
+    @model_validator(mode="after")
+    def _boxes_need_images(self) -> BoxFields:
+        if self.boxes is not None and self.images is None:
+            raise ValueError("--boxes needs --images DIR, the folder of the annotated photos")
+        return self
+
+
+class PrepareOptions(Options, ClassMapFields):
     """`wastecls prepare`: raw class folders or COCO annotations -> train/val/test layout."""
 
     command: ClassVar[str] = "prepare"
     arguments: ClassVar[tuple[str, ...]] = ("source",)
 
+    seed: int = Field(0, description="Random seed of the split; the same seed, the same split.")
     source: Path = Field(
         description="A class-folder dataset (SRC/<class>/*.jpg) or a COCO annotations .json."
     )
@@ -109,25 +142,17 @@ class PrepareSettings(CommandSettings):
     background: int = Field(
         0, ge=0, description="COCO: crops per image that overlap no box, as class 'background'."
     )
-    map: Path | None = Field(
-        None, description="YAML/JSON class mapping: target class -> list of source names."
-    )
-    taxonomy: Literal["detect-waste"] | None = Field(
-        None, description="Built-in class mapping (detect-waste: TACO's 60 categories -> 7)."
-    )
     workers: int = Field(0, ge=0, description="Decoding processes (0 = all cores).")
     overwrite: bool = Field(False, description="Replace a non-empty output folder.")
 
     @model_validator(mode="after")
-    def _check_fractions(self) -> PrepareSettings:
+    def _check_fractions(self) -> PrepareOptions:
         if self.val_frac + self.test_frac >= 1:
             raise ValueError("val_frac + test_frac must be below 1 to leave training images")
-        if self.map is not None and self.taxonomy is not None:
-            raise ValueError("use either map or taxonomy, not both")
         return self
 
 
-class ModelRunSettings(CommandSettings):
+class ModelRunOptions(Options):
     """Fields of every command that runs a model."""
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
@@ -138,20 +163,22 @@ class ModelRunSettings(CommandSettings):
     batch_size: int = Field(32, ge=1, description="Images per batch.")
 
 
-class TrainSettings(ModelRunSettings):
+class TrainOptions(ModelRunOptions):
     """`wastecls train`: fine-tune a timm backbone on a prepared dataset."""
 
     command: ClassVar[str] = "train"
 
+    seed: int = Field(0, description="Random seed; the same seed gives the same run.")
     data: Path | None = Field(
-        None, description="Dataset root from `wastecls prepare` (ROOT/train, ROOT/val)."
+        None, description="Dataset root from `wastecls prepare` (ROOT/train, ROOT/val); "
+        "required unless --resume."
     )
     arch: str = Field(
         "efficientnet-lite0",
         description="timm model name, or efficientnet-b0..b7 / efficientnet-lite0..4.",
     )
     pretrained: bool = Field(True, description="Start from timm's pretrained weights (Hub).")
-    weights: Path | None = Field(
+    weights: CheckpointFile = Field(
         None, description=f"Local weights to start from (.pth/.safetensors/wastecls .pt), or "
         f"{BUILTIN_MODEL}: the built-in waste model."
     )
@@ -245,7 +272,8 @@ class TrainSettings(ModelRunSettings):
         default_factory=list,
         description="Manifest CSV (path,label) from `wastecls pseudolabel` to add to training.",
     )
-    neptune: bool = Field(False, description="Also log to Neptune (pip install wastecls[neptune]).")
+    neptune: bool = Field(
+        False, description="Also log to Neptune (pip install 'wastecls\\[neptune]').")
     neptune_mode: Literal["async", "offline", "debug"] = Field(
         "async", description="Neptune connection mode."
     )
@@ -253,10 +281,9 @@ class TrainSettings(ModelRunSettings):
         None, description="Neptune project (default: $NEPTUNE_PROJECT)."
     )
 
-    _builtin_weights = field_validator("weights")(lambda path: named_file(path, ".pt"))
 
     @model_validator(mode="after")
-    def _check(self) -> TrainSettings:
+    def _check(self) -> TrainOptions:
         if self.data is None and self.resume is None:
             raise ValueError("--data is required (the dataset root made by `wastecls prepare`)")
         if self.weights is not None and not self.weights.is_file():
@@ -264,10 +291,10 @@ class TrainSettings(ModelRunSettings):
         return self
 
 
-class InferenceSettings(ModelRunSettings):
+class InferenceOptions(ModelRunOptions):
     """Fields of the commands that run a trained model: evaluate, predict, pseudolabel."""
 
-    model: Path | None = Field(
+    model: OnnxOrCheckpoint = Field(
         None, description=f"best.pt, .onnx or {BUILTIN_MODEL} (default: $WASTECLS_MODEL, else "
         "the newest runs/train/*/best.pt, else the built-in model)."
     )
@@ -277,7 +304,6 @@ class InferenceSettings(ModelRunSettings):
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), else torch."
     )
-    _builtin_model = field_validator("model")(lambda path: named_file(path, ".onnx"))
     workers: int | None = Field(
         None, ge=0, description="On a CPU: processes that each decode and run the model on "
         "their own batches (default: one per core, at most 8); on a GPU: decoding processes "
@@ -285,7 +311,7 @@ class InferenceSettings(ModelRunSettings):
     )
 
 
-class EvaluateSettings(InferenceSettings):
+class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields):
     """`wastecls evaluate`: metrics, reports and pictures on a labelled split."""
 
     command: ClassVar[str] = "evaluate"
@@ -299,13 +325,6 @@ class EvaluateSettings(InferenceSettings):
         None, description="Evaluate on the boxes of a COCO annotation file instead (with "
         "--images): each box is cropped as prepare crops and scored against its category."
     )
-    images: Path | None = Field(None, description="Image folder of --boxes.")
-    map: Path | None = Field(
-        None, description="--boxes: YAML/JSON class mapping of the annotation's categories."
-    )
-    taxonomy: Literal["detect-waste"] | None = Field(
-        None, description="--boxes: built-in class mapping of the annotation's categories."
-    )
     out: Path | None = Field(
         None, description="Write report.json, per_class.csv, predictions.csv and PNGs here."
     )
@@ -317,18 +336,14 @@ class EvaluateSettings(InferenceSettings):
     top_losses: int = Field(16, ge=0, description="Images in top_losses.png.")
 
     @model_validator(mode="after")
-    def _check(self) -> EvaluateSettings:
+    def _check(self) -> EvaluateOptions:
         if (self.data is None) == (self.boxes is None):
             raise ValueError("give --data (class folders) or --boxes (COCO annotations), "
                              "one of them")
-        if self.boxes is not None and self.images is None:
-            raise ValueError("--boxes needs --images DIR, the folder of the annotated photos")
-        if self.map is not None and self.taxonomy is not None:
-            raise ValueError("use either map or taxonomy, not both")
         return self
 
 
-class PredictSettings(InferenceSettings):
+class PredictOptions(InferenceOptions, BoxFields):
     """`wastecls predict`: classify images, folders and globs."""
 
     command: ClassVar[str] = "predict"
@@ -341,7 +356,6 @@ class PredictSettings(InferenceSettings):
         None, description="Classify a detector's boxes instead: a COCO annotation or results "
         "file, or a folder of YOLO label files (with --images)."
     )
-    images: Path | None = Field(None, description="Image folder the --boxes refer to.")
     coco_images: Path | None = Field(
         None, description="COCO file whose 'images' list names the images of a COCO results file."
     )
@@ -362,27 +376,26 @@ class PredictSettings(InferenceSettings):
     tta: bool = Field(False, description="Average with the horizontally flipped image.")
 
     @model_validator(mode="after")
-    def _check(self) -> PredictSettings:
+    def _check(self) -> PredictOptions:
         if bool(self.inputs) == (self.boxes is not None):
             raise ValueError("give images to classify, or --boxes DETECTIONS with --images DIR, "
                              "one of them")
-        if self.boxes is not None and self.images is None:
-            raise ValueError("--boxes needs --images DIR, the folder of the detector's photos")
         if self.save_images is not None and self.boxes is None:
             raise ValueError("--save-images draws boxes: it goes with --boxes")
         return self
 
 
-class ExportSettings(CommandSettings):
+class ExportOptions(Options):
     """`wastecls export`: ONNX / TorchScript files verified against the checkpoint."""
 
     command: ClassVar[str] = "export"
 
-    model: Path | None = Field(
+    model: CheckpointFile = Field(
         None, description=f"best.pt or {BUILTIN_MODEL} to export (default: as in predict)."
     )
-    _builtin_model = field_validator("model")(lambda path: named_file(path, ".pt"))
-    onnx: bool = Field(False, description="Write an ONNX model (onnxruntime, web, mobile).")
+    onnx: bool | None = Field(
+        None, description="Write an ONNX model (onnxruntime, web, mobile); the default format."
+    )
     torchscript: bool = Field(False, description="Write a traced TorchScript module.")
     out: Path | None = Field(
         None, description="Output file, or an existing folder to write into (default: beside "
@@ -407,7 +420,9 @@ class ExportSettings(CommandSettings):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> ExportSettings:
+    def _check(self) -> ExportOptions:
+        if self.onnx is None:  # no format named: ONNX, unless --torchscript alone was asked
+            self.onnx = not self.torchscript
         if not (self.onnx or self.torchscript):
             raise ValueError("choose a format: --onnx and/or --torchscript")
         if self.half and self.int8:
@@ -419,7 +434,7 @@ class ExportSettings(CommandSettings):
         return self
 
 
-class PseudolabelSettings(InferenceSettings):
+class PseudolabelOptions(InferenceOptions):
     """`wastecls pseudolabel`: label an unlabelled folder with a trained model."""
 
     command: ClassVar[str] = "pseudolabel"
@@ -437,15 +452,57 @@ class PseudolabelSettings(InferenceSettings):
     )
 
 
-SettingsT = TypeVar("SettingsT", bound=CommandSettings)
+OptionsT = TypeVar("OptionsT", bound=Options)
 
-COMMAND_SETTINGS: dict[str, type[CommandSettings]] = {
-    "prepare": PrepareSettings,
-    "train": TrainSettings,
-    "evaluate": EvaluateSettings,
-    "predict": PredictSettings,
-    "export": ExportSettings,
-    "pseudolabel": PseudolabelSettings,
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The lowest-priority source: values read from --config for the command being run."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return (_CONFIG_VALUES.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_CONFIG_VALUES.get() or {})
+
+
+class _EnvSource(EnvSettingsSource):
+    """WASTECLS_* variables; a list may also be written comma-separated (`glass,metal`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+class CommandSettings(BaseSettings):
+    """The sources of a command's options: flags > WASTECLS_* > config file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid",
+                                      validate_default=True, allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvSource(settings_cls), _ConfigFileSource(settings_cls)
+
+
+COMMAND_OPTIONS: dict[str, type[Options]] = {
+    options.command: options
+    for options in (PrepareOptions, TrainOptions, EvaluateOptions, PredictOptions, ExportOptions,
+                    PseudolabelOptions)
+}
+# Each command's settings class: its options with the sources on top (built by load_settings).
+_SETTINGS: dict[str, type[CommandSettings]] = {
+    name: type(f"{options.__name__.removesuffix('Options')}Settings", (CommandSettings, options),
+               {"__module__": __name__})
+    for name, options in COMMAND_OPTIONS.items()
 }
 
 
@@ -468,17 +525,17 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _values_for(cls: type[CommandSettings], data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _values_for(cls: type[Options], data: dict[str, Any], path: Path) -> dict[str, Any]:
     """Top-level keys that this command has, overlaid by the command's own section."""
-    all_fields = {name for model in COMMAND_SETTINGS.values() for name in model.model_fields}
+    all_fields = {name for model in COMMAND_OPTIONS.values() for name in model.model_fields}
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key in COMMAND_SETTINGS:
+        if key in COMMAND_OPTIONS:
             continue
         if key not in all_fields:
             raise ConfigError(
                 f"Unknown key '{key}' in config file {path}. Top-level keys must be settings of "
-                f"some command; sections are named after commands: {', '.join(COMMAND_SETTINGS)}."
+                f"some command; sections are named after commands: {', '.join(COMMAND_OPTIONS)}."
             )
         if key in cls.model_fields:
             values[key] = value
@@ -494,7 +551,7 @@ def _values_for(cls: type[CommandSettings], data: dict[str, Any], path: Path) ->
     return values | section
 
 
-def _format_validation_error(cls: type[CommandSettings], exc: ValidationError) -> str:
+def _format_validation_error(cls: type[Options], exc: ValidationError) -> str:
     lines = [f"Invalid settings for `wastecls {cls.command}`:"]
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else ""
@@ -510,11 +567,12 @@ def _format_validation_error(cls: type[CommandSettings], exc: ValidationError) -
 
 
 def load_settings(
-    cls: type[SettingsT], flags: dict[str, Any], config: Path | None = None
-) -> SettingsT:
-    """Build a command's settings from the flags the user typed, the environment and a file.
+    cls: type[OptionsT], flags: dict[str, Any], config: Path | None = None
+) -> OptionsT:
+    """A command's options from the flags the user typed, the environment and a config file.
 
-    Flags whose value is None were not given and fall through to the lower sources.
+    Flags whose value is None were not given and fall through to the lower sources. Returns the
+    plain options (which fields were set, by any source, is kept in `model_fields_set`).
     Raises ConfigError with a readable, field-by-field message.
     """
     if config is None and os.environ.get(f"{ENV_PREFIX}CONFIG"):
@@ -522,14 +580,15 @@ def load_settings(
     file_values = _values_for(cls, _read_config_file(config), config) if config else {}
     token = _CONFIG_VALUES.set(file_values)
     try:
-        return cls(**{k: v for k, v in flags.items() if v is not None})
+        settings = _SETTINGS[cls.command](**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(cls, exc)) from None
     finally:
         _CONFIG_VALUES.reset(token)
+    return cls.model_construct(settings.model_fields_set, **dict(settings))
 
 
-def write_config(settings: CommandSettings, path: Path) -> None:
-    """Save the fully resolved settings as a config file that repeats the run (`--config`)."""
-    body = {settings.command: json.loads(settings.model_dump_json())}
+def write_config(options: Options, path: Path) -> None:
+    """Save the fully resolved options as a config file that repeats the run (`--config`)."""
+    body = {options.command: json.loads(options.model_dump_json())}
     atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))

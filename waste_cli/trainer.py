@@ -1,10 +1,11 @@
 """`wastecls train`: fine-tune a timm model, keep the best checkpoint, survive interruption.
 
-`Trainer` is built once (data, model, optimiser, run folder) and then `fit()` runs the epoch
-loop: train one epoch, validate, record (metrics.csv, best.pt, last.pt), maybe stop. The step
-itself is written out in `train_one_epoch`. Each epoch's randomness (shuffling, augmentation,
-dropout) is derived from (seed, epoch) alone, so a run resumed from last.pt at epoch k replays
-exactly what an uninterrupted run would have done.
+Resolve, then build: `recipe.resolve_run` makes every choice of the run, `Trainer` wires the
+plan's objects together (data, model, optimiser, run folder) and `fit()` runs the epoch loop:
+train one epoch, validate, keep the best, record (metrics.csv, best.pt, last.pt), maybe stop.
+The step itself is written out in `train_one_epoch`. Each epoch's randomness (shuffling,
+augmentation, dropout) is derived from (seed, epoch) alone, so a run resumed from last.pt at
+epoch k replays exactly what an uninterrupted run would have done.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ from waste_cli.fileio import check_no_overlap, ensure_writable
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, freeze_layers, resolve_arch
 from waste_cli.plots import plot_confusion_matrix, plot_curves
-from waste_cli.policy import default_workers
 from waste_cli.processes import interrupts_held
 from waste_cli.pseudo import (
     PerBatchPseudo,
@@ -74,23 +74,22 @@ from waste_cli.pseudo import (
     load_pool,
     read_manifests,
 )
-from waste_cli.recipe import resolve_auto
+from waste_cli.recipe import RunPlan, resolve_run, resumed_options
 from waste_cli.runtime import (
+    amp_dtype,
     autocast,
     keep_freed_memory,
+    memory_format,
     resolve_device,
     seed_everything,
     to_device,
 )
-from waste_cli.settings import TrainSettings, write_config
+from waste_cli.settings import TrainOptions, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
 __all__ = ["TrainData", "TrainResult", "Trainer", "TrainingInterrupted", "load_train_data",
            "train"]
 
-# Settings that describe this machine, not the experiment: a resumed run takes them anew.
-MACHINE_SETTINGS = ("device", "workers", "quiet", "nproc", "neptune", "neptune_mode",
-                    "neptune_project")
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                   "val_macro_f1", "lr", "images_per_s", "seconds", "data_seconds")
 
@@ -121,7 +120,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def load_train_data(settings: TrainSettings) -> TrainData:
+def load_train_data(settings: TrainOptions) -> TrainData:
     """Training and validation samples; val is ROOT/val or a seeded share of train."""
     root = settings.data
     if root is None or not (root / "train").is_dir():
@@ -155,24 +154,34 @@ def load_train_data(settings: TrainSettings) -> TrainData:
     return TrainData(classes, train, val)
 
 
-def _resumed_settings(settings: TrainSettings) -> tuple[TrainSettings, ResumeCheckpoint]:
-    """The saved run's settings, with the machine settings given to this call, and last.pt."""
-    assert settings.resume is not None  # the caller checked
-    last: ResumeCheckpoint = load_checkpoint(settings.resume / "last.pt")  # type: ignore[assignment]
+def _resume(options: TrainOptions) -> tuple[TrainOptions, ResumeCheckpoint]:
+    """The options of the run --resume continues (see `recipe.resumed_options`), and last.pt."""
+    assert options.resume is not None  # the caller checked
+    last: ResumeCheckpoint = load_checkpoint(options.resume / "last.pt")  # type: ignore[assignment]
     if "train_state" not in last:
-        raise ConfigError(f"{settings.resume / 'last.pt'} holds no training state; --resume "
+        raise ConfigError(f"{options.resume / 'last.pt'} holds no training state; --resume "
                           "takes a run folder written by `wastecls train`.")
-    given = settings.model_fields_set & {*MACHINE_SETTINGS, "epochs"}
-    saved = last["settings"] | {k: getattr(settings, k) for k in given}
-    if saved["epochs"] < last["train_state"]["epoch"]:
-        raise ConfigError(f"--epochs {saved['epochs']} is below the {last['train_state']['epoch']}"
-                          f" epochs {settings.resume} has already trained.")
-    if saved["epochs"] != last["settings"]["epochs"]:  # re-plan the schedule for the new length
+    merged = resumed_options(options, last, options.resume)
+    if merged.epochs != last["settings"]["epochs"]:  # re-plan the schedule for the new length
         last = {k: v for k, v in last.items() if k != "scheduler"}  # type: ignore[assignment]
-    return TrainSettings.model_validate(saved | {"resume": settings.resume}), last
+    return merged.model_copy(update={"resume": options.resume}), last
 
 
-def _epoch_seed(settings: TrainSettings, epoch: int) -> int:
+def _check_resumed_classes(data: TrainData, last: ResumeCheckpoint, where: Path) -> None:
+    """A resumed run's data must still have the classes, in the order, its weights learnt."""
+    if data.classes == list(last["classes"]):
+        return
+    added = sorted(set(data.classes) - set(last["classes"]))
+    gone = sorted(set(last["classes"]) - set(data.classes))
+    what = (f"classes added: {', '.join(added) or '-'}; removed: {', '.join(gone) or '-'}"
+            if added or gone else f"the order changed: {', '.join(last['classes'])} -> "
+            f"{', '.join(data.classes)}")
+    raise DataError(f"The dataset no longer matches the run in {where} ({what}). Its weights "
+                    "belong to the old classes: start a new run (e.g. with --weights "
+                    f"{where / 'best.pt'}) instead of --resume.")
+
+
+def _epoch_seed(settings: TrainOptions, epoch: int) -> int:
     """Where all of an epoch's randomness starts, so that a resumed run replays it."""
     return settings.seed * 1_000_003 + epoch
 
@@ -200,32 +209,21 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 class Trainer:
-    """One training run: built once from validated settings, then `fit()`.
+    """One training run: wired once from its plan and data, then `fit()`.
 
     `model` is the plain timm model (checkpoints, EMA, freezing, evaluation); `forward_model`
     is what the step calls: `model` itself, or its DistributedDataParallel wrapper under
     torchrun. Every rank builds the same trainer; only rank 0 prints and writes files.
     """
 
-    def __init__(self, settings: TrainSettings, reporter: Reporter, dist: Distributed,
-                 device: torch.device, last: ResumeCheckpoint | None = None) -> None:
-        if dist.active and settings.freeze_epochs:
-            raise ConfigError("--freeze-epochs is not supported with several processes (DDP "
-                              "needs the same trainable parameters throughout); use "
-                              "--freeze-backbone.")
-        self.settings, self.reporter, self.dist, self.device = settings, reporter, dist, device
-        seed_everything(settings.seed)
-        if device.type == "cpu":
-            keep_freed_memory()
-        self.data = load_train_data(settings)
-        settings, choices = resolve_auto(
-            settings, device, [p for p, _ in (*self.data.train, *self.data.val)])
-        self.settings = settings
-        for choice in choices:
-            reporter.info(str(choice))
+    def __init__(self, plan: RunPlan, data: TrainData, reporter: Reporter, dist: Distributed,
+                 device: torch.device) -> None:
+        settings, last = plan.options, plan.last
+        self.settings, self.data, self.plan = settings, data, plan
+        self.reporter, self.dist, self.device = reporter, dist, device
         self._build_model(pretrained=last is None)
         self.generator = torch.Generator()
-        self.workers = self._loader_workers()
+        self.workers = plan.workers
         self.train_cache = self._cache([p for p, _ in self.data.train])
         self._build_loaders()
         self._build_optimization()
@@ -256,20 +254,8 @@ class Trainer:
         self.frozen_layers = (freeze_layers(model, settings.freeze_layers)
                               if settings.freeze_layers else [])
         self.frozen_params = frozenset(id(p) for p in model.parameters() if not p.requires_grad)
-        model.to(self.device)
-        if settings.channels_last:
-            model.to(memory_format=torch.channels_last)
+        model.to(self.device, memory_format=memory_format(settings.channels_last))
         self.model = model
-
-    def _loader_workers(self) -> int:
-        """Loader processes: --workers, else none on a CPU with --cache ram (augmenting a cached
-        image is cheap, and processes forked from the large training process slow its steps
-        with copy-on-write faults), else policy's default (what keeps a GPU fed)."""
-        if self.settings.workers is not None:
-            return self.settings.workers
-        if self.settings.cache == "ram" and self.device.type == "cpu":
-            return 0
-        return default_workers()
 
     def _cache(self, paths: list[Path]) -> list[Any] | None:
         """With --cache ram, every image decoded once at the size the crops are cut from."""
@@ -310,7 +296,7 @@ class Trainer:
         self.scheduler = self._scheduler(len(self.train_loader))
         self.ema = (ModelEmaV3(self.model, decay=settings.ema_decay, use_warmup=True)
                     if settings.ema else None)
-        fp16 = settings.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        fp16 = bool(settings.amp) and amp_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         weight = (inverse_frequency([y for _, y in self.data.train], len(self.data.classes))
                   .float() if settings.class_weights else None)
@@ -319,28 +305,18 @@ class Trainer:
         self.loss_fn.to(self.device)
 
     def _scheduler(self, steps: int) -> Any:
-        """timm schedule stepped per update (cosine, warm-up) or per epoch (step, exp)."""
-        settings = self.settings
-        if settings.sched == "none":
+        """The plan's timm schedule over `steps` updates per epoch (None: a constant rate)."""
+        if self.plan.schedule is None:
             return None
-        kwargs: dict[str, Any] = {"warmup_epochs": settings.warmup_epochs, "warmup_lr": 1e-6,
-                                  "min_lr": settings.lr * 1e-3}
-        if settings.sched == "cosine":
-            kwargs |= {"sched": "cosine", "step_on_epochs": False, "updates_per_epoch": steps}
-        elif settings.sched == "step":
-            kwargs |= {"sched": "step", "decay_rate": settings.lr_decay or 0.1,
-                       "decay_epochs": settings.decay_epochs or max(1, settings.epochs // 3)}
-        else:  # exp: lr *= lr_decay after every epoch (as torch's MultiplicativeLR)
-            kwargs |= {"sched": "step", "decay_rate": settings.lr_decay or 0.99,
-                       "decay_epochs": 1}
-        scheduler, _ = create_scheduler_v2(self.optimizer, num_epochs=settings.epochs, **kwargs)
+        scheduler, _ = create_scheduler_v2(self.optimizer, updates_per_epoch=steps,
+                                           **self.plan.schedule)
         return scheduler
 
     def _pseudo_strategy(self) -> PseudoStrategy | None:
         settings = self.settings
         if settings.pseudolabel == "none":
             return None
-        assert settings.data is not None  # TrainSettings requires it without --resume
+        assert settings.data is not None  # TrainOptions requires it without --resume
         test = settings.data / "test"
         pool = load_pool(settings.pseudo_data or settings.data / PSEUDO_SPLIT,
                          [p for p, _ in self.data.val]
@@ -351,7 +327,8 @@ class Trainer:
         if settings.pseudolabel == "per-batch":
             return PerBatchPseudo(context, pool, self.model)
         pool_cache = self._cache(pool.paths)
-        return PerEpochPseudo(context, pool, self.train_cache, pool_cache)
+        return PerEpochPseudo(context, pool, self.train_cache, pool_cache,
+                              teacher=lambda: self.eval_model)
 
     def _run_dir(self) -> Path:
         """The run folder: the resumed one, or a new one chosen by rank 0."""
@@ -396,15 +373,17 @@ class Trainer:
         """The weights that are validated and saved: the EMA's when --ema."""
         return self.ema.module if self.ema is not None else self.model
 
-    def train_one_epoch(self, epoch: int, loader: DataLoader,
-                        skipped: set[int]) -> dict[str, float]:
-        """One pass over `loader`; adds unreadable images to `skipped`; returns the metrics."""
+    def train_one_epoch(self, epoch: int, loader: DataLoader
+                        ) -> tuple[dict[str, float], set[int]]:
+        """One pass over `loader`: the metrics, and the indices of the training images that
+        could not be read."""
         settings = self.settings
         head_only = settings.freeze_backbone or epoch < settings.freeze_epochs
         if not self.dist.active:  # under DDP the trainable set is fixed before wrapping
             self.set_trainable(head_only)
         self._set_train_mode(head_only)
         loss_sum, correct, seen, waited = 0.0, 0, 0, 0.0
+        unreadable: set[int] = set()
         # Batch-level augmentation draws from its own generator, seeded like the epoch's others.
         lighting = torch.Generator().manual_seed(_epoch_seed(settings, epoch) * 1_000
                                                  + self.dist.rank)
@@ -420,7 +399,7 @@ class Trainer:
                     break
                 waited += time.perf_counter() - ready  # timm's "data time": is loading the limit?
                 images, labels, indices, bad = batch
-                skipped.update(i for i in bad if i < len(self.data.train))
+                unreadable.update(i for i in bad if i < len(self.data.train))
                 if not len(labels):
                     continue
                 images = self.finish(to_device(images, self.device, settings.channels_last),
@@ -446,7 +425,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         loss_sum, correct, seen = (float(t) for t in all_reduce_sum(loss_sum, correct, seen))
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "images_per_s": seen / seconds, "seconds": seconds, "data_seconds": waited}
+                "images_per_s": seen / seconds, "seconds": seconds,
+                "data_seconds": waited}, unreadable
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -461,9 +441,6 @@ class Trainer:
     def validate(self) -> tuple[dict[str, float], torch.Tensor]:
         """Validation metrics of `eval_model` over the whole val split, and its confusion."""
         model = self.eval_model
-        if self.dist.active:  # every rank validates rank 0's weights and BatchNorm statistics
-            for tensor in model.state_dict().values():
-                torch.distributed.broadcast(tensor, src=0)
         model.eval()
         n = len(self.data.classes)
         cm = torch.zeros(n, n, dtype=torch.long)
@@ -512,32 +489,35 @@ class Trainer:
             "train_state": self.state,
         }
 
-    def save(self, row: dict[str, Any], cm: torch.Tensor, log: MetricsLog,
+    def save(self, row: dict[str, Any], cm: torch.Tensor, best: bool, log: MetricsLog,
              trackers: list[Tracker]) -> None:
-        """Log the epoch, keep best.pt (and its confusion matrix) if it improved, write last.pt.
+        """Write the epoch's files: best.pt (with its confusion matrix) when `best`, last.pt,
+        the curves and the trackers' records. Only rank 0 writes."""
+        if not self.dist.main:
+            return
+        run, epoch = self.run_dir, row["epoch"]
+        if best:
+            save_checkpoint(run / "best.pt", dict(self.checkpoint(epoch, row)))
+            plot_confusion_matrix(cm.numpy(), self.data.classes, run / "confusion_matrix.png",
+                                  f"validation, epoch {epoch}")
+            write_json(run / "val_report.json", {"epoch": epoch, "confusion_matrix":
+                       cm.tolist(), **classification_report(cm, self.data.classes)})
+        save_checkpoint(run / "last.pt", dict(self.resume_checkpoint(epoch, row)))
+        plot_curves(log.rows, run / "curves.png")
+        for tracker in trackers:
+            tracker.log_epoch(row)
 
-        Every rank updates the state the same way (metrics are reduced); only rank 0 writes.
-        """
-        run, epoch, write, state = self.run_dir, row["epoch"], self.dist.main, self.state
-        log.append(row)
-        self.reporter.info(_format_row(row))
-        if improved(self.settings.monitor, row, state):
+    def record(self, row: dict[str, Any]) -> bool:
+        """Count the epoch into the state: whether it is the best so far, and early stopping's
+        epochs without improvement. Every rank does this the same way (metrics are reduced)."""
+        state, best = self.state, improved(self.settings.monitor, row, self.state)
+        if best:
             state.update(best=row[self.settings.monitor], best_val_loss=row["val_loss"],
-                         best_epoch=epoch, bad_epochs=0)
-            if write:
-                save_checkpoint(run / "best.pt", dict(self.checkpoint(epoch, row)))
-                plot_confusion_matrix(cm.numpy(), self.data.classes, run / "confusion_matrix.png",
-                                      f"validation, epoch {epoch}")
-                write_json(run / "val_report.json", {"epoch": epoch, "confusion_matrix":
-                           cm.tolist(), **classification_report(cm, self.data.classes)})
+                         best_epoch=row["epoch"], bad_epochs=0)
         else:
             state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        if write:
-            save_checkpoint(run / "last.pt", dict(self.resume_checkpoint(epoch, row)))
-            plot_curves(log.rows, run / "curves.png")
-            for tracker in trackers:
-                tracker.log_epoch(row)
+        state["epoch"] = row["epoch"]
+        return best
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -551,15 +531,18 @@ class Trainer:
             self.generator.manual_seed(seed)
             loader = self.train_loader
             if self.pseudo is not None:
-                loader = self.pseudo.begin_epoch(epoch, self.eval_model) or loader
-            known = set(skipped)
-            row_train = self.train_one_epoch(epoch, loader, skipped)
-            skipped = all_gather_union(self.dist, skipped)
-            for index in sorted(skipped - known):
+                loader = self.pseudo.begin_epoch(epoch) or loader
+            row_train, unreadable = self.train_one_epoch(epoch, loader)
+            unreadable = all_gather_union(self.dist, unreadable)
+            for index in sorted(unreadable - skipped):
                 self.reporter.warn(f"skipped unreadable training image {self.data.train[index][0]}")
+            skipped |= unreadable
             state["skipped"] = sorted(str(self.data.train[i][0]) for i in skipped)
             # The rate the epoch ended with (the head's, when --layer-decay scales the others).
             lr = max(group["lr"] for group in self.optimizer.param_groups)
+            if self.dist.active:  # every rank validates rank 0's weights and BatchNorm statistics
+                for tensor in self.eval_model.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
             row_val, cm = self.validate()
             if self.scheduler is not None:
                 self.scheduler.step(epoch + 1)
@@ -567,8 +550,11 @@ class Trainer:
             row = {k: row[k] for k in METRIC_COLUMNS}
             if self.pseudo is not None:
                 row |= self.pseudo.columns()
+            best = self.record(row)
+            log.append(row)
+            self.reporter.info(_format_row(row))
             with interrupts_held():
-                self.save(row, cm, log, trackers)
+                self.save(row, cm, best, log, trackers)
             if settings.patience and state["bad_epochs"] >= settings.patience:
                 self.reporter.info(f"early stop: no {settings.monitor} improvement for "
                                    f"{settings.patience} epochs")
@@ -576,7 +562,7 @@ class Trainer:
         return False
 
 
-def _check_outputs(settings: TrainSettings) -> None:
+def _check_outputs(settings: TrainOptions) -> None:
     """Before any work: the run folder may be written, and overlaps no input."""
     runs = settings.resume or settings.project
     data = settings.data
@@ -599,19 +585,45 @@ def _summary(trainer: Trainer, result: TrainResult) -> dict[str, Any]:
             "data_config": trainer.data_config}
 
 
-def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainResult:
+def build_trainer(options: TrainOptions, reporter: Reporter, dist: Distributed,
+                  device: torch.device, last: ResumeCheckpoint | None = None) -> Trainer:
+    """Read the data, resolve the run's plan (printing every `auto` choice once), and wire a
+    Trainer from them."""
+    if dist.active and options.freeze_epochs:
+        raise ConfigError("--freeze-epochs is not supported with several processes (DDP "
+                          "needs the same trainable parameters throughout); use "
+                          "--freeze-backbone.")
+    seed_everything(options.seed)
+    if device.type == "cpu":
+        keep_freed_memory()
+    data = load_train_data(options)
+    if last is not None:
+        _check_resumed_classes(data, last, options.resume or Path("."))
+    plan = resolve_run(options, device, [p for p, _ in (*data.train, *data.val)], last)
+    for choice in plan.choices:
+        reporter.info(str(choice))
+    return Trainer(plan, data, reporter, dist, device)
+
+
+def _restarted(options: TrainOptions) -> TrainOptions:
+    """Under a torchrun restart of a failed job (--max-restarts), the newest run continues."""
+    if options.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) >= 1:
+        return options.model_copy(update={"resume": newest_run(options.project, options.name)})
+    return options
+
+
+def train(settings: TrainOptions, reporter: Reporter | None = None) -> TrainResult:
     """Train a classifier; write the run folder; return the best epoch's metrics.
 
     Under torchrun (WORLD_SIZE > 1) every process runs this; rank 0 alone prints and writes.
     """
     dist, device = init_distributed(resolve_device(settings.device))
-    if settings.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) >= 1:
-        # torchrun restarted a failed job (--max-restarts): continue the newest run.
-        settings = settings.model_copy(update={"resume": newest_run(settings.project,
-                                                                    settings.name)})
+    settings = _restarted(settings)
     last = None
     if settings.resume is not None:
-        settings, last = _resumed_settings(settings)
+        settings, last = _resume(settings)
+    elif settings.data is not None:  # stored absolute: the run resumes from any folder
+        settings = settings.model_copy(update={"data": settings.data.absolute()})
     reporter = reporter if reporter is not None and dist.main else Reporter(
         settings.quiet or not dist.main)
     trackers: list[Tracker] = []
@@ -622,7 +634,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainRes
     if dist.main:
         _check_outputs(settings)
     try:
-        trainer = Trainer(settings, reporter, dist, device, last)
+        trainer = build_trainer(settings, reporter, dist, device, last)
         run = trainer.run_dir
         log = MetricsLog.resume(run / "metrics.csv", trainer.state["epoch"], write=dist.main)
         settings = trainer.settings  # every `auto` resolved

@@ -29,7 +29,7 @@ from waste_cli.backends import OnnxRunner
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
-from waste_cli.export import stem_and_classifier_nodes
+from waste_cli.exporter import stem_and_classifier_nodes
 
 PERCENTILE = (CalibrationMethod.Percentile, {"CalibPercentile": 99.99})
 VARIANTS = {  # name: (images, method, extra options, keep the ends in float)

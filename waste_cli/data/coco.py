@@ -18,7 +18,7 @@ from waste_cli.data.taxonomy import ClassMap
 from waste_cli.errors import DataError
 from waste_cli.fileio import read_structured
 
-__all__ = ["BACKGROUND", "coco_sources", "crop_box", "parse_bbox", "safe_image_path"]
+__all__ = ["BACKGROUND", "coco_sources", "crop_box", "id_key", "parse_bbox", "safe_image_path"]
 
 BACKGROUND = "background"
 BACKGROUND_MAX_IOU = 0.05
@@ -85,7 +85,7 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _key(value: Any) -> Any:
+def id_key(value: Any) -> Any:
     """An id usable as a dict key (ids are ints or strings in the wild), else None."""
     return value if isinstance(value, int | str) and not isinstance(value, bool) else None
 
@@ -111,7 +111,7 @@ def _index(items: list[Any], what: str, skipped: list[dict[str, Any]]) -> dict[A
     """id -> entry for COCO images or categories; malformed and repeated ids are reported."""
     index: dict[Any, dict] = {}
     for item in items:
-        key = _key(item.get("id")) if isinstance(item, dict) else None
+        key = id_key(item.get("id")) if isinstance(item, dict) else None
         if key is None:
             skipped.append({what: repr(item)[:200], "reason": f"{what} entry without a valid id"})
         elif key in index:
@@ -146,8 +146,8 @@ def coco_sources(
         if not isinstance(ann, dict):
             skipped.append({"annotation": repr(ann)[:200], "reason": "not a JSON object"})
             continue
-        ann_id, image_id = ann.get("id"), _key(ann.get("image_id"))
-        if _key(ann_id) is not None and ann_id in seen_ids:
+        ann_id, image_id = ann.get("id"), id_key(ann.get("image_id"))
+        if id_key(ann_id) is not None and ann_id in seen_ids:
             skipped.append({"annotation": ann_id, "reason": "duplicate annotation id"})
             continue
         seen_ids.add(ann_id)
@@ -159,7 +159,7 @@ def coco_sources(
         if bbox is None:
             skipped.append({"annotation": ann_id, "reason": why})
             continue
-        category = _key(ann.get("category_id"))
+        category = id_key(ann.get("category_id"))
         if category not in categories:
             skipped.append({"annotation": ann_id,
                             "reason": f"unknown category id {ann.get('category_id')!r}"})

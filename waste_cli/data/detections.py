@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from waste_cli.data.coco import crop_box, parse_bbox, safe_image_path
+from waste_cli.data.coco import crop_box, id_key, parse_bbox, safe_image_path
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import Box
 from waste_cli.errors import DataError
@@ -95,30 +95,26 @@ def _image_names(path: Path) -> dict[str, Any]:
     return names
 
 
-def _key(value: Any) -> Any:
-    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
-
-
 def _coco(boxes: list[Any], named: dict[str, Any], images: Path, source: Path
           ) -> tuple[list[Detection], list[dict[str, Any]]]:
     skipped: list[dict[str, Any]] = []
     files: dict[Any, Any] = {}
     for entry in named.get("images", []):
-        key = _key(entry.get("id")) if isinstance(entry, dict) else None
+        key = id_key(entry.get("id")) if isinstance(entry, dict) else None
         if key is not None and key not in files:
             files[key] = entry.get("file_name")
     if not isinstance(named.get("categories", []), list):
         raise DataError(f"{source}: 'categories' is not a list of {{id, name}} objects. Fix it, "
                         "or leave it out: the classifier names the boxes.")
-    categories = {_key(c.get("id")): str(c.get("name")) for c in named.get("categories", [])
-                  if isinstance(c, dict) and _key(c.get("id")) is not None}
+    categories = {id_key(c.get("id")): str(c.get("name")) for c in named.get("categories", [])
+                  if isinstance(c, dict) and id_key(c.get("id")) is not None}
     found: list[Detection] = []
     for number, item in enumerate(boxes):
         if not isinstance(item, dict):
             skipped.append({"box": number, "reason": "not a JSON object"})
             continue
         where = {"box": item.get("id", number)}
-        image_id = _key(item.get("image_id"))
+        image_id = id_key(item.get("image_id"))
         if image_id not in files:
             skipped.append(where | {"reason": f"unknown image id {item.get('image_id')!r}"})
             continue
@@ -136,7 +132,7 @@ def _coco(boxes: list[Any], named: dict[str, Any], images: Path, source: Path
         if score is not None and not _finite(score):
             skipped.append(where | {"reason": f"non-numeric score {score!r}"})
             continue
-        category = categories.get(_key(item.get("category_id")))
+        category = categories.get(id_key(item.get("category_id")))
         found.append(Detection(path, Region(tuple(bbox)), None if score is None else
                                float(score), category, dict(item)))
     _missing_images(found, skipped)

@@ -27,7 +27,7 @@ from torch.utils.data import (
 )
 
 from waste_cli.console import Reporter
-from waste_cli.data.sources import DECODE_ERRORS, load_rgb
+from waste_cli.data.sources import DECODE_ERRORS, load_rgb, resize_shorter
 from waste_cli.errors import DataError
 from waste_cli.processes import die_with_parent
 from waste_cli.runtime import seed_everything
@@ -47,14 +47,6 @@ __all__ = [
 TensorBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
 
 
-def _resize_short(image: Image.Image, short: int) -> Image.Image:
-    if not short or min(image.size) <= short:
-        return image
-    scale = short / min(image.size)
-    return image.resize((round(image.width * scale), round(image.height * scale)),
-                        Image.Resampling.BICUBIC)
-
-
 def cache_images(
     paths: Sequence[Path], short_side: int, workers: int, reporter: Reporter
 ) -> list[np.ndarray | None]:
@@ -65,7 +57,8 @@ def cache_images(
     """
     def decode(path: Path) -> np.ndarray | None:
         try:
-            return np.asarray(_resize_short(load_rgb(path, short_side), short_side))
+            return np.asarray(resize_shorter(load_rgb(path, short_side), short_side,
+                                             enlarge=False))
         except DECODE_ERRORS:
             return None
 

@@ -34,7 +34,7 @@ from waste_cli.data.scan import (
 )
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
 from waste_cli.data.split import split_groups
-from waste_cli.data.taxonomy import ClassMap, builtin_taxonomy, load_class_map
+from waste_cli.data.taxonomy import ClassMap, choose_class_map
 from waste_cli.errors import ConfigError, DataError
 from waste_cli.fileio import (
     check_no_overlap,
@@ -43,7 +43,7 @@ from waste_cli.fileio import (
     temporary_name,
 )
 from waste_cli.processes import die_with_parent
-from waste_cli.settings import PrepareSettings, write_config
+from waste_cli.settings import PrepareOptions, write_config
 
 __all__ = ["PrepareResult", "prepare"]
 
@@ -65,16 +65,8 @@ class PrepareResult:
         return max(train) / min(train) if train else 0.0
 
 
-def _class_map(settings: PrepareSettings) -> ClassMap:
-    if settings.map is not None:
-        return load_class_map(settings.map)
-    if settings.taxonomy is not None:
-        return builtin_taxonomy(settings.taxonomy)
-    return ClassMap()
-
-
 def _collect_sources(
-    settings: PrepareSettings, class_map: ClassMap
+    settings: PrepareOptions, class_map: ClassMap
 ) -> tuple[list[SourceImage], list[dict[str, Any]], str]:
     src = settings.source
     if src.is_file() and src.suffix.lower() == ".json":
@@ -99,7 +91,7 @@ def _collect_sources(
 
 
 def _process_all(
-    sources: list[SourceImage], staging: Path, settings: PrepareSettings, reporter: Reporter
+    sources: list[SourceImage], staging: Path, settings: PrepareOptions, reporter: Reporter
 ) -> list[SourceResult]:
     """Decode and encode every source on all cores, in input order."""
     work = partial(process_source, staging=staging, size=settings.size,
@@ -133,7 +125,7 @@ def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path
 
 
 def _place(
-    results: list[SourceResult], settings: PrepareSettings, tmp: Path
+    results: list[SourceResult], settings: PrepareOptions, tmp: Path
 ) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], int, list[list[str]]]:
     """Split by group and move each staged crop into tmp/<split>/<class>/."""
     skipped: list[dict[str, Any]] = []
@@ -186,7 +178,7 @@ def _is_prepared_dataset(folder: Path) -> bool:
     return bool(meta) and meta.get("format") == DATASET_FORMAT
 
 
-def _prepare_output(settings: PrepareSettings) -> Path:
+def _prepare_output(settings: PrepareOptions) -> Path:
     """A fresh staging folder beside OUT, after checking that OUT may be (re)written."""
     out = settings.out
     check_no_overlap([("--out", out)], [("source", settings.source),
@@ -218,7 +210,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult, kind: str,
+def _write_metadata(tmp: Path, settings: PrepareOptions, result: PrepareResult, kind: str,
                     truth: list[list[str]]) -> None:
     dataset = {
         "format": DATASET_FORMAT,
@@ -240,16 +232,16 @@ def _write_metadata(tmp: Path, settings: PrepareSettings, result: PrepareResult,
         (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _nothing_usable(settings: PrepareSettings, skipped: list[dict[str, Any]]) -> DataError:
+def _nothing_usable(settings: PrepareOptions, skipped: list[dict[str, Any]]) -> DataError:
     """The error for a source whose every image or box was skipped, with the first reasons."""
     return DataError(f"No usable images in {settings.source}: see the reasons below.\n"
                      + "\n".join(f"  {s}" for s in skipped[:10]))
 
 
-def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> PrepareResult:
+def prepare(settings: PrepareOptions, reporter: Reporter | None = None) -> PrepareResult:
     """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
     reporter = reporter or Reporter(settings.quiet)
-    class_map = _class_map(settings)
+    class_map = choose_class_map(settings.map, settings.taxonomy)
     sources, skipped, kind = _collect_sources(settings, class_map)
     if not sources:
         raise _nothing_usable(settings, skipped) if skipped else DataError(
@@ -274,17 +266,14 @@ def prepare(settings: PrepareSettings, reporter: Reporter | None = None) -> Prep
         _swap_into_place(tmp, settings.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for item in result.skipped[:20]:
-        reporter.warn(f"skipped {item}")
-    if len(result.skipped) > 20:
-        reporter.warn(f"... and {len(result.skipped) - 20} more; see {REPORT_JSON}")
+    reporter.warn_some([f"skipped {item}" for item in result.skipped])
     for message in result.warnings:
         reporter.warn(message)
     return result
 
 
 def _degenerate(wanted: list[str], counts: dict[str, dict[str, int]],
-                settings: PrepareSettings) -> list[str]:
+                settings: PrepareOptions) -> list[str]:
     """What makes this dataset a poor one to train or test on, said rather than hidden."""
     found = set(counts.get("train", {})) | set(counts.get(PSEUDO_SPLIT, {}))
     notes = [f"class '{name}' has no usable images (all were skipped, see {REPORT_JSON}); it "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from waste_cli.data.scan import class_folders, list_images
 from waste_cli.data.taxonomy import ClassMap
@@ -33,6 +33,7 @@ __all__ = [
     "open_image",
     "oriented_size",
     "process_source",
+    "resize_shorter",
     "to_rgb",
 ]
 
@@ -150,9 +151,17 @@ def _unreadable(data: bytes) -> str:
 # Pillow's guard against decompression bombs, applied to the pixels a decode produces rather
 # than to the size a file declares: a 100 MP panorama decoded at 1/8 for a model is 1.6 MP and
 # safe, a PNG that declares 100 MP is refused. Every image wastecls reads goes through
-# decode_image, which checks this limit itself.
-MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-Image.MAX_IMAGE_PIXELS = None
+# decode_image, which checks this limit itself (Pillow's own global is left as it is).
+MAX_DECODED_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS
+_JPEG_START = b"\xff\xd8\xff"
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image's header, read lazily. A JPEG opens through its plugin, past the size check
+    of Image.open: it may decode reduced, so `decode_image` judges the pixels it will make."""
+    if data.startswith(_JPEG_START):
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    return Image.open(io.BytesIO(data))
 
 
 def decode_image(data: bytes, reduce: int | Reduction = 0
@@ -170,11 +179,11 @@ def decode_image(data: bytes, reduce: int | Reduction = 0
     if not data:
         raise ValueError("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = _open(data)
     except UnidentifiedImageError:
         if not (_is_heif(data) and _register_heif()):
             raise UnidentifiedImageError(_unreadable(data)) from None
-        image = Image.open(io.BytesIO(data))
+        image = _open(data)
     reducible = bool(reduce) and image.format == "JPEG"
     # Before anything reads further (a PNG's EXIF lies after its pixels): the fewest pixels the
     # decoder can produce, then, after the JPEG decoder's reduction, the pixels it will produce.
@@ -198,14 +207,16 @@ def _refuse_bomb(size: tuple[int, int], pixels: int) -> None:
             f"{MAX_DECODED_PIXELS:,} allowed (a decompression bomb?)")
 
 
-def open_image(data: bytes, draft_size: int = 0) -> Image.Image:
-    """`decode_image` for whole images: the picture, its shorter side kept >= `draft_size`."""
-    return decode_image(data, draft_size)[0]
+def open_image(data: bytes, min_short_side: int = 0) -> Image.Image:
+    """`decode_image` for whole images: the picture, its shorter side kept >= `min_short_side`
+    (0: full size)."""
+    return decode_image(data, min_short_side)[0]
 
 
-def load_rgb(path: Path, max_short_side: int = 0) -> Image.Image:
-    """Open an image file as RGB with EXIF orientation; shrink on decode when much larger."""
-    return open_image(path.read_bytes(), draft_size=max_short_side)
+def load_rgb(path: Path, min_short_side: int = 0) -> Image.Image:
+    """An image file as RGB with EXIF orientation; a much larger JPEG shrinks on decode, its
+    shorter side kept >= `min_short_side` (0: full size)."""
+    return open_image(path.read_bytes(), min_short_side)
 
 
 def box_reduction(boxes: list[Box], target: int) -> Reduction:
@@ -244,15 +255,20 @@ def cut_box(image: Image.Image, full_size: tuple[int, int], box: Box, *, size: i
     else:
         crop = image.crop(tuple(round(v * scale) for v in full_box))
     target = size or min(width, height)  # a reduced decode still gives the full-size crop
-    return _resize_shorter(crop, target)
+    return resize_shorter(crop, target, reducing_gap=3.0)
 
 
-def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
-    if size <= 0 or min(image.size) == size:
+def resize_shorter(image: Image.Image, size: int, *, enlarge: bool = True,
+                   reducing_gap: float | None = None) -> Image.Image:
+    """`image` with its shorter side at `size` (bicubic, aspect kept; 0 keeps it). Without
+    `enlarge` a smaller image is kept as it is. `reducing_gap` trades exactness for speed on
+    large reductions (Pillow's reduce-then-resize)."""
+    shorter = min(image.size)
+    if size <= 0 or shorter == size or (shorter < size and not enlarge):
         return image
-    scale = size / min(image.size)
+    scale = size / shorter
     new = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return image.resize(new, Image.Resampling.BICUBIC, reducing_gap=reducing_gap)
 
 
 def _clip(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -281,14 +297,16 @@ def process_source(
             if min(full_size) < min_size:
                 results.append(CropResult(job, None, f"smaller than min-size ({full_size})"))
                 continue
-            crop: Image.Image | str = _resize_shorter(image, size)
+            crop: Image.Image | str = resize_shorter(image, size, reducing_gap=3.0)
         else:
             crop = cut_box(image, full_size, job.box, size=size, min_size=min_size)
         if isinstance(crop, str):
             results.append(CropResult(job, None, crop))
             continue
         target = staging / f"{index}_{k}.jpg"
-        crop.save(target, "JPEG", quality=quality)
+        encoded = io.BytesIO()  # in memory, then one write that raises if it falls short
+        crop.save(encoded, "JPEG", quality=quality)
+        target.write_bytes(encoded.getbuffer())
         results.append(CropResult(job, target))
     return SourceResult(source, digest, tuple(results))
 

@@ -11,7 +11,7 @@ import yaml
 from waste_cli.errors import DataError
 from waste_cli.fileio import read_structured
 
-__all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "load_class_map"]
+__all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "choose_class_map", "load_class_map"]
 
 IGNORE = "ignore"
 TAXONOMIES = {"detect-waste": ("detect-waste.yaml", "unknown")}
@@ -70,3 +70,12 @@ def load_class_map(path: Path) -> ClassMap:
     except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read class map {path}: {exc}") from exc
     return _from_mapping(data, str(path))
+
+
+def choose_class_map(map_file: Path | None, taxonomy: str | None) -> ClassMap:
+    """--map's file, else --taxonomy's built-in mapping, else names kept as they are."""
+    if map_file is not None:
+        return load_class_map(map_file)
+    if taxonomy is not None:
+        return builtin_taxonomy(taxonomy)
+    return ClassMap()
