@@ -15,10 +15,12 @@ install:
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:
+test:  # installs first when wastecls or its test tools are missing (a fresh clone)
+	@$(PYTHON) -c "import waste_cli, timm, pytest, psutil" 2>/dev/null || $(MAKE) install
 	$(PYTHON) -m pytest -q
 
 test-fast:  # the in-process tests only: no child processes, no torchrun jobs
+	@$(PYTHON) -c "import waste_cli, timm, pytest, psutil" 2>/dev/null || $(MAKE) install
 	$(PYTHON) -m pytest -q -m "not subprocess and not distributed"
 
 docs:  # the flag reference, generated from the Typer app (a test fails when it is stale)

@@ -3,6 +3,7 @@ model sees (nearly) the same picture as from a full decode; HEIC photos read lik
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,4 +152,7 @@ def test_the_speed_line_says_where_the_time_went(trained, tmp_path):
                      "torch")
     assert result.exit_code == 0
     line = " ".join(result.output.split())
-    assert "ms decode" in line and "ms resize" in line and "ms inference per image" in line
+    found = re.search(r"Speed: ([\d.]+) ms decode, ([\d.]+) ms resize, ([\d.]+) ms inference "
+                      r"per image", line)
+    assert found, line
+    assert all(float(ms) > 0 for ms in found.groups())  # each stage was timed

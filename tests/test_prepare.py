@@ -6,7 +6,10 @@ import csv
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import run_cli
@@ -215,15 +218,20 @@ def test_output_is_refused_when_not_empty_and_replaced_with_overwrite(sample_dir
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_interrupted_run_leaves_no_output(sample_dir, tmp_path, monkeypatch):
-    import waste_cli.data.prepare as module
+class _InterruptedAtTheEnd(Reporter):
+    """A Ctrl-C once every image is decoded, before the dataset is moved into place."""
 
-    def boom(*args, **kwargs):
+    @contextmanager
+    def bar(self, description: str, total: int) -> Iterator[Any]:
+        with super().bar(description, total) as bar:
+            yield bar
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(module, "_write_metadata", boom)
+
+def test_interrupted_run_leaves_no_output(sample_dir, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        _run(source=sample_dir, out=tmp_path / "out", size=64)
+        prepare(PrepareOptions(source=sample_dir, out=tmp_path / "out", size=64, workers=1),
+                _InterruptedAtTheEnd(quiet=True))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -107,7 +107,7 @@ def test_training_with_pseudo_labels_logs_the_pool(with_pool, tmp_path, mode):
         assert 0 < float(row["pseudo_accepted"]) <= float(row["pseudo_pool"]) <= pool
         if mode == "per-epoch":  # a threshold below 1/6 accepts the whole pool
             assert float(row["pseudo_accepted"]) == pool
-        assert row["pseudo_precision"] != ""  # prepare recorded the pool's truth
+        assert 0 <= float(row["pseudo_precision"]) <= 1  # prepare recorded the pool's truth
         per_class = sum(float(row[f"pseudo_{c}"]) for c in (
             "cardboard", "glass", "metal", "paper", "plastic", "trash"))
         assert per_class == float(row["pseudo_accepted"])

@@ -28,8 +28,6 @@ def test_cpu_defaults_are_the_measured_recipe(prepared):
     settings, choices = _resolve(prepared)
     assert (settings.img_size, settings.freeze_layers, settings.aug, settings.cache,
             settings.amp) == (288, 6, "light", "ram", False)
-    assert (settings.epochs, settings.ema, settings.lr, settings.layer_decay,
-            settings.batch_size) == (12, True, 1e-3, 0.7, 32)
     assert set(choices) == {"img_size", "freeze_layers", "aug", "cache", "amp"}
     assert str(choices["freeze_layers"]).startswith("freeze-layers auto -> 6 (cpu")
     assert str(choices["amp"]).startswith("amp auto -> off")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import platform
 import shutil
 import signal
@@ -468,7 +467,7 @@ def test_neptune_missing_package_says_how_to_install(prepared, tmp_path, monkeyp
 def test_resume_of_missing_run_is_an_error(tmp_path):
     result = run_cli("train", "--data", tmp_path, "--resume", tmp_path / "nope")
     assert result.exit_code == 1 and "does not exist" in result.output
-    assert os.path.exists(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no run folder was started
 
 
 @pytest.mark.parametrize("size,crop_pct,interpolation", [

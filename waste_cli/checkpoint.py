@@ -16,7 +16,7 @@ from waste_cli.errors import ModelError, WasteclsError
 from waste_cli.fileio import atomic_path
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
-           "load_checkpoint", "load_tensors", "save_checkpoint"]
+           "is_wastecls_checkpoint", "load_checkpoint", "load_tensors", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "wastecls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -82,6 +82,11 @@ def load_tensors(path: Path, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
+def is_wastecls_checkpoint(data: Any) -> bool:
+    """Whether what a file held is a checkpoint `wastecls train` wrote (the one test)."""
+    return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a wastecls checkpoint safely (weights_only: tensors and plain data, never code)."""
     if not path.is_file():
@@ -92,7 +97,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise ModelError(f"Cannot read {path} as a wastecls checkpoint ({type(exc).__name__}). "
                          "Give a best.pt or last.pt written by `wastecls train`, or an .onnx "
                          "file written by `wastecls export`.") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+    if not is_wastecls_checkpoint(data):
         raise ModelError(f"{path} is not a wastecls checkpoint (train writes best.pt/last.pt).")
     if data.get("version", 0) > CHECKPOINT_VERSION:
         raise ModelError(f"{path} was written by a newer wastecls; upgrade to read it.")

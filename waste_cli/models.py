@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from waste_cli.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_tensors
+from waste_cli.checkpoint import Checkpoint, is_wastecls_checkpoint, load_tensors
 from waste_cli.errors import ConfigError, ModelError
 
 __all__ = [
@@ -183,35 +183,15 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module)
     return renamed
 
 
-def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """Tensors from a .safetensors file, a plain state dict, a wastecls or Lightning checkpoint,
-    and the class names of its classifier's rows when the file records them (wastecls)."""
-    if not path.is_file():
-        raise ModelError(f"Weights file {path} does not exist.")
+def _wastecls_classes(path: Path) -> list[str] | None:
+    """The class names of a wastecls checkpoint's classifier rows; None for other files."""
+    if path.suffix == ".safetensors":
+        return None
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path)), None
-        data = load_tensors(path)
-    except Exception as exc:  # torch raises many types for unreadable or unsafe files
-        raise ModelError(
-            f"Cannot read weights file {path} ({type(exc).__name__}): it is not a .safetensors "
-            "file or a PyTorch weights file that loads safely. Give timm or efficientnet_pytorch "
-            "weights, or a wastecls checkpoint.") from None
-    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-        return data["model"], list(data["classes"])
-    for key in ("state_dict", "model", "model_state_dict"):  # Lightning and training scripts
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelError(f"{path} does not hold a state dict of tensors.")
-    prefixes = ("efficient_net.", "model.", "module.")
-    for prefix in prefixes:
-        if all(k.startswith(prefix) for k in data):
-            data = {k[len(prefix):]: v for k, v in data.items()}
-    return data, None
+        data = load_tensors(path, mmap=True)
+    except Exception:  # not a zip file torch reads: timm's loader says what it is
+        return None
+    return list(data["classes"]) if is_wastecls_checkpoint(data) else None
 
 
 def _match_head(state: dict[str, torch.Tensor], head: set[str], source: list[str],
@@ -227,24 +207,26 @@ def _match_head(state: dict[str, torch.Tensor], head: set[str], source: list[str
         state[key] = rows
 
 
-def load_weights(model: nn.Module, path: Path, classes: list[str] | None = None) -> None:
-    """Load a local weights file into `model`, checked shape by shape.
-
-    Accepts timm-layout state dicts (.pth/.safetensors), wastecls checkpoints and
-    efficientnet_pytorch-layout files (also inside Lightning checkpoints). The classifier is
-    kept from `model` when its shape differs (another number of classes); a wastecls
-    checkpoint's classifier is matched to `classes` by name. Any other missing, unexpected or
-    mis-shaped tensor is an error that names it.
-    """
-    state, trained_classes = _read_state_dict(path)
+def _fitted(state: Any, model: nn.Module, path: Path, trained_classes: list[str] | None,
+            classes: list[str] | None) -> dict[str, torch.Tensor]:
+    """The state dict timm read from `path`, made to fit `model`: efficientnet_pytorch names
+    renamed, a training script's wrapper prefix dropped, a wastecls classifier matched to
+    `classes` by name, a classifier of another shape left out. Anything else that does not fit
+    is an error naming it."""
+    if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
+        state = state["model_state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors.")
+    for prefix in ("efficient_net.", "model."):  # Lightning modules' attribute names
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     if any(k.startswith("_blocks.") for k in state):
         state = _from_efficientnet_pytorch(state, model)
     own = model.state_dict()
     head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
     if trained_classes and classes and trained_classes != classes:
         _match_head(state, head, trained_classes, classes)
-    new_head = any(k in head and v.shape != own[k].shape for k, v in state.items()) or not (
-        head & set(state))
     state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -258,8 +240,40 @@ def load_weights(model: nn.Module, path: Path, classes: list[str] | None = None)
                                  ("missing", missing)) if items
         )
         raise ModelError(f"Weights in {path} do not fit this architecture ({details}).")
-    model.load_state_dict(state, strict=False)
-    if new_head:
+    return state
+
+
+def load_weights(model: nn.Module, path: Path, classes: list[str] | None = None) -> None:
+    """Load a local weights file into `model` through timm's checkpoint loader.
+
+    timm reads the file (.safetensors, or a torch file loaded with weights_only: never code)
+    and unwraps training checkpoints; `_fitted` adapts what it read: efficientnet_pytorch key
+    names, a wastecls checkpoint's classifier matched to `classes` by name, a classifier of
+    another number of classes started anew at zero.
+    """
+    from timm.models import load_checkpoint
+
+    if not path.is_file():
+        raise ModelError(f"Weights file {path} does not exist.")
+    trained_classes = _wastecls_classes(path)
+    loaded: dict[str, torch.Tensor] = {}
+
+    def fit(state: Any, target: nn.Module) -> dict[str, torch.Tensor]:
+        loaded.update(_fitted(state, target, path, trained_classes, classes))
+        return loaded
+
+    try:
+        load_checkpoint(model, str(path), use_ema=False, strict=False, filter_fn=fit,
+                        weights_only=True)
+    except ModelError:
+        raise
+    except Exception as exc:  # torch and safetensors raise many types for unreadable files
+        raise ModelError(
+            f"Cannot read weights file {path} ({type(exc).__name__}): it is not a .safetensors "
+            "file or a PyTorch weights file that loads safely. Give timm or efficientnet_pytorch "
+            "weights, or a wastecls checkpoint.") from None
+    head = {f"{model.default_cfg.get('classifier', 'fc')}.{p}" for p in ("weight", "bias")}
+    if not head & set(loaded):  # the file's classifier did not fit: a new one, at zero
         _zero_head(model)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from waste_cli.checkpoint import CHECKPOINT_FORMAT, ResumeCheckpoint, load_tensors
+from waste_cli.checkpoint import ResumeCheckpoint, is_wastecls_checkpoint, load_tensors
 from waste_cli.errors import ConfigError
 from waste_cli.models import resolve_arch
 from waste_cli.policy import default_workers
@@ -80,7 +80,7 @@ def _checkpoint_size(weights: Path | None) -> int | None:
         data = load_tensors(weights, mmap=True)
     except Exception:  # not a zip checkpoint: models.load_weights reports what it is
         return None
-    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+    if is_wastecls_checkpoint(data):
         return int(data["data_config"]["input_size"][-1])
     return None
 
