@@ -360,10 +360,11 @@ def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
     data = tmp_path / "noval"
     shutil.copytree(prepared, data)
     shutil.rmtree(data / "val")
+    from waste_cli.console import Reporter
     from waste_cli.settings import TrainOptions
     from waste_cli.trainer import load_train_data
 
-    split = load_train_data(TrainOptions(data=data, val_frac=0.25, **TINY))
+    split = load_train_data(TrainOptions(data=data, val_frac=0.25, **TINY), Reporter(quiet=True))
     assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)
     assert not {p for p, _ in split.val} & {p for p, _ in split.train}
 

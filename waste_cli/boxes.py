@@ -8,7 +8,6 @@ needs) however many boxes it holds, and all crops flow through predict's batched
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +16,14 @@ from typing import IO, Any
 
 from waste_cli.backends import Runner
 from waste_cli.batching import EvalImages, Speed
-from waste_cli.console import Reporter
+from waste_cli.console import Reporter, printable
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
 from waste_cli.fileio import (
     atomic_path,
     atomic_text,
     check_no_overlap,
+    csv_writer,
     ensure_file_writable,
     ensure_writable,
 )
@@ -87,7 +87,7 @@ class _BoxWriter:
         self.fmt, self.handle, self.top_k, self.classes = fmt, handle, top_k, classes
         self.first = True
         if fmt == "csv":
-            self.csv = csv.writer(handle, lineterminator="\n")
+            self.csv = csv_writer(handle)
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
             self.csv.writerow(["image", "x", "y", "w", "h", "box_format", "detector_score",
                                *columns, "error"])
@@ -114,7 +114,8 @@ class _BoxWriter:
                                *item.cells(self.top_k), item.error])
         else:
             box = " ".join(_box_columns(detection)[:4])
-            self.handle.write(f"{detection.image} [{box}]  {item.shown()}\n")
+            self.handle.write(f"{printable(str(detection.image))} [{box}]  "
+                              f"{printable(item.shown())}\n")
 
     def close(self) -> None:
         if self.fmt == "json":

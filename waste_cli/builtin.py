@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["BUILTIN_MODEL", "builtin_file", "is_builtin", "named_file"]
+__all__ = ["BUILTIN_MODEL", "builtin_file", "is_builtin", "model_name", "named_file"]
 
 BUILTIN_MODEL = "trashnet-lite0"
 
@@ -36,3 +36,8 @@ def named_file(path: Path | None, suffix: str) -> Path | None:
     if found is None:
         raise ValueError(f"this installation has no built-in model file {BUILTIN_MODEL}{suffix}")
     return found
+
+
+def model_name(path: Path) -> str:
+    """How a model file is named to the user: the built-in model by its name, others by path."""
+    return f"built-in {BUILTIN_MODEL}" if is_builtin(path) else str(path)

@@ -20,10 +20,11 @@ import typer
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from waste_cli import __version__
+from waste_cli.builtin import model_name
+from waste_cli.console import terminal_text as shown
 from waste_cli.errors import WasteclsError
 from waste_cli.fileio import describe_os_error
 from waste_cli.settings import (
@@ -232,7 +233,8 @@ def _reader_gone() -> NoReturn:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {shown(message, keep_newlines=True)}",
+                      soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -277,12 +279,12 @@ def prepare(settings: PrepareOptions) -> None:
 
     result = run_prepare(settings, _reporter(settings))
     splits = [s for s in ("train", "val", "test", "pseudolabel") if any(result.counts[s].values())]
-    table = Table(title=f"Prepared {result.out}", show_footer=True)
+    table = Table(title=f"Prepared {shown(result.out)}", show_footer=True)
     table.add_column("class", footer="total")
     for split in splits:
         table.add_column(split, justify="right", footer=str(sum(result.counts[split].values())))
     for name in result.classes:
-        table.add_row(name, *(str(result.counts[s][name]) for s in splits))
+        table.add_row(shown(name), *(str(result.counts[s][name]) for s in splits))
     out_console.print(table)
     out_console.print(
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
@@ -329,8 +331,8 @@ def train(settings: TrainOptions) -> None:
     if result.skipped_images:
         out_console.print(f"[yellow]{len(result.skipped_images)} unreadable training images "
                           "were skipped[/] (listed in summary.json).")
-    out_console.print(f"{result.seconds:.0f}s. Results in {result.run_dir}: best.pt, last.pt, "
-                      "metrics.csv, curves.png, confusion_matrix.png, summary.json")
+    out_console.print(f"{result.seconds:.0f}s. Results in {shown(result.run_dir)}: best.pt, "
+                      "last.pt, metrics.csv, curves.png, confusion_matrix.png, summary.json")
 
 
 @settings_command(
@@ -349,21 +351,22 @@ def pseudolabel(settings: PseudolabelOptions) -> None:
     from waste_cli.pseudolabel import pseudolabel as run_pseudolabel
 
     result = run_pseudolabel(settings, _reporter(settings))
-    table = Table(title=f"Pseudo-labels from {result.model} (threshold {settings.threshold})",
+    table = Table(title=f"Pseudo-labels from {shown(model_name(result.model))} (threshold "
+                  f"{settings.threshold})",
                   show_footer=True)
     total = sum(len(v) for v in result.accepted.values())
     table.add_column("class", footer="total")
     table.add_column("accepted", justify="right", footer=f"{total} of {result.images}")
     table.add_column("mean confidence", justify="right")
     for name, confidences in sorted(result.accepted.items()):
-        table.add_row(name, str(len(confidences)),
+        table.add_row(shown(name), str(len(confidences)),
                       f"{sum(confidences) / len(confidences):.3f}")
     out_console.print(table)
     for item in result.failed:
-        err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
+        err_console.print(f"[yellow]failed:[/] {shown(item.path)}: {shown(item.error)}",
                           soft_wrap=True)
-    out_console.print(f"Manifest: {result.manifest}"
-                      + (f"; accepted images copied to {settings.copy_to}"
+    out_console.print(f"Manifest: {shown(result.manifest)}"
+                      + (f"; accepted images copied to {shown(settings.copy_to)}"
                          if settings.copy_to else ""))
     if result.failed:
         raise typer.Exit(1)
@@ -391,8 +394,8 @@ def evaluate(settings: EvaluateOptions) -> None:
     if settings.json_output:
         print(json.dumps(report, indent=2))
         return
-    summary = Table(title=f"{result.model} on {report['data']} ({report['images']} images, "
-                    f"{result.backend})")
+    summary = Table(title=f"{shown(model_name(result.model))} on {shown(report['data'])} "
+                    f"({report['images']} images, {result.backend})")
     for column in ("accuracy", "balanced acc", "macro-F1", f"top-{report['top_k']} acc"):
         summary.add_column(column, justify="right")
     summary.add_row(*(f"{report[k]:.2%}" for k in (
@@ -401,23 +404,23 @@ def evaluate(settings: EvaluateOptions) -> None:
     for column in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for row in report["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+        per_class.add_row(shown(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
                           f"{row['f1']:.3f}", str(row["support"]))
     matrix = Table(title="Confusion matrix (rows: true, columns: predicted)")
     matrix.add_column("")
     for name in report["classes"]:
-        matrix.add_column(name[:10], justify="right")
+        matrix.add_column(shown(name[:10]), justify="right")
     for name, counts in zip(report["classes"], report["confusion_matrix"], strict=True):
-        matrix.add_row(name, *(f"[bold]{c}[/]" if c else "·" for c in counts))
+        matrix.add_row(shown(name), *(f"[bold]{c}[/]" if c else "·" for c in counts))
     for table in (summary, per_class, matrix):
         out_console.print(table)
-    pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+    pairs = ", ".join(f"{shown(p['true'])} -> {shown(p['predicted'])} ({p['count']})"
                       for p in report["most_confused"])
     out_console.print(f"Most confused: {pairs or 'none'}")
     out_console.print(result.speed.summary())
     if result.out:
         out_console.print(f"Wrote report.json, per_class.csv, predictions.csv, "
-                          f"confusion_matrix.png and top_losses.png to {result.out}")
+                          f"confusion_matrix.png and top_losses.png to {shown(result.out)}")
 
 
 @settings_command(
@@ -441,13 +444,13 @@ def predict(settings: PredictOptions) -> None:
 
     result = run_predict(settings, sys.stdout, _reporter(settings, stderr=True))
     for item in result.failed:
-        err_console.print(f"[yellow]failed:[/] {escape(str(item.path))}: {escape(item.error)}",
+        err_console.print(f"[yellow]failed:[/] {shown(item.path)}: {shown(item.error)}",
                           soft_wrap=True)
     if not settings.quiet:
         err_console.print(f"{_count(result.predicted, 'image')} predicted, "
                           f"{len(result.failed)} failed "
-                          f"({result.model}, {result.backend})"
-                          + (f"; results in {settings.output}" if settings.output else ""))
+                          f"({shown(model_name(result.model))}, {result.backend})"
+                          + (f"; results in {shown(settings.output)}" if settings.output else ""))
         err_console.print(result.speed.summary())
     if result.failed:
         raise typer.Exit(1)
@@ -458,17 +461,17 @@ def _predict_boxes(settings: PredictOptions) -> None:
 
     result = predict_boxes(settings, sys.stdout, _reporter(settings, stderr=True))
     for item in result.failed:
-        err_console.print(f"[yellow]failed:[/] {escape(str(item.detection.image))} box "
-                          f"{list(item.detection.region.box)}: {escape(item.error)}",
+        err_console.print(f"[yellow]failed:[/] {shown(item.detection.image)} box "
+                          f"{list(item.detection.region.box)}: {shown(item.error)}",
                           soft_wrap=True)
     if not settings.quiet:
         err_console.print(
             f"{_count(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed, "
-            f"{_count(len(result.skipped), 'entry', 'entries')} of {settings.boxes} skipped, "
-            f"{result.below_score} "
-            f"under --min-score ({result.model}, {result.backend})"
-            + (f"; results in {settings.output}" if settings.output else "")
-            + (f"; pictures in {settings.save_images}" if settings.save_images else ""))
+            f"{_count(len(result.skipped), 'entry', 'entries')} of {shown(settings.boxes)} "
+            f"skipped, {result.below_score} under --min-score "
+            f"({shown(model_name(result.model))}, {result.backend})"
+            + (f"; results in {shown(settings.output)}" if settings.output else "")
+            + (f"; pictures in {shown(settings.save_images)}" if settings.save_images else ""))
         err_console.print(result.speed.summary().replace("per image", "per box"))
     if result.failed or result.skipped:
         raise typer.Exit(1)
@@ -492,7 +495,7 @@ def export(settings: ExportOptions) -> None:
         for path in result.files.values():
             out_console.print(str(path), soft_wrap=True, highlight=False)
         return
-    table = Table(title=f"Exported {result.model}")
+    table = Table(title=f"Exported {shown(model_name(result.model))}")
     for column in ("format", "file", "MB", "max |diff|", "top-1 agree", "acc (pt -> export)"):
         table.add_column(column, justify="left" if column in ("format", "file") else "right",
                          overflow="fold")
@@ -501,7 +504,7 @@ def export(settings: ExportOptions) -> None:
         accuracy = "-"
         if check and check.accuracy_reference is not None:
             accuracy = f"{check.accuracy_reference:.1%} -> {check.accuracy_export:.1%}"
-        table.add_row(name, str(path), f"{path.stat().st_size / 2**20:.1f}",
+        table.add_row(name, shown(path), f"{path.stat().st_size / 2**20:.1f}",
                       f"{check.max_abs_diff:.1e}" if check else "not verified",
                       f"{check.top1_agreement:.1%}" if check else "-", accuracy)
     out_console.print(table)

@@ -27,18 +27,20 @@ from rich.progress import (
 __all__ = ["Bar", "Reporter", "printable", "terminal_text"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def printable(text: str) -> str:
+def printable(text: str, keep_newlines: bool = False) -> str:
     """`text` with every control character (escape sequences, newlines, carriage returns)
     written as a visible escape (`\\x1b`, `\\n`): names from data cannot redraw the screen or
     fake a line of output."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-def terminal_text(text: object) -> str:
+def terminal_text(text: object, keep_newlines: bool = False) -> str:
     """Text from data as rich markup that prints it literally (see `printable`)."""
-    return escape(printable(str(text)))
+    return escape(printable(str(text), keep_newlines))
 
 
 def _format_fields(fields: dict[str, Any]) -> str:

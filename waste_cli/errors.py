@@ -7,6 +7,7 @@ __all__ = [
     "DataError",
     "DeviceError",
     "ModelError",
+    "UnsafeNameError",
     "WasteclsError",
 ]
 
@@ -33,5 +34,12 @@ class ModelError(WasteclsError):
 
 class DeviceError(WasteclsError):
     """A requested device that this machine does not have."""
+
+    exit_code = 2
+
+
+class UnsafeNameError(WasteclsError):
+    """A name from data (a class, a category, a map target, a file name) that cannot be one
+    path component."""
 
     exit_code = 2

@@ -6,7 +6,6 @@ checkpoint or the ONNX metadata).
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
 from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.errors import DataError
-from waste_cli.fileio import atomic_write_text, check_no_overlap, ensure_writable
+from waste_cli.fileio import atomic_write_text, check_no_overlap, csv_writer, ensure_writable
 from waste_cli.inference import find_model, open_model
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
@@ -79,7 +78,7 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(["class", "precision", "recall", "f1", "support"])
     for row in report["per_class"]:
         writer.writerow([row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}",
@@ -92,7 +91,7 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
     losses = torch.full((len(samples),), float("nan"))
     losses[valid] = F.cross_entropy(logits[valid], targets[valid], reduction="none")
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_writer(buffer)
     writer.writerow(["path", "true", "predicted", "confidence", "loss"])
     for i, (path, label) in enumerate(samples):
         if valid[i]:

@@ -7,6 +7,7 @@ final name, and the next write of NAME removes those whose process PID no longer
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -15,16 +16,32 @@ import re
 import shutil
 import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from waste_cli.errors import ConfigError, WasteclsError
+from waste_cli.errors import ConfigError, UnsafeNameError, WasteclsError
 
-__all__ = ["atomic_path", "atomic_text", "atomic_write_text", "check_no_overlap",
-           "describe_os_error", "ensure_file_writable", "ensure_writable", "file_sha256",
-           "read_structured", "remove_stale_temporaries", "temporary_name", "write_error"]
+__all__ = [
+    "CsvWriter",
+    "atomic_path",
+    "atomic_text",
+    "atomic_write_text",
+    "check_no_overlap",
+    "csv_writer",
+    "describe_os_error",
+    "ensure_file_writable",
+    "ensure_writable",
+    "file_sha256",
+    "plain_cell",
+    "read_structured",
+    "remove_stale_temporaries",
+    "spreadsheet_cell",
+    "temporary_name",
+    "write_error",
+]
 
 
 def temporary_name(path: Path, tag: str) -> Path:
@@ -221,3 +238,76 @@ def describe_os_error(exc: OSError) -> str:
     advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
     return (f"File system error on {where}: {exc.strerror or exc}. {advice} Files completed "
             "before this were kept; nothing half-written carries a final name.")
+
+
+# Cells that a spreadsheet would run as a formula (OWASP's CSV injection list).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: object) -> str:
+    """A CSV cell that a spreadsheet shows as the text it is: one that would start a formula
+    gets a leading apostrophe, as OWASP advises; numbers (-0.5) stay numbers."""
+    text = str(value)
+    if text.startswith(_FORMULA_START):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
+def plain_cell(text: str) -> str:
+    """A cell as `spreadsheet_cell` wrote it, back to its text."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
+class CsvWriter:
+    """csv.writer whose every cell goes through `spreadsheet_cell`."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._writer = csv.writer(handle, lineterminator="\n")
+
+    def writerow(self, cells: Iterable[object]) -> None:
+        self._writer.writerow([spreadsheet_cell(c) for c in cells])
+
+    def writerows(self, rows: Iterable[Iterable[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(handle: IO[str]) -> CsvWriter:
+    """The CSV writer of every table wastecls writes for people and spreadsheets."""
+    return CsvWriter(handle)
+
+
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+_UNSAFE_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be one path component wastecls writes, or None when it can."""
+    if not name.strip():
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a folder itself"
+    if found := _UNSAFE_IN_NAME.search(name):
+        return f"it contains {found.group()!r} (a path separator or a control character)"
+    if name.startswith("."):
+        return "it starts with a dot (a hidden name, which is never data)"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"it is longer than {NAME_MAX} bytes"
+    return None
+
+
+def safe_name(name: str, where: str) -> str:
+    """`name`, NFC-normalised (the same name typed on macOS and Linux is one name), when it may
+    be one path component; else an UnsafeNameError naming `where` it came from. Every class,
+    category, map target and file name from data passes here before it becomes a path."""
+    name = unicodedata.normalize("NFC", str(name))
+    problem = name_problem(name)
+    if problem is not None:
+        raise UnsafeNameError(
+            f"The name {name!r} ({where}) cannot be a folder or file name: {problem}. Rename "
+            "it at its source, or map it to another name with --map."
+        )
+    return name

@@ -7,7 +7,6 @@ not grow with the number of inputs.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 from collections.abc import Iterator
@@ -17,9 +16,9 @@ from typing import IO, Any
 
 from waste_cli.backends import Runner
 from waste_cli.batching import EvalImages, Speed
-from waste_cli.console import Reporter
+from waste_cli.console import Reporter, printable
 from waste_cli.data.scan import is_image_path, list_images
-from waste_cli.fileio import atomic_text, check_no_overlap, ensure_file_writable
+from waste_cli.fileio import atomic_text, check_no_overlap, csv_writer, ensure_file_writable
 from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
 from waste_cli.settings import PredictOptions
 
@@ -92,7 +91,7 @@ class _Writer:
 
     def __init__(self, fmt: str, handle: IO[str], top_k: int) -> None:
         self.fmt, self.handle, self.top_k = fmt, handle, top_k
-        self.csv = csv.writer(handle, lineterminator="\n") if fmt == "csv" else None
+        self.csv = csv_writer(handle) if fmt == "csv" else None
         if self.csv is not None:
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
             self.csv.writerow(["path", *columns, "error"])
@@ -107,7 +106,7 @@ class _Writer:
         elif self.csv is not None:
             self.csv.writerow([str(item.path), *item.cells(self.top_k), item.error])
         else:
-            self.handle.write(f"{item.path}  {item.shown()}\n")
+            self.handle.write(f"{printable(str(item.path))}  {printable(item.shown())}\n")
 
 
 def output_format(options: PredictOptions) -> str:

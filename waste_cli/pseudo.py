@@ -29,6 +29,7 @@ from waste_cli.data.scan import TRUTH_CSV, list_images
 from waste_cli.data.transforms import train_transform
 from waste_cli.distributed import Distributed, shard
 from waste_cli.errors import DataError
+from waste_cli.fileio import plain_cell
 from waste_cli.runtime import to_device
 from waste_cli.settings import TrainOptions
 
@@ -88,7 +89,8 @@ def load_pool(folder: Path, excluded: list[Path]) -> PseudoPool:
     truth_file = folder.parent / TRUTH_CSV
     if truth_file.is_file():
         with open(truth_file, newline="", encoding="utf-8") as handle:
-            truth = {row["file"]: row["label"] for row in csv.DictReader(handle)}
+            truth = {plain_cell(row["file"]): plain_cell(row["label"])
+                     for row in csv.DictReader(handle) if row.get("file") and row.get("label")}
     return PseudoPool(paths, truth)
 
 
@@ -326,9 +328,11 @@ def _cycle(loader: DataLoader) -> Iterator[Any]:
         yield from loader
 
 
-def read_manifests(paths: list[Path], classes: list[str]) -> list[tuple[Path, int]]:
+def read_manifests(paths: list[Path], classes: list[str], reporter: Reporter
+                   ) -> list[tuple[Path, int]]:
     """(image, class) rows from manifests: `path,label`, and only rows with accepted=1 when
-    the manifest has that column (as `wastecls pseudolabel` writes)."""
+    the manifest has that column (as `wastecls pseudolabel` writes). Rows without a path or
+    a label are skipped with their line number."""
     samples: list[tuple[Path, int]] = []
     for manifest in paths:
         try:
@@ -338,13 +342,18 @@ def read_manifests(paths: list[Path], classes: list[str]) -> list[tuple[Path, in
             raise DataError(f"Cannot read manifest {manifest}: {exc}") from None
         if rows and not {"path", "label"} <= set(rows[0]):
             raise DataError(f"Manifest {manifest} needs 'path' and 'label' columns.")
-        unknown = sorted({r["label"] for r in rows} - set(classes))
+        usable = []
+        for line, row in enumerate(rows, start=2):  # line 1 is the header
+            if not row.get("path") or not row.get("label"):
+                reporter.warn(f"skipped line {line} of {manifest}: no path or no label")
+            elif row.get("accepted", "1") in ("1", "true", "True"):
+                usable.append((plain_cell(row["path"]), plain_cell(row["label"])))
+        unknown = sorted({label for _, label in usable} - set(classes))
         if unknown:
             raise DataError(f"Manifest {manifest} has labels the training data does not: "
                             f"{', '.join(unknown)}.")
-        for row in rows:
-            if row.get("accepted", "1") in ("1", "true", "True"):
-                path = Path(row["path"])
-                path = path if path.is_absolute() else manifest.parent / path
-                samples.append((path, classes.index(row["label"])))
+        for name, label in usable:
+            path = Path(name)
+            path = path if path.is_absolute() else manifest.parent / path
+            samples.append((path, classes.index(label)))
     return samples

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import shutil
 from collections import defaultdict
@@ -19,8 +18,10 @@ from waste_cli.fileio import (
     atomic_path,
     atomic_write_text,
     check_no_overlap,
+    csv_writer,
     ensure_file_writable,
     ensure_writable,
+    safe_name,
 )
 from waste_cli.inference import ClassifyOptions, find_model, open_model
 from waste_cli.predict import expand_inputs, predict_stream
@@ -48,6 +49,16 @@ def _default_pool(model_path: Path) -> Path:
                       "has no pseudolabel/ folder).")
 
 
+def _free_name(folder: Path, image: Path, taken: set[Path]) -> Path:
+    """folder/<image's name>, or NAME-1, NAME-2 ... when this run or anyone else has it."""
+    target, counter = folder / image.name, 0
+    while target in taken or target.exists() or target.is_symlink():
+        counter += 1
+        target = folder / f"{image.stem}-{counter}{image.suffix}"
+    taken.add(target)
+    return target
+
+
 def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
                 ) -> PseudolabelResult:
     """Label an unlabelled folder: a manifest of every image, and accepted copies if asked."""
@@ -60,6 +71,9 @@ def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
     if settings.copy_to is not None:
         ensure_writable(settings.copy_to, "--copy-to folder")
     runner = open_model(model_path, settings.device, settings.backend, reporter)
+    # Class names come from the model file: each must be a safe folder name before any copy.
+    folders = {name: settings.copy_to / safe_name(name, f"a class of {model_path}")
+               for name in runner.classes} if settings.copy_to is not None else {}
     paths, failed = expand_inputs([str(folder)])
     options = ClassifyOptions(top_k=2, exclude_class=tuple(settings.exclude_class),
                               batch_size=settings.batch_size, workers=settings.workers)
@@ -77,13 +91,10 @@ def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
         if ok:
             accepted[item.labels[0]].append(confidence)
             if settings.copy_to is not None:
-                target = settings.copy_to / item.labels[0] / item.path.name
-                if target in names or target.exists():
-                    target = target.with_stem(f"{target.stem}-{len(names)}")
-                names.add(target)
+                target = _free_name(folders[item.labels[0]], item.path, names)
                 with atomic_path(target) as tmp:  # a killed run leaves no half-copied image
                     shutil.copy2(item.path, tmp)
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    csv_writer(buffer).writerows(rows)
     atomic_write_text(settings.out, buffer.getvalue())
     return PseudolabelResult(settings.out, model_path, len(rows) - 1, dict(accepted), failed)

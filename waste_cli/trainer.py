@@ -120,7 +120,18 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def load_train_data(settings: TrainOptions) -> TrainData:
+def _refuse_held_out(extra: list[tuple[Path, int]], root: Path) -> None:
+    """--extra-labels may not bring validation or test images into training."""
+    held_out = [(root / split).resolve() for split in ("val", "test")]
+    leaked = [path for path, _ in extra
+              if any(path.resolve().is_relative_to(folder) for folder in held_out)]
+    if leaked:
+        raise DataError(f"--extra-labels lists {len(leaked)} image(s) of {root}'s val or test "
+                        f"split (e.g. {leaked[0]}): training on them would make those numbers "
+                        "meaningless. Label images from elsewhere, e.g. ROOT/pseudolabel.")
+
+
+def load_train_data(settings: TrainOptions, reporter: Reporter) -> TrainData:
     """Training and validation samples; val is ROOT/val or a seeded share of train."""
     root = settings.data
     if root is None or not (root / "train").is_dir():
@@ -133,7 +144,9 @@ def load_train_data(settings: TrainOptions) -> TrainData:
         raise DataError(f"{root} has {len(classes)} class ({', '.join(classes)}): a classifier "
                         "needs at least two. Add class folders, or prepare the data again.")
     train = labeled_samples(root / "train", classes)
-    train += read_manifests(settings.extra_labels, classes)
+    extra = read_manifests(settings.extra_labels, classes, reporter)
+    _refuse_held_out(extra, root)
+    train += extra
     missing = sorted(set(classes) - {classes[label] for _, label in train})
     if missing:
         raise DataError(f"Classes without training images in {root / 'train'}: "
@@ -596,7 +609,7 @@ def build_trainer(options: TrainOptions, reporter: Reporter, dist: Distributed,
     seed_everything(options.seed)
     if device.type == "cpu":
         keep_freed_memory()
-    data = load_train_data(options)
+    data = load_train_data(options, reporter)
     if last is not None:
         _check_resumed_classes(data, last, options.resume or Path("."))
     plan = resolve_run(options, device, [p for p, _ in (*data.train, *data.val)], last)

@@ -16,7 +16,7 @@ from typing import Any
 from waste_cli.data.sources import Box, CropJob, SourceImage
 from waste_cli.data.taxonomy import ClassMap
 from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured
+from waste_cli.fileio import name_problem, read_structured
 
 __all__ = ["BACKGROUND", "coco_sources", "crop_box", "id_key", "parse_bbox", "safe_image_path"]
 
@@ -166,11 +166,17 @@ def coco_sources(
             continue
         box = crop_box(bbox, square, zoom)
         boxes[image_id].append(box)
-        label = class_map(categories[category])
+        label = class_map.target(categories[category],
+                                 f"category {category!r} of {path}")
         if label is None:
             continue  # an ignored category: its box still blocks background crops
         stem = Path(str(image_info[image_id].get("file_name") or image_id)).stem
-        crops[image_id].append(CropJob(label, box, f"{stem}_{ann_id}"))
+        crop_name = f"{stem}_{ann_id}"
+        if name_problem(crop_name + ".jpg") is not None:
+            skipped.append({"annotation": ann_id, "reason": f"its crop's file name {crop_name!r} "
+                            f"cannot be a file name: {name_problem(crop_name + '.jpg')}"})
+            continue
+        crops[image_id].append(CropJob(label, box, crop_name))
 
     sources = []
     for image_id in sorted(image_info, key=str):

@@ -8,7 +8,6 @@ is renamed to OUT only when complete.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -37,7 +36,9 @@ from waste_cli.data.split import split_groups
 from waste_cli.data.taxonomy import ClassMap, choose_class_map
 from waste_cli.errors import ConfigError, DataError
 from waste_cli.fileio import (
+    NAME_MAX,
     check_no_overlap,
+    csv_writer,
     ensure_writable,
     remove_stale_temporaries,
     temporary_name,
@@ -115,6 +116,10 @@ def _process_all(
 
 
 def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path:
+    """folder/stem.jpg, or with the image's digest when taken; the stem shortened so that the
+    name fits NAME_MAX whatever is added to it."""
+    room = NAME_MAX - len("-12345678-999.jpg")
+    stem = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
     path = folder / f"{stem}.jpg"
     counter = 0
     while path in taken:
@@ -228,7 +233,7 @@ def _write_metadata(tmp: Path, settings: PrepareOptions, result: PrepareResult, 
     write_config(settings, tmp / "config.yaml")
     if truth:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows([["file", "label"], *truth])
+        csv_writer(buffer).writerows([["file", "label"], *truth])
         (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured
+from waste_cli.fileio import read_structured, safe_name
 
 __all__ = [
     "DATASET_FORMAT",
@@ -98,10 +98,18 @@ def crop_settings(root: Path) -> dict[str, Any]:
 
 
 def dataset_classes(root: Path, split: str = "train") -> list[str]:
-    """Class names in index order: dataset.json's when present, else sorted folder names."""
+    """Class names in index order: dataset.json's when present (each a safe folder name, none
+    twice), else sorted folder names."""
     meta = read_dataset_json(root)
     if meta and meta.get("classes"):
-        return list(meta["classes"])
+        where = f"a class in {root / DATASET_JSON}"
+        classes = [safe_name(str(name), where) for name in meta["classes"]]
+        twice = sorted({name for name in classes if classes.count(name) > 1})
+        if twice:
+            raise DataError(f"{root / DATASET_JSON} lists the class {', '.join(twice)} more "
+                            "than once: a model would have two outputs of one name. Run "
+                            "`wastecls prepare` again, or fix its classes list.")
+        return classes
     folder = root / split if (root / split).is_dir() else root
     classes = class_folders(folder)
     if not classes:

@@ -76,7 +76,7 @@ def folder_sources(root: Path, class_map: ClassMap) -> tuple[list[SourceImage], 
     """One whole-image job per file of SRC/<class>/; also the class folders the map dropped."""
     sources, dropped = [], []
     for folder in class_folders(root):
-        label = class_map(folder)
+        label = class_map.target(folder, f"class folder {root / folder}")
         if label is None:
             dropped.append(folder)
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured
+from waste_cli.fileio import read_structured, safe_name
 
 __all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "choose_class_map", "load_class_map"]
 
@@ -29,10 +30,16 @@ class ClassMap:
     default: str | None = None
 
     def __call__(self, name: str) -> str | None:
-        key = name.strip().casefold()
+        key = unicodedata.normalize("NFC", name).strip().casefold()
         if key in self.targets:
             return self.targets[key]
         return self.default if self.default is not None else name
+
+    def target(self, name: str, where: str) -> str | None:
+        """The class `name` becomes, checked to be a safe folder name (see
+        `fileio.safe_name`; `where` says where the name came from), or None: dropped."""
+        found = self(name)
+        return None if found is None else safe_name(found, where)
 
 
 def _from_mapping(data: object, origin: str, default: str | None = None) -> ClassMap:
@@ -43,9 +50,10 @@ def _from_mapping(data: object, origin: str, default: str | None = None) -> Clas
         )
     targets: dict[str, str | None] = {}
     for target, names in data.items():
+        value = None if target == IGNORE else safe_name(str(target),
+                                                        f"a target class of {origin}")
         for name in names:
-            key = str(name).strip().casefold()
-            value = None if target == IGNORE else str(target)
+            key = unicodedata.normalize("NFC", str(name)).strip().casefold()
             if key in targets and targets[key] != value:
                 raise DataError(
                     f"Class map {origin} maps '{name}' to both '{targets[key]}' and '{value}'."
