@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from waste_cli.errors import ModelError
+from waste_cli.metadata import check_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -97,9 +98,16 @@ class OnnxRunner:
         probe = self._open(optimize=False)
         try:
             info = json.loads(probe.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
-        except (KeyError, ValueError) as exc:
-            raise ModelError(f"{path} has no wastecls metadata ({exc}). Export it with "
-                             "`wastecls export --onnx`.") from None
+        except (KeyError, ValueError, RecursionError) as exc:
+            raise ModelError(f"{path} has no wastecls metadata ({type(exc).__name__}). Export "
+                             "it with `wastecls export --onnx`.") from None
+        check_metadata(info, path)
+        outputs = probe.get_outputs()[0].shape
+        if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(
+                info["classes"])):
+            raise ModelError(f"Cannot use the model {path}: its metadata names "
+                             f"{len(info['classes'])} classes but the model outputs {outputs}. "
+                             "Export it again with `wastecls export --onnx`.")
         self.classes = list(info["classes"])
         self.data_config = dict(info["data_config"])
         self.crop = dict(info.get("crop") or {})

@@ -8,7 +8,6 @@ needs) however many boxes it holds, and all crops flow through predict's batched
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from waste_cli.fileio import (
     csv_writer,
     ensure_file_writable,
     ensure_writable,
+    json_text,
 )
 from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
 from waste_cli.predict import classify_options, output_format
@@ -106,7 +106,7 @@ class _BoxWriter:
                            "classifier_score": round(item.probs[0], 6),
                            "top_k": [{"category_name": label, "score": round(p, 6)}
                                      for label, p in zip(item.labels, item.probs, strict=True)]}
-            self.handle.write(("\n" if self.first else ",\n") + json.dumps(record))
+            self.handle.write(("\n" if self.first else ",\n") + json_text(record))
             self.first = False
         elif self.fmt == "csv":
             score = "" if detection.score is None else f"{detection.score:g}"

@@ -11,15 +11,27 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import torch
+from pydantic import Field, field_validator
 
 from waste_cli.errors import ModelError, WasteclsError
 from waste_cli.fileio import atomic_path
+from waste_cli.metadata import ModelMetadata, check_metadata
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
            "is_wastecls_checkpoint", "load_checkpoint", "load_tensors", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "wastecls-checkpoint"
 CHECKPOINT_VERSION = 1
+class CheckpointSchema(ModelMetadata):
+    arch: str = Field(min_length=1)
+    model: dict[str, Any]
+
+    @field_validator("model")
+    @classmethod
+    def _tensors(cls, model: dict[str, Any]) -> dict[str, Any]:
+        if not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
+            raise ValueError("must be a state dict of tensors")
+        return model
 
 
 class TrainState(TypedDict):
@@ -99,6 +111,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                          "file written by `wastecls export`.") from None
     if not is_wastecls_checkpoint(data):
         raise ModelError(f"{path} is not a wastecls checkpoint (train writes best.pt/last.pt).")
-    if data.get("version", 0) > CHECKPOINT_VERSION:
+    if not isinstance(data.get("version", 0), int) or data.get("version", 0) > CHECKPOINT_VERSION:
         raise ModelError(f"{path} was written by a newer wastecls; upgrade to read it.")
+    check_metadata(data, path, CheckpointSchema)
     return data  # type: ignore[return-value]

@@ -383,16 +383,15 @@ def pseudolabel(settings: PseudolabelOptions) -> None:
 )
 def evaluate(settings: EvaluateOptions) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class report and confusion matrix."""
-    import json
-
     from waste_cli.evaluate import evaluate as run_evaluate
+    from waste_cli.fileio import json_text
 
     if settings.json_output:
         settings = settings.model_copy(update={"quiet": True})
     result = run_evaluate(settings, _reporter(settings, stderr=True))
     report = result.report
     if settings.json_output:
-        print(json.dumps(report, indent=2))
+        print(json_text(report, indent=2))
         return
     summary = Table(title=f"{shown(model_name(result.model))} on {shown(report['data'])} "
                     f"({report['images']} images, {result.backend})")

@@ -22,9 +22,9 @@ from waste_cli.console import Reporter
 from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
 from waste_cli.data.taxonomy import choose_class_map
-from waste_cli.errors import DataError
+from waste_cli.errors import DataError, ModelError
 from waste_cli.fileio import atomic_write_text, check_no_overlap, csv_writer, ensure_writable
-from waste_cli.inference import find_model, open_model
+from waste_cli.inference import BROKEN_OUTPUT, find_model, open_model
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.policy import default_batch_size
@@ -196,6 +196,12 @@ def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> Eva
     logits, bad = run_labelled(runner, images, batch_size, settings.workers, reporter,
                                f"evaluate ({runner.name})", speed=speed)
     logits = torch.from_numpy(logits)
+    unreadable = set(bad)
+    broken = [i for i in range(len(samples))
+              if i not in unreadable and not torch.isfinite(logits[i]).all()]
+    if broken:
+        raise ModelError(f"{model_path}: {BROKEN_OUTPUT} ({len(broken)} of {len(samples)} "
+                         f"images, e.g. {samples[broken[0]][0]}).")
     for i in bad:
         reporter.warn(f"skipped {samples[i][0]}: {images.reason(i)}")
     targets = torch.tensor([label for _, label in samples])

@@ -333,7 +333,12 @@ def _reference(model: nn.Module, samples: list[tuple[Path, int | None]],
                config: dict[str, Any], count: int) -> _Reference:
     images, labels = _tensors(samples, config, count)
     with torch.inference_mode():
-        return _Reference(model(images).float(), images, labels)
+        logits = model(images).float()
+    if not torch.isfinite(logits).all():
+        raise VerificationError(
+            "The model's outputs are not finite numbers (NaN or inf) on the verification "
+            "images: the checkpoint is broken (a diverged training run?). Nothing was written.")
+    return _Reference(logits, images, labels)
 
 
 def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, Any],

@@ -11,6 +11,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -132,13 +133,29 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader without aliases: a few hundred bytes of nested aliases expand to
+    gigabytes (a "billion laughs"), and no wastecls file needs one."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in wastecls files",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliases
+
+
 def read_structured(path: Path, other: str = "json") -> Any:
     """The data in a JSON (.json), YAML (.yaml, .yml) or TOML (.toml) file; files with any other
     suffix are read as `other` ("json" or "yaml").
 
     Raises OSError when the file cannot be read, and ValueError with the reason when it does not
     hold valid data: text that is not UTF-8, a syntax error, or nesting too deep for the parser
-    (a hostile file must give a message, never a RecursionError)."""
+    (a hostile file must give a message, never a RecursionError), or a YAML alias."""
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     kind = {".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}.get(suffix, other)
@@ -149,7 +166,7 @@ def read_structured(path: Path, other: str = "json") -> Any:
             import yaml  # only commands that read YAML pay its import
 
             try:
-                return yaml.safe_load(text)
+                return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader
             except yaml.YAMLError as exc:
                 raise ValueError(str(exc)) from None
         return json.loads(text)
@@ -311,3 +328,19 @@ def safe_name(name: str, where: str) -> str:
             "it at its source, or map it to another name with --map."
         )
     return name
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Valid JSON for `data`, whatever it holds: a number that is not finite (NaN, inf), which
+    JSON cannot express, becomes null; anything else unusual becomes its text."""
+    return json.dumps(_finite(data), indent=indent, default=str, allow_nan=False)

@@ -21,8 +21,11 @@ from waste_cli.console import Reporter
 from waste_cli.errors import ConfigError, ModelError
 from waste_cli.policy import default_batch_size
 
-__all__ = ["Classified", "ClassifyOptions", "FlipAveraged", "choose_backend", "classify",
-           "excluded_indices", "find_model", "open_model", "softmax", "top_k"]
+__all__ = ["BROKEN_OUTPUT", "Classified", "ClassifyOptions", "FlipAveraged", "choose_backend",
+           "classify", "excluded_indices", "find_model", "open_model", "softmax", "top_k"]
+
+BROKEN_OUTPUT = ("the model's output is not a finite number (NaN or inf): the model is broken; "
+                 "train or export it again")
 
 
 def find_model(model: Path | None, reporter: Reporter) -> Path:
@@ -188,9 +191,11 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
             results = {i: Classified(error=images.reason(i)) for i in bad}
             if len(indices):
                 probs, labels = top_k(logits, excluded, options.top_k)
-                for i, p, y in zip(indices.tolist(), probs.tolist(), labels.tolist(),
-                                   strict=True):
-                    results[i] = Classified([runner.classes[k] for k in y], p)
+                finite = np.isfinite(logits).all(axis=1).tolist()
+                for i, p, y, ok in zip(indices.tolist(), probs.tolist(), labels.tolist(), finite,
+                                       strict=True):
+                    results[i] = (Classified([runner.classes[k] for k in y], p) if ok else
+                                  Classified(error=BROKEN_OUTPUT))
             for i in sorted(results):
                 yield i, results[i]
             bar.advance(len(results))

@@ -315,7 +315,15 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
     """The trained model of a checkpoint, in eval mode on the CPU."""
     import timm
 
-    model = timm.create_model(checkpoint["arch"], pretrained=False,
-                              num_classes=len(checkpoint["classes"]))
-    model.load_state_dict(checkpoint["model"])
+    arch, classes = checkpoint["arch"], len(checkpoint["classes"])
+    if not timm.is_model(arch.split(".")[0]):
+        raise ModelError(f"Cannot use the checkpoint: its arch {arch!r} is not a timm model "
+                         "this installation knows (a newer timm, or not a wastecls file?).")
+    model = timm.create_model(arch, pretrained=False, num_classes=classes)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:  # torch lists every key: keep the first reason only
+        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
+        raise ModelError(f"Cannot use the checkpoint: its weights do not fit {arch} with "
+                         f"{classes} classes ({first[:200]}).") from None
     return model.eval()

@@ -8,7 +8,6 @@ not grow with the number of inputs.
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,13 @@ from waste_cli.backends import Runner
 from waste_cli.batching import EvalImages, Speed
 from waste_cli.console import Reporter, printable
 from waste_cli.data.scan import is_image_path, list_images
-from waste_cli.fileio import atomic_text, check_no_overlap, csv_writer, ensure_file_writable
+from waste_cli.fileio import (
+    atomic_text,
+    check_no_overlap,
+    csv_writer,
+    ensure_file_writable,
+    json_text,
+)
 from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
 from waste_cli.settings import PredictOptions
 
@@ -102,7 +107,7 @@ class _Writer:
                                       "probs": [round(p, 6) for p in item.probs]}
             if item.error:
                 record["error"] = item.error
-            self.handle.write(json.dumps(record) + "\n")
+            self.handle.write(json_text(record) + "\n")
         elif self.csv is not None:
             self.csv.writerow([str(item.path), *item.cells(self.top_k), item.error])
         else:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from waste_cli.errors import ConfigError
-from waste_cli.fileio import atomic_write_text
+from waste_cli.fileio import atomic_write_text, json_text
 
 __all__ = ["MetricsLog", "NeptuneTracker", "Tracker", "new_run_dir", "write_json"]
 
@@ -39,7 +39,7 @@ def new_run_dir(project: Path, name: str) -> Path:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(path, json_text(data, indent=2) + "\n")
 
 
 class MetricsLog:

@@ -96,6 +96,10 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "va
 Samples = list[tuple[Path, int]]
 
 
+class TrainingDiverged(WasteclsError):
+    """The loss stopped being a finite number: last.pt holds the last good epoch."""
+
+
 class TrainingInterrupted(WasteclsError):
     """Ctrl-C: last.pt holds the last finished epoch."""
 
@@ -421,6 +425,13 @@ class Trainer:
                 # The step: forward (with pseudo-labels weighted in), backward, update, EMA.
                 with autocast(self.device, settings.amp):
                     loss, logits, labelled = self._loss(images, labels, indices)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # before the step: the weights stay finite
+                    raise TrainingDiverged(
+                        f"The training loss became {value} in epoch {epoch + 1}, step "
+                        f"{step + 1}: the run diverged (--lr {settings.lr} too high?). "
+                        f"{self.run_dir / 'last.pt'} holds the last finished epoch; start "
+                        "again with a lower --lr.")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
@@ -430,7 +441,7 @@ class Trainer:
                     self.scheduler.step_update(epoch * planned + (step + 1) * planned // steps)
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.state["updates"])
-                loss_sum += float(loss.detach()) * len(labels)
+                loss_sum += value * len(labels)
                 correct += int((logits.argmax(1) == labels)[labelled].sum())
                 seen += int(labelled.sum())
                 bar.advance(len(labels) + len(bad), loss=loss_sum / max(seen, 1),
@@ -537,7 +548,8 @@ class Trainer:
     def fit(self, log: MetricsLog, trackers: list[Tracker]) -> bool:
         """The epoch loop from where the state stands; returns whether it stopped early."""
         settings, state = self.settings, self.state
-        skipped = {i for i, (p, _) in enumerate(self.data.train) if str(p) in state["skipped"]}
+        known_bad = {i for i, (p, _) in enumerate(self.data.train)  # indices; the state: paths
+                     if str(p) in state["skipped"]}
         for epoch in range(state["epoch"], settings.epochs):
             seed = _epoch_seed(settings, epoch)
             seed_everything(seed)
@@ -547,10 +559,10 @@ class Trainer:
                 loader = self.pseudo.begin_epoch(epoch) or loader
             row_train, unreadable = self.train_one_epoch(epoch, loader)
             unreadable = all_gather_union(self.dist, unreadable)
-            for index in sorted(unreadable - skipped):
+            for index in sorted(unreadable - known_bad):
                 self.reporter.warn(f"skipped unreadable training image {self.data.train[index][0]}")
-            skipped |= unreadable
-            state["skipped"] = sorted(str(self.data.train[i][0]) for i in skipped)
+            known_bad |= unreadable
+            state["skipped"] = sorted(str(self.data.train[i][0]) for i in known_bad)
             # The rate the epoch ended with (the head's, when --layer-decay scales the others).
             lr = max(group["lr"] for group in self.optimizer.param_groups)
             if self.dist.active:  # every rank validates rank 0's weights and BatchNorm statistics
