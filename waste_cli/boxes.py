@@ -22,9 +22,9 @@ from waste_cli.fileio import (
     atomic_path,
     atomic_text,
     check_no_overlap,
+    claim_folder,
     csv_writer,
     ensure_file_writable,
-    ensure_writable,
     json_text,
 )
 from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
@@ -134,6 +134,12 @@ def write_boxes(predictions: Iterator[BoxPrediction], fmt: str, handle: IO[str],
     return done
 
 
+def _picture(image: Path, images_root: Path) -> Path:
+    """Where the picture of `image`'s boxes goes, relative to --save-images: its place under
+    --images, as JPEG."""
+    return image.resolve().relative_to(images_root.resolve()).with_suffix(".jpg")
+
+
 def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: Path,
                   reporter: Reporter) -> int:
     """Draw each photo's boxes with their labels into `folder` (same relative paths, as JPEG):
@@ -166,8 +172,7 @@ def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: P
                 lift = bottom - top + 2 * line
                 draw.rectangle((left, top - lift, right + 2 * line, bottom - lift), fill=colour)
                 draw.text((x0 + line, y0 - lift), text, fill=(255, 255, 255), font=font)
-            relative = path.resolve().relative_to(images_root.resolve())
-            target = (folder / relative).with_suffix(".jpg")
+            target = folder / _picture(path, images_root)
             with atomic_path(target) as tmp:
                 image.save(tmp, "JPEG", quality=90)
             written += 1
@@ -188,9 +193,11 @@ def predict_boxes(settings: PredictOptions, stdout: IO[str],
                      inputs)
     if settings.output is not None:
         ensure_file_writable(settings.output, "--output")
-    if settings.save_images is not None:
-        ensure_writable(settings.save_images, "--save-images folder")
     detections, skipped, below = load_boxes(settings)
+    if settings.save_images is not None:
+        claim_folder(settings.save_images, "predict",
+                     {_picture(d.image, settings.images).parts[0] for d in detections},
+                     settings.overwrite, "--save-images folder")
     reporter.warn_some([f"skipped {entry}" for entry in skipped])
     runner = open_model(model_path, settings.device, settings.backend, reporter)
     fmt, speed = output_format(settings), Speed()

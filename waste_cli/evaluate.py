@@ -23,13 +23,16 @@ from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
 from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.errors import DataError, ModelError
-from waste_cli.fileio import atomic_write_text, check_no_overlap, csv_writer, ensure_writable
+from waste_cli.fileio import atomic_write_text, check_no_overlap, claim_folder, csv_writer
 from waste_cli.inference import BROKEN_OUTPUT, find_model, open_model
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import plot_confusion_matrix, plot_image_grid
 from waste_cli.policy import default_batch_size
 from waste_cli.settings import EvaluateOptions
 from waste_cli.tracking import write_json
+
+EVALUATE_FILES = ("report.json", "per_class.csv", "predictions.csv", "confusion_matrix.png",
+                  "top_losses.png")
 
 __all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder"]
 
@@ -184,7 +187,8 @@ def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> Eva
         data = settings.data or settings.images
         check_no_overlap([("--out", settings.out)], [("model", model_path), ("data", data),
                                                      ("--boxes", settings.boxes)])
-        ensure_writable(settings.out, "--out folder")
+        claim_folder(settings.out, "evaluate", EVALUATE_FILES, settings.overwrite,
+                     "--out folder")
     # A wrong --data fails here, before the model is loaded.
     folder = labelled_folder(settings.data, settings.split) if settings.data else None
     runner = open_model(model_path, settings.device, settings.backend, reporter)

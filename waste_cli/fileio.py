@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import tomllib
 import unicodedata
@@ -31,11 +33,14 @@ __all__ = [
     "atomic_text",
     "atomic_write_text",
     "check_no_overlap",
+    "claim_folder",
     "csv_writer",
     "describe_os_error",
     "ensure_file_writable",
     "ensure_writable",
     "file_sha256",
+    "hold_lock",
+    "is_stream",
     "plain_cell",
     "read_structured",
     "remove_stale_temporaries",
@@ -46,28 +51,50 @@ __all__ = [
 
 
 def temporary_name(path: Path, tag: str) -> Path:
-    """Where this process stages `path` (a file or a folder): hidden, beside it, never final."""
-    return path.with_name(f".{path.name}.wastecls-{os.getpid()}-{tag}")
+    """Where this process stages `path` (a file or a folder): hidden, beside it, never final,
+    and short enough for any final name (room is left for mkstemp's random part)."""
+    suffix = f".wastecls-{os.getpid()}-{tag}"
+    base = f".{path.name}"
+    room = NAME_MAX - len(suffix.encode()) - 8
+    if len(base.encode("utf-8", "surrogateescape")) > room:
+        digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
+        cut = base.encode("utf-8", "surrogateescape")[:room - 9].decode("utf-8", "ignore")
+        base = f"{cut}~{digest}"
+    return path.with_name(base + suffix)
 
 
-def _running(pid: int) -> bool:
+def hold_lock(path: Path) -> int:
+    """Open `path` (a file or a folder) and hold an exclusive lock on it for as long as the
+    returned descriptor is open: the sign that a live process owns this temporary, whatever
+    its PID namespace (see `remove_stale_temporaries`)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether no process holds the lock of temporary `path` (its writer is gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
         return False
-    except PermissionError:  # someone else's process
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: a live writer, here or in another container
+    finally:
+        os.close(fd)
     return True
 
 
-_STALE = re.compile(r"\..+\.wastecls-(\d+)-[\w.]+")
+_STALE = re.compile(r"\..+\.wastecls-\d+-[\w.]*")
 _CLEANED: set[Path] = set()  # folders this process has already cleaned
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporaries left in `path`'s folder by wastecls processes that no longer
-    run; each folder is looked at once per process (a command may write thousands of files
-    into one)."""
+    """Remove the temporaries left in `path`'s folder by wastecls runs that are gone (killed):
+    those whose lock nobody holds. Each folder is looked at once per process (a command may
+    write thousands of files into one)."""
     folder = path.parent.resolve()
     if folder in _CLEANED:
         return
@@ -77,12 +104,22 @@ def remove_stale_temporaries(path: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        match = _STALE.fullmatch(entry.name)
-        if match and int(match.group(1)) != os.getpid() and not _running(int(match.group(1))):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        if not _STALE.fullmatch(entry.name) or entry.is_symlink() or not _abandoned(entry):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is a FIFO or a character device (/dev/null, a terminal): an output that
+    is written as a stream, never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _umask_mode() -> int:
@@ -99,10 +136,13 @@ _FILE_MODE = _umask_mode()
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path` with the
     permissions of a plainly created file (mkstemp's own are owner-only)."""
+    if is_stream(path) or (path.exists() and not path.is_file() and not path.is_dir()):
+        raise write_error(OSError(errno.EINVAL, "not a regular file (a device or a pipe?)"),
+                          path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=temporary_name(path, "").name, dir=path.parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: this temporary is alive
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
@@ -113,6 +153,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise write_error(exc, path) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextmanager
@@ -122,6 +163,10 @@ def atomic_text(path: Path) -> Iterator[IO[str]]:
     File names that are not UTF-8 (copied from another system) reach Python as surrogate
     escapes (PEP 383); they are written back as the same bytes, so a listed name is the file's
     own name, as the shell shows it."""
+    if is_stream(path):  # a pipe or a device: written as a stream, never replaced
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            yield handle
+        return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8",
                                         errors="surrogateescape") as handle:
         yield handle
@@ -222,6 +267,8 @@ def ensure_writable(folder: Path, what: str) -> None:
 
 def ensure_file_writable(path: Path, what: str) -> None:
     """`ensure_writable` for an output file: its folder, and no folder of its name in the way."""
+    if is_stream(path):
+        return
     ensure_writable(path.parent, f"{what} folder")
     if path.is_dir():
         raise write_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), path, what)
@@ -344,3 +391,35 @@ def json_text(data: Any, indent: int | None = None) -> str:
     """Valid JSON for `data`, whatever it holds: a number that is not finite (NaN, inf), which
     JSON cannot express, becomes null; anything else unusual becomes its text."""
     return json.dumps(_finite(data), indent=indent, default=str, allow_nan=False)
+
+
+OUTPUT_MARKER = ".wastecls-output.json"  # which command wrote which entries of a folder
+
+
+def _claimed(folder: Path, command: str) -> set[str]:
+    """The entries of `folder` that `command` recorded as its own."""
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return set()
+    if not isinstance(marker, dict) or marker.get("command") != command:
+        return set()
+    return {str(name) for name in marker.get("entries", []) if isinstance(name, str)}
+
+
+def claim_folder(folder: Path, command: str, entries: Iterable[str], overwrite: bool,
+                 what: str) -> None:
+    """Before `command` writes `entries` into `folder`: refuse, unless `overwrite`, a folder
+    holding anything that this command did not write there (another run's pictures, a
+    training run's files, a user's own), then record the claim in the folder's marker."""
+    found = {e.name for e in folder.iterdir()} - {OUTPUT_MARKER} if folder.is_dir() else set()
+    foreign = sorted(found - _claimed(folder, command))
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"The {what} {folder} holds files that `wastecls {command}` did not "
+                          f"write ({shown}). Choose a new or empty folder, or add --overwrite "
+                          "to write into it anyway.")
+    ensure_writable(folder, what)
+    owned = sorted(_claimed(folder, command) | set(entries))
+    atomic_write_text(folder / OUTPUT_MARKER,
+                      json_text({"command": command, "entries": owned}, indent=2) + "\n")

@@ -59,8 +59,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
             failed.append(Prediction(path=Path(item), error="URLs and standard input are not "
                                      "supported: save the image to a file and give its path"))
             continue
-        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(
-            item) else [Path(item)]
+        literal = Path(item).exists() or not glob.has_magic(item)  # `a[1].jpg` that exists
+        matches = [Path(item)] if literal else [Path(m) for m in sorted(glob.glob(item,
+                                                                               recursive=True))]
         if not matches or not matches[0].exists():
             failed.append(Prediction(path=Path(item),
                                      error="no such file, folder or glob match"))
@@ -71,8 +72,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
                 if not found:
                     failed.append(Prediction(path=match, error="folder holds no images"))
                 paths += found
-            elif match.is_file() and (is_image_path(match) or not glob.has_magic(item)):
+            elif match.is_file() and (is_image_path(match) or literal):
                 paths.append(match)
+            elif literal:  # a pipe, a device, a socket: nothing to decode
+                failed.append(Prediction(path=match, error="not a regular file (a pipe or a "
+                                         "device?): give an image file"))
     return paths, failed
 
 

@@ -332,6 +332,9 @@ class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields):
     allow_subset: bool = Field(
         False, description="Evaluate on the classes shared by model and data."
     )
+    overwrite: bool = Field(
+        False, description="Write into an --out folder holding files evaluate did not write."
+    )
     top_k: int = Field(5, ge=1, description="k of the top-k accuracy.")
     top_losses: int = Field(16, ge=0, description="Images in top_losses.png.")
 
@@ -363,13 +366,20 @@ class PredictOptions(InferenceOptions, BoxFields):
     save_images: Path | None = Field(
         None, description="--boxes: draw the labelled boxes on each photo into this folder."
     )
+    overwrite: bool = Field(
+        False, description="Write into a --save-images folder holding files predict did not "
+        "write."
+    )
     top_k: int = Field(1, ge=1, description="Labels per image (or box).")
     format: Literal["table", "json", "csv"] = Field(
         "table", description="table on screen; json (lines) or csv, also for --output."
     )
     output: Path | None = Field(
-        None, description="Write results here (format from --format or the extension)."
+        None, description="Write results here (format from --format or the extension); - or "
+        "a pipe: standard output or that pipe, as a stream."
     )
+    _dash_is_stdout = field_validator("output")(
+        lambda path: None if path is not None and str(path) == "-" else path)
     exclude_class: list[str] = Field(
         default_factory=list, description="Never predict this class (repeatable)."
     )

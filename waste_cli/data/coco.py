@@ -141,6 +141,7 @@ def coco_sources(
     crops: dict[Any, list[CropJob]] = defaultdict(list)
     boxes: dict[Any, list[Box]] = defaultdict(list)
     seen_ids: set[Any] = set()
+    annotation_ids: dict[Any, list[Any]] = defaultdict(list)  # of each image's crops
 
     for ann in data["annotations"]:
         if not isinstance(ann, dict):
@@ -177,6 +178,7 @@ def coco_sources(
                             f"cannot be a file name: {name_problem(crop_name + '.jpg')}"})
             continue
         crops[image_id].append(CropJob(label, box, crop_name))
+        annotation_ids[image_id].append(ann_id)
 
     sources = []
     for image_id in sorted(image_info, key=str):
@@ -185,7 +187,7 @@ def coco_sources(
         file_name = info.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             if jobs:
-                skipped.append({"image": image_id, "boxes": len(jobs),
+                skipped.append({"image": image_id, "annotations": annotation_ids[image_id],
                                 "reason": f"missing or invalid file_name {file_name!r}"})
             continue
         size = _declared_size(info)
@@ -193,12 +195,14 @@ def coco_sources(
             rng = random.Random(f"{seed}:{image_id}")
             for k, box in enumerate(_background_boxes(size, boxes[image_id], background,
                                                       min_size, rng)):
-                jobs.append(CropJob(BACKGROUND, box, f"{Path(file_name).stem}_bg{k}"))
+                name = f"{Path(file_name).stem}_bg{k}"
+                if name_problem(name + ".jpg") is None:
+                    jobs.append(CropJob(BACKGROUND, box, name))
         if not jobs:
             continue
         image_path = safe_image_path(images, file_name)
         if image_path is None:
-            skipped.append({"image": file_name, "boxes": len(jobs),
+            skipped.append({"image": file_name, "annotations": annotation_ids[image_id],
                             "reason": "file name escapes the image folder"})
             continue
         sources.append(SourceImage(image_path, tuple(jobs)))

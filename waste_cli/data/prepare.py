@@ -29,6 +29,7 @@ from waste_cli.data.scan import (
     REPORT_JSON,
     SPLITS,
     TRUTH_CSV,
+    list_images,
     read_dataset_json,
 )
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
@@ -40,6 +41,7 @@ from waste_cli.fileio import (
     check_no_overlap,
     csv_writer,
     ensure_writable,
+    hold_lock,
     remove_stale_temporaries,
     temporary_name,
 )
@@ -88,6 +90,10 @@ def _collect_sources(
         )
     sources, dropped = folder_sources(src, class_map)
     skipped = [{"class_folder": name, "reason": "dropped by the class map"} for name in dropped]
+    empty = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and not list_images(d))
+    skipped += [{"class_folder": name, "reason": "holds no images: not a class of the dataset"}
+                for name in empty]
     return sources, skipped, "folders"
 
 
@@ -185,7 +191,7 @@ def _is_prepared_dataset(folder: Path) -> bool:
 
 def _prepare_output(settings: PrepareOptions) -> Path:
     """A fresh staging folder beside OUT, after checking that OUT may be (re)written."""
-    out = settings.out
+    out = _real_out(settings.out)
     check_no_overlap([("--out", out)], [("source", settings.source),
                                         ("--images folder", settings.images),
                                         ("--map file", settings.map)])
@@ -206,13 +212,33 @@ def _prepare_output(settings: PrepareOptions) -> Path:
     return tmp
 
 
+# What a prepared dataset consists of: the only entries --overwrite replaces.
+_OWN_ENTRIES = {DATASET_JSON, REPORT_JSON, TRUTH_CSV, "config.yaml", PSEUDO_SPLIT, *SPLITS}
+
+
+def _real_out(out: Path) -> Path:
+    """The folder --out names: through a symbolic link, so the link itself is kept."""
+    return out.resolve() if out.is_symlink() else out
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder to `out`; an old `out` is removed only after that."""
+    """Rename the finished folder to `out`. Of an old `out`, only what a prepared dataset
+    consists of is removed, after that: anything else found there (a user's notes, files that
+    appeared while this run worked) is moved into the new folder as it was."""
     old = temporary_name(out, "old")
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if not old.exists():
+        return
+    lock = hold_lock(old)
+    try:
+        for entry in old.iterdir():
+            if entry.name not in _OWN_ENTRIES and not (out / entry.name).exists():
+                os.replace(entry, out / entry.name)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        os.close(lock)
 
 
 def _write_metadata(tmp: Path, settings: PrepareOptions, result: PrepareResult, kind: str,
@@ -252,6 +278,7 @@ def prepare(settings: PrepareOptions, reporter: Reporter | None = None) -> Prepa
         raise _nothing_usable(settings, skipped) if skipped else DataError(
             f"No images found in {settings.source}.")
     tmp = _prepare_output(settings)
+    lock = hold_lock(tmp)  # the staging folder is alive while this run is
     try:
         results = _process_all(sources, tmp / ".staging", settings, reporter)
         counts, bad, duplicates, truth = _place(results, settings, tmp)
@@ -268,9 +295,10 @@ def prepare(settings: PrepareOptions, reporter: Reporter | None = None) -> Prepa
         result = PrepareResult(settings.out, classes, counts, skipped + bad, duplicates,
                                _degenerate(wanted, counts, settings))
         _write_metadata(tmp, settings, result, kind, truth)
-        _swap_into_place(tmp, settings.out)
+        _swap_into_place(tmp, _real_out(settings.out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
     reporter.warn_some([f"skipped {item}" for item in result.skipped])
     for message in result.warnings:
         reporter.warn(message)
