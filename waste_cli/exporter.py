@@ -32,6 +32,7 @@ from waste_cli.fileio import (
     atomic_path,
     atomic_write_text,
     file_sha256,
+    name_problem,
 )
 from waste_cli.models import model_from_checkpoint
 
@@ -422,6 +423,10 @@ def onnx_twin(source: Path, reporter: Reporter) -> Path:
     """
     digest = file_sha256(source)
     target = source.with_name(_twin_name(source, digest))
+    if name_problem(target.name) is not None:
+        raise TwinExportError(f"Cannot export {source} to ONNX for onnxruntime: its twin's name "
+                              f"{target.name!r} cannot be a file name "
+                              f"({name_problem(target.name)}).")
     if target.is_file() and _is_twin_of(target, digest):
         return target
     checkpoint = load_checkpoint(source)

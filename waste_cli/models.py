@@ -320,10 +320,14 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
         raise ModelError(f"Cannot use the checkpoint: its arch {arch!r} is not a timm model "
                          "this installation knows (a newer timm, or not a wastecls file?).")
     model = timm.create_model(arch, pretrained=False, num_classes=classes)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:  # torch lists every key: keep the first reason only
-        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
+    own, given = model.state_dict(), checkpoint["model"]
+    wrong = [f"{k}: {tuple(v.shape)} where the model has {tuple(own[k].shape)}"
+             for k, v in given.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+    if wrong or missing or extra:
+        what = wrong[0] if wrong else (f"{len(missing)} missing, e.g. {missing[0]}" if missing
+                                       else f"{len(extra)} unexpected, e.g. {extra[0]}")
         raise ModelError(f"Cannot use the checkpoint: its weights do not fit {arch} with "
-                         f"{classes} classes ({first[:200]}).") from None
+                         f"{classes} classes ({what}).")
+    model.load_state_dict(given)
     return model.eval()

@@ -68,12 +68,12 @@ def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
     check_no_overlap([("--out", settings.out), ("--copy-to", settings.copy_to)],
                      [("model", model_path), ("data", folder)])
     ensure_file_writable(settings.out, "--out")
-    if settings.copy_to is not None:
-        ensure_writable(settings.copy_to, "--copy-to folder")
     runner = open_model(model_path, settings.device, settings.backend, reporter)
     # Class names come from the model file: each must be a safe folder name before any copy.
     folders = {name: settings.copy_to / safe_name(name, f"a class of {model_path}")
                for name in runner.classes} if settings.copy_to is not None else {}
+    if settings.copy_to is not None:
+        ensure_writable(settings.copy_to, "--copy-to folder")
     paths, failed = expand_inputs([str(folder)])
     options = ClassifyOptions(top_k=2, exclude_class=tuple(settings.exclude_class),
                               batch_size=settings.batch_size, workers=settings.workers)
