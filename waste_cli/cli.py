@@ -42,13 +42,16 @@ from waste_cli.settings import (
 
 
 class _FlagsWithoutType:
-    """Flags (--help, --version, --no-x) show no `<bool>` type in --help: they take no value."""
+    """--help says what a value is: flags (--help, --version, --no-x) show no `<bool>` (they
+    take no value), and a repeated argument shows its items, not a Python `<list[str]>`."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
+            elif param.param_type_name == "argument" and param.nargs == -1:
+                param.display_type_rich = lambda ctx: "<file|folder|glob>..."
         return params
 
 
