@@ -87,8 +87,8 @@ from waste_cli.runtime import (
 from waste_cli.settings import TrainOptions, write_config
 from waste_cli.tracking import MetricsLog, NeptuneTracker, Tracker, new_run_dir, write_json
 
-__all__ = ["TrainData", "TrainResult", "Trainer", "TrainingInterrupted", "load_train_data",
-           "train"]
+__all__ = ["TrainData", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted",
+           "build_trainer", "load_train_data", "train"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc",
                   "val_macro_f1", "lr", "images_per_s", "seconds", "data_seconds")
