@@ -386,6 +386,7 @@ def pseudolabel(settings: PseudolabelOptions) -> None:
 )
 def evaluate(settings: EvaluateOptions) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class report and confusion matrix."""
+    from waste_cli.evaluate import EVALUATE_FILES
     from waste_cli.evaluate import evaluate as run_evaluate
     from waste_cli.fileio import json_text
 
@@ -419,10 +420,16 @@ def evaluate(settings: EvaluateOptions) -> None:
     pairs = ", ".join(f"{shown(p['true'])} -> {shown(p['predicted'])} ({p['count']})"
                       for p in report["most_confused"])
     out_console.print(f"Most confused: {pairs or 'none'}")
+    calibration, selective = report["calibration"], report["selective"]
+    out_console.print(f"Confidence: ECE {calibration['ece']:.1%}, NLL {calibration['nll']:.3f}, "
+                      f"Brier {calibration['brier']:.3f}; accuracy on the 90% most confident "
+                      f"{selective['accuracy_at_90_coverage']:.2%} (AURC "
+                      f"{selective['aurc']:.3f})")
     out_console.print(result.speed.summary())
     if result.out:
-        out_console.print(f"Wrote report.json, per_class.csv, predictions.csv, "
-                          f"confusion_matrix.png and top_losses.png to {shown(result.out)}")
+        out_console.print(f"Wrote report.json, per_class.csv, predictions.csv and "
+                          f"{', '.join(n for n in EVALUATE_FILES if n.endswith('.png'))} to "
+                          f"{shown(result.out)}")
 
 
 @settings_command(

@@ -18,6 +18,7 @@ from PIL import Image
 
 from waste_cli.backends import Runner
 from waste_cli.batching import EvalImages, Speed, run_labelled
+from waste_cli.calibration import calibration_report, risk_coverage
 from waste_cli.console import Reporter
 from waste_cli.data.detections import read_detections
 from waste_cli.data.scan import SPLITS, class_folders, class_samples
@@ -26,13 +27,18 @@ from waste_cli.errors import DataError, ModelError
 from waste_cli.fileio import atomic_write_text, check_no_overlap, claim_folder, csv_writer
 from waste_cli.inference import BROKEN_OUTPUT, find_model, open_model
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
-from waste_cli.plots import plot_confusion_matrix, plot_image_grid
+from waste_cli.plots import (
+    plot_confusion_matrix,
+    plot_image_grid,
+    plot_reliability,
+    plot_risk_coverage,
+)
 from waste_cli.policy import default_batch_size
 from waste_cli.settings import EvaluateOptions
 from waste_cli.tracking import write_json
 
 EVALUATE_FILES = ("report.json", "per_class.csv", "predictions.csv", "confusion_matrix.png",
-                  "top_losses.png")
+                  "top_losses.png", "reliability.png", "risk_coverage.png")
 
 __all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder"]
 
@@ -106,6 +112,12 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
     atomic_write_text(out / "predictions.csv", buffer.getvalue())
 
     cm = np.array(report["confusion_matrix"])
+    calibration = report["calibration"]
+    plot_reliability(calibration["bins"], out / "reliability.png",
+                     f"ECE {calibration['ece']:.1%} on {int(cm.sum())} images")
+    curve = risk_coverage(probs[valid].double().numpy(), targets[valid].numpy())
+    plot_risk_coverage(curve["coverage"], curve["risk"], out / "risk_coverage.png",
+                       f"AURC {curve['aurc']:.3f}")
     plot_confusion_matrix(cm, classes, out / "confusion_matrix.png",
                           f"accuracy {report['accuracy']:.1%} on {int(cm.sum())} images")
     wrong = [i for i in range(len(samples)) if valid[i] and int(probs[i].argmax()) != samples[i][1]]
@@ -133,7 +145,11 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     logits, targets = logits[valid], targets[valid]
     cm = confusion_matrix(targets, logits.argmax(1), len(classes))
     rows = cm.sum(1, keepdim=True).clamp(min=1)
+    probs, labels = logits.softmax(1).double().numpy(), targets.numpy()
+    selective = risk_coverage(probs, labels)
     return {
+        "calibration": calibration_report(probs, labels),
+        "selective": {k: v for k, v in selective.items() if k not in ("coverage", "risk")},
         **classification_report(cm, classes),
         f"top{top_k}_accuracy": topk_correct(logits, targets, top_k) / max(len(targets), 1),
         "top_k": top_k,

@@ -12,9 +12,17 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from waste_cli.console import printable
 from waste_cli.fileio import atomic_path
 
-__all__ = ["plot_confusion_matrix", "plot_curves", "plot_image_grid"]
+__all__ = ["plot_confusion_matrix", "plot_curves", "plot_image_grid", "plot_reliability",
+           "plot_risk_coverage"]
+
+
+def _literal(text: str) -> str:
+    """Text from data as matplotlib draws it literally: `$` would start mathtext (and a bad
+    formula fails the whole figure), control characters would break the layout."""
+    return printable(str(text)).replace("$", r"\$")
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -34,8 +42,8 @@ def plot_confusion_matrix(cm: np.ndarray, classes: list[str], path: Path, title:
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
            ylabel="true", title=title)
-    ax.set_xticklabels(classes, rotation=45, ha="right")
-    ax.set_yticklabels(classes)
+    ax.set_xticklabels([_literal(c) for c in classes], rotation=45, ha="right")
+    ax.set_yticklabels([_literal(c) for c in classes])
     for (i, j), count in np.ndenumerate(cm):
         ax.text(j, i, f"{count}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
                 color="white" if norm[i, j] > 0.5 else "black")
@@ -68,6 +76,39 @@ def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions, strict=False):
         ax.imshow(image)
-        ax.set_title(caption, fontsize=8)
+        ax.set_title("\n".join(_literal(line) for line in caption.split("\n")), fontsize=8)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_reliability(bins: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy against confidence per confidence bin: on the diagonal, a probability means
+    what it says; below it, the model is overconfident."""
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 1]})
+    lefts = [b["lower"] for b in bins]
+    widths = [b["upper"] - b["lower"] for b in bins]
+    ax.bar(lefts, [b["accuracy"] for b in bins], width=widths, align="edge",
+           edgecolor="black", alpha=0.8, label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    filled = [b for b in bins if b["count"]]  # the dot: what the model said, the bar: truth
+    ax.scatter([(b["lower"] + b["upper"]) / 2 for b in filled],
+               [b["confidence"] for b in filled], color="red", zorder=3, s=14,
+               label="mean confidence")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    counts.bar(lefts, [b["count"] for b in bins], width=widths, align="edge", color="grey")
+    counts.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    _save(fig, path)
+
+
+def plot_risk_coverage(coverage: Sequence[float], risk: Sequence[float], path: Path,
+                       title: str) -> None:
+    """Error rate among the images kept, keeping the most confident first: how much answering
+    less often buys."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(coverage, risk)
+    ax.set(xlabel="coverage (share of images answered, most confident first)",
+           ylabel="error rate among those", xlim=(0, 1), ylim=(0, None), title=title)
+    ax.grid(alpha=0.3)
     _save(fig, path)
