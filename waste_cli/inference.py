@@ -1,5 +1,6 @@
 """The inference core (Ultralytics' AutoBackend and predictor loop): find and open a model on
-the right backend, run images or boxes through it in batches, and post-process the logits.
+the right backend, expand the inputs, run images or boxes through it in batches, and
+post-process the logits.
 
 predict, evaluate, the detector's second stage and pseudolabel all go through here, each with
 plain options; none of them opens a model or a backend on its own. A checkpoint that is to run
@@ -8,6 +9,7 @@ on onnxruntime is first exported, once, to a verified ONNX twin (`exporter.onnx_
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,13 @@ from waste_cli.backends import OnnxRunner, Runner, open_runner
 from waste_cli.batching import EvalImages, Speed, iterate_batches
 from waste_cli.builtin import BUILTIN_MODEL, builtin_file
 from waste_cli.console import Reporter
+from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.errors import ConfigError, ModelError
 from waste_cli.policy import default_batch_size
 
-__all__ = ["BROKEN_OUTPUT", "Classified", "ClassifyOptions", "FlipAveraged", "choose_backend",
-           "classify", "excluded_indices", "find_model", "open_model", "softmax", "top_k"]
+__all__ = ["BROKEN_OUTPUT", "Classified", "ClassifyOptions", "FlipAveraged", "Prediction",
+           "choose_backend", "classify", "excluded_indices", "expand_inputs", "find_model",
+           "open_model", "predict_stream", "softmax", "top_k"]
 
 BROKEN_OUTPUT = ("the model's output is not a finite number (NaN or inf): the model is broken; "
                  "train or export it again")
@@ -199,3 +203,51 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
             for i in sorted(results):
                 yield i, results[i]
             bar.advance(len(results))
+
+
+@dataclass
+class Prediction(Classified):
+    """The answer for one image file."""
+
+    path: Path = field(default_factory=Path)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
+    """Files, folders (recursive, image extensions in any case) and globs -> image paths.
+
+    Inputs that match nothing are returned as failures with their reason.
+    """
+    paths: list[Path] = []
+    failed: list[Prediction] = []
+    for item in inputs:
+        if item == "-" or "://" in item:
+            failed.append(Prediction(path=Path(item), error="URLs and standard input are not "
+                                     "supported: save the image to a file and give its path"))
+            continue
+        literal = Path(item).exists() or not glob.has_magic(item)  # `a[1].jpg` that exists
+        matches = [Path(item)] if literal else [Path(m) for m in sorted(glob.glob(item,
+                                                                               recursive=True))]
+        if not matches or not matches[0].exists():
+            failed.append(Prediction(path=Path(item),
+                                     error="no such file, folder or glob match"))
+            continue
+        for match in matches:
+            if match.is_dir():
+                found = list_images(match)
+                if not found:
+                    failed.append(Prediction(path=match, error="folder holds no images"))
+                paths += found
+            elif match.is_file() and (is_image_path(match) or literal):
+                paths.append(match)
+            elif literal:  # a pipe, a device, a socket: nothing to decode
+                failed.append(Prediction(path=match, error="not a regular file (a pipe or a "
+                                         "device?): give an image file"))
+    return paths, failed
+
+
+def predict_stream(runner: Runner, paths: list[Path], options: ClassifyOptions,
+                   reporter: Reporter, speed: Speed | None = None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in input order, batch by batch."""
+    images = EvalImages([(p, -1) for p in paths], runner.data_config)
+    for i, answer in classify(runner, images, options, reporter, speed):
+        yield Prediction(answer.labels, answer.probs, answer.error, paths[i])

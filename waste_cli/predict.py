@@ -7,16 +7,12 @@ not grow with the number of inputs.
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from waste_cli.backends import Runner
-from waste_cli.batching import EvalImages, Speed
+from waste_cli.batching import Speed
 from waste_cli.console import Reporter, printable
-from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.fileio import (
     atomic_text,
     check_no_overlap,
@@ -24,18 +20,17 @@ from waste_cli.fileio import (
     ensure_file_writable,
     json_text,
 )
-from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
+from waste_cli.inference import (
+    ClassifyOptions,
+    Prediction,
+    expand_inputs,
+    find_model,
+    open_model,
+    predict_stream,
+)
 from waste_cli.settings import PredictOptions
 
-__all__ = ["PredictResult", "Prediction", "classify_options", "expand_inputs", "output_format",
-           "predict", "predict_stream"]
-
-
-@dataclass
-class Prediction(Classified):
-    """The answer for one image file."""
-
-    path: Path = field(default_factory=Path)
+__all__ = ["PredictResult", "classify_options", "output_format", "predict"]
 
 
 @dataclass
@@ -47,52 +42,11 @@ class PredictResult:
     speed: Speed
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
-    """Files, folders (recursive, image extensions in any case) and globs -> image paths.
-
-    Inputs that match nothing are returned as failures with their reason.
-    """
-    paths: list[Path] = []
-    failed: list[Prediction] = []
-    for item in inputs:
-        if item == "-" or "://" in item:
-            failed.append(Prediction(path=Path(item), error="URLs and standard input are not "
-                                     "supported: save the image to a file and give its path"))
-            continue
-        literal = Path(item).exists() or not glob.has_magic(item)  # `a[1].jpg` that exists
-        matches = [Path(item)] if literal else [Path(m) for m in sorted(glob.glob(item,
-                                                                               recursive=True))]
-        if not matches or not matches[0].exists():
-            failed.append(Prediction(path=Path(item),
-                                     error="no such file, folder or glob match"))
-            continue
-        for match in matches:
-            if match.is_dir():
-                found = list_images(match)
-                if not found:
-                    failed.append(Prediction(path=match, error="folder holds no images"))
-                paths += found
-            elif match.is_file() and (is_image_path(match) or literal):
-                paths.append(match)
-            elif literal:  # a pipe, a device, a socket: nothing to decode
-                failed.append(Prediction(path=match, error="not a regular file (a pipe or a "
-                                         "device?): give an image file"))
-    return paths, failed
-
-
 def classify_options(options: PredictOptions) -> ClassifyOptions:
     """What the inference core needs of predict's options."""
     return ClassifyOptions(top_k=options.top_k, exclude_class=tuple(options.exclude_class),
                            tta=options.tta, batch_size=options.batch_size,
                            workers=options.workers)
-
-
-def predict_stream(runner: Runner, paths: list[Path], options: ClassifyOptions,
-                   reporter: Reporter, speed: Speed | None = None) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in input order, batch by batch."""
-    images = EvalImages([(p, -1) for p in paths], runner.data_config)
-    for i, answer in classify(runner, images, options, reporter, speed):
-        yield Prediction(answer.labels, answer.probs, answer.error, paths[i])
 
 
 class _Writer:

@@ -23,8 +23,13 @@ from waste_cli.fileio import (
     ensure_writable,
     safe_name,
 )
-from waste_cli.inference import ClassifyOptions, find_model, open_model
-from waste_cli.predict import expand_inputs, predict_stream
+from waste_cli.inference import (
+    ClassifyOptions,
+    expand_inputs,
+    find_model,
+    open_model,
+    predict_stream,
+)
 from waste_cli.settings import PseudolabelOptions
 
 __all__ = ["PseudolabelResult", "pseudolabel"]
