@@ -113,6 +113,7 @@ class OnnxRunner:
         self.crop = dict(info.get("crop") or {})
         self.metadata = info
         self.input_name = probe.get_inputs()[0].name
+        self.dynamic_batch = not isinstance(probe.get_inputs()[0].shape[0], int)
         self._session: Any = None
 
     def _open(self, optimize: bool = True) -> Any:

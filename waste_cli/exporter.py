@@ -393,27 +393,26 @@ def export_checkpoint(source: Path, targets: dict[str, Path], options: WriteOpti
     return ExportResult(files, checks, source)
 
 
-def _is_twin_of(path: Path, digest: str) -> bool:
-    """Whether `path` is an fp32, dynamic-batch export of the checkpoint hashed `digest`."""
-    import onnx
-
+def _cached_twin(path: Path, digest: str) -> OnnxRunner | None:
+    """The runner of `path` when it is an fp32, dynamic-batch export of the checkpoint hashed
+    `digest` (read from onnxruntime's cheap probe, the one the runner opens anyway)."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        meta = json.loads({p.key: p.value for p in proto.metadata_props}[ONNX_META_KEY])
-        batch_axis = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    except Exception:  # unreadable, damaged or foreign (protobuf and json raise their own)
-        return False
-    return (isinstance(meta, dict) and meta.get("precision") == "fp32"
-            and meta.get("source_checkpoint_sha256") == digest
-            and bool(batch_axis.dim_param) and not batch_axis.HasField("dim_value"))
+        runner = OnnxRunner(path)
+    except ModelError:  # unreadable, damaged or foreign
+        return None
+    meta = runner.metadata
+    same = (meta.get("precision") == "fp32" and meta.get("source_checkpoint_sha256") == digest
+            and runner.dynamic_batch)
+    return runner if same else None
 
 
 def _twin_name(source: Path, digest: str) -> str:
     return f"{source.stem}.{digest[:16]}.onnx"
 
 
-def onnx_twin(source: Path, reporter: Reporter) -> Path:
-    """A verified fp32 ONNX copy of checkpoint `source`, exported once and kept beside it.
+def onnx_twin(source: Path, reporter: Reporter) -> OnnxRunner:
+    """The runner of a verified fp32 ONNX copy of checkpoint `source`, exported once and kept
+    beside it.
 
     The file is named by the checkpoint's hash, so a cache hit loads no checkpoint and a changed
     checkpoint gets a new twin. A file of that name that is not what a twin must be (float32, a
@@ -427,8 +426,9 @@ def onnx_twin(source: Path, reporter: Reporter) -> Path:
         raise TwinExportError(f"Cannot export {source} to ONNX for onnxruntime: its twin's name "
                               f"{target.name!r} cannot be a file name "
                               f"({name_problem(target.name)}).")
-    if target.is_file() and _is_twin_of(target, digest):
-        return target
+    cached = _cached_twin(target, digest) if target.is_file() else None
+    if cached is not None:
+        return cached
     checkpoint = load_checkpoint(source)
     reporter.info(f"exporting {source} to ONNX once for fast CPU inference ({target.name})")
     try:
@@ -443,4 +443,4 @@ def onnx_twin(source: Path, reporter: Reporter) -> Path:
     for stale in source.parent.glob(f"{source.stem}.*.onnx"):
         if stale != target and own.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
-    return target
+    return OnnxRunner(target)

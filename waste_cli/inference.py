@@ -85,17 +85,16 @@ def open_model(path: Path, device: str, backend: str, reporter: Reporter) -> Run
 
         torch_device = resolve_device(device)  # an absent device is an error, even for ONNX
     chosen = choose_backend(path, torch_device.type if torch_device else "cpu", backend)
-    runnable = path
     if chosen == "onnxruntime" and path.suffix.lower() != ".onnx":
         from waste_cli.exporter import TwinExportError, onnx_twin
 
         try:
-            runnable = onnx_twin(path, reporter)
+            return onnx_twin(path, reporter)
         except TwinExportError as exc:
             if backend == "onnxruntime":
                 raise
             reporter.warn(f"{exc} Running PyTorch instead.")
-    return open_runner(runnable, torch_device)
+    return open_runner(path, torch_device)
 
 
 @dataclass(frozen=True)
