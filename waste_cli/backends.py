@@ -2,9 +2,10 @@
 AutoBackend). They only load and run; which one to use, and whether to export a checkpoint
 first, is decided by the inference core (inference.py).
 
-Every runner carries the class names and the data config it was trained with, so callers
-preprocess exactly as training did and never re-derive anything. Runners take and return numpy
-arrays, and torch is imported only when a PyTorch model is run: an ONNX model starts without it.
+Every runner carries the class names, the data config it was trained with and its calibration,
+so callers preprocess exactly as training did and never re-derive anything. Runners take numpy
+arrays and return them by output name (`logits`, and `unfamiliarity` from a calibrated model),
+and torch is imported only when a PyTorch model is run: an ONNX model starts without it.
 """
 
 from __future__ import annotations
@@ -18,28 +19,31 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from waste_cli.errors import ModelError
-from waste_cli.metadata import check_metadata
+from waste_cli.metadata import Calibration, check_metadata
 
 if TYPE_CHECKING:
     import torch
 
     from waste_cli.checkpoint import Checkpoint
 
-__all__ = ["ONNX_META_KEY", "OnnxRunner", "Runner", "TorchRunner", "open_runner"]
+__all__ = ["ONNX_META_KEY", "OnnxRunner", "Outputs", "Runner", "TorchRunner", "open_runner"]
 
 ONNX_META_KEY = "wastecls"
+Outputs = dict[str, np.ndarray]  # output name -> float32 array with one row per image
 
 
 class Runner(Protocol):
-    """Images (normalised float32 NCHW numpy array) in, float32 logits (numpy) out."""
+    """Images (normalised float32 NCHW numpy array) in, float32 outputs by name out: `logits`
+    always, `unfamiliarity` when the model is calibrated."""
 
     name: str  # the backend: "torch" or "onnxruntime"
     classes: list[str]
     data_config: dict[str, Any]
     crop: dict[str, Any]  # how the training images were cut from photos (boxes: square, zoom)
+    calibration: Calibration | None  # None: an uncalibrated model (temperature 1, no flag)
     on_cpu: bool
 
-    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+    def __call__(self, images: np.ndarray) -> Outputs: ...
 
     def for_worker(self, threads: int) -> Runner:
         """The same model for a worker process that runs it with `threads` threads."""
@@ -53,11 +57,15 @@ class TorchRunner:
 
     def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
                  device: torch.device, channels_last: bool,
-                 crop: dict[str, Any] | None = None) -> None:
-        """Wrap a model already on `device` in the memory format `channels_last` says."""
+                 crop: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None) -> None:
+        """Wrap a model already on `device` in the memory format `channels_last` says; a model
+        with several outputs names them in its `output_names`."""
         self.classes, self.data_config, self.device = list(classes), dict(data_config), device
         self.crop = dict(crop or {})
+        self.calibration = Calibration.model_validate(calibration) if calibration else None
         self.model, self.channels_last = model.eval(), channels_last
+        self.output_names = tuple(getattr(model, "output_names", ("logits",)))
         self.on_cpu = device.type == "cpu"
 
     @classmethod
@@ -65,20 +73,23 @@ class TorchRunner:
         """The checkpoint's model in channels_last, the faster layout end to end (BENCHMARKS.md)."""
         import torch
 
-        from waste_cli.models import model_from_checkpoint
+        from waste_cli.models import deployable_model
 
-        model = model_from_checkpoint(checkpoint).to(device, memory_format=torch.channels_last)
+        model = deployable_model(checkpoint).to(device, memory_format=torch.channels_last)
         return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True,
-                   checkpoint.get("crop"))
+                   checkpoint.get("crop"), checkpoint.get("calibration"))
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> Outputs:
         import torch
 
         from waste_cli.runtime import to_device
 
         with torch.inference_mode():
             batch = to_device(torch.from_numpy(images), self.device, self.channels_last)
-            return self.model(batch).float().cpu().numpy()
+            outputs = self.model(batch)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: out.float().cpu().numpy()
+                for name, out in zip(self.output_names, outputs, strict=True)}
 
     def for_worker(self, threads: int) -> TorchRunner:
         """Itself: a forked worker shares the weights; torch's threads are set per process."""
@@ -108,9 +119,17 @@ class OnnxRunner:
             raise ModelError(f"Cannot use the model {path}: its metadata names "
                              f"{len(info['classes'])} classes but the model outputs {outputs}. "
                              "Export it again with `wastecls export --onnx`.")
+        # The first output is the logits whatever a foreign exporter called it.
+        self.output_names = ("logits", *(o.name for o in probe.get_outputs()[1:]))
+        if info.get("calibration") and "unfamiliarity" not in self.output_names:
+            raise ModelError(f"Cannot use the model {path}: its metadata says it is calibrated "
+                             "but it has no `unfamiliarity` output. Calibrate it again with "
+                             "`wastecls calibrate`.")
         self.classes = list(info["classes"])
         self.data_config = dict(info["data_config"])
         self.crop = dict(info.get("crop") or {})
+        self.calibration = (Calibration.model_validate(info["calibration"])
+                            if info.get("calibration") else None)
         self.metadata = info
         self.input_name = probe.get_inputs()[0].name
         self.dynamic_batch = not isinstance(probe.get_inputs()[0].shape[0], int)
@@ -134,11 +153,13 @@ class OnnxRunner:
                 f"{exc}). Export it again with `wastecls export --onnx`."
             ) from None
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray) -> Outputs:
         if self._session is None:
             self._session = self._open()
         array = np.ascontiguousarray(images, dtype=np.float32)
-        return self._session.run(None, {self.input_name: array})[0].astype(np.float32, copy=False)
+        outputs = self._session.run(None, {self.input_name: array})
+        return {name: out.astype(np.float32, copy=False)
+                for name, out in zip(self.output_names, outputs, strict=True)}
 
     def for_worker(self, threads: int) -> OnnxRunner:
         """A copy whose session opens in the worker on first use (sessions are not fork-safe:

@@ -36,13 +36,14 @@ from waste_cli.policy import TASK_IMAGES, plan_workers
 from waste_cli.processes import die_with_parent, interrupts_held
 
 if TYPE_CHECKING:
-    from waste_cli.backends import Runner
+    from waste_cli.backends import Outputs, Runner
 
 __all__ = ["ArrayBatch", "EvalImages", "Region", "Speed", "eval_short_side", "iterate_batches",
            "run_labelled"]
 
-# (images or logits, labels, sample indices of those rows, sample indices that were unreadable)
-ArrayBatch = tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]
+# (images, or the model's outputs by name; labels; sample indices of those rows; sample indices
+# that were unreadable)
+ArrayBatch = tuple[Any, np.ndarray, np.ndarray, list[int]]
 # A finished batch: (batch, (decode seconds, resize seconds), model seconds).
 Done = tuple[ArrayBatch, tuple[float, float], float]
 
@@ -170,12 +171,12 @@ class EvalImages:
 
 
 def _infer(runner: Runner, batch: ArrayBatch) -> tuple[ArrayBatch, float]:
-    """(the batch with logits instead of images, seconds in the model)."""
+    """(the batch with the model's outputs instead of images, seconds in the model); a batch
+    without readable images has no outputs."""
     images, labels, indices, bad = batch
     start = time.perf_counter()
-    logits = (runner(images) if len(indices)
-              else np.empty((0, len(runner.classes)), np.float32))
-    return (logits, labels, indices, bad), time.perf_counter() - start
+    outputs = runner(images) if len(indices) else {}
+    return (outputs, labels, indices, bad), time.perf_counter() - start
 
 
 def _preprocess(images: EvalImages, indices: list[int]
@@ -261,9 +262,10 @@ def iterate_batches(
     runner: Runner, samples: list[tuple[Path, int]] | EvalImages, batch_size: int,
     workers: int | None, *, spread_model: bool = True, speed: Speed | None = None,
 ) -> Iterator[ArrayBatch]:
-    """Yield (float32 logits, labels, sample indices, unreadable indices) per batch, in sample
-    order. `samples` may come as EvalImages (boxes on images); `spread_model=False` keeps the
-    model in this process whatever the device; `speed` collects where the time went."""
+    """Yield (the model's outputs by name, labels, sample indices, unreadable indices) per
+    batch, in sample order. `samples` may come as EvalImages (boxes on images);
+    `spread_model=False` keeps the model in this process whatever the device; `speed` collects
+    where the time went."""
     images = samples if isinstance(samples, EvalImages) else EvalImages(
         samples, runner.data_config)
     samples = images.samples
@@ -287,15 +289,19 @@ def run_labelled(
     runner: Runner, samples: list[tuple[Path, int]] | EvalImages, batch_size: int,
     workers: int | None, reporter: Reporter, description: str, *, spread_model: bool = True,
     speed: Speed | None = None,
-) -> tuple[np.ndarray, list[int]]:
-    """float32 logits for every sample (NaN rows for unreadable images), unreadable indices."""
+) -> tuple[Outputs, list[int]]:
+    """Every output of the model for every sample (float32, NaN rows for unreadable images;
+    `logits` always present), and the unreadable indices."""
     count = len(samples.samples if isinstance(samples, EvalImages) else samples)
-    logits = np.full((count, len(runner.classes)), np.nan, dtype=np.float32)
+    outputs: Outputs = {"logits": np.full((count, len(runner.classes)), np.nan, np.float32)}
     bad: list[int] = []
     with reporter.bar(description, count) as bar:
-        for batch_logits, _, indices, unreadable in iterate_batches(
+        for batch, _, indices, unreadable in iterate_batches(
                 runner, samples, batch_size, workers, spread_model=spread_model, speed=speed):
             bad += unreadable
-            logits[indices] = batch_logits
+            for name, values in batch.items():
+                if name not in outputs:
+                    outputs[name] = np.full((count, *values.shape[1:]), np.nan, np.float32)
+                outputs[name][indices] = values
             bar.advance(len(indices) + len(unreadable))
-    return logits, bad
+    return outputs, bad

@@ -8,8 +8,9 @@ needs) however many boxes it holds, and all crops flow through predict's batched
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,8 +28,20 @@ from waste_cli.fileio import (
     ensure_file_writable,
     json_text,
 )
-from waste_cli.inference import Classified, ClassifyOptions, classify, find_model, open_model
-from waste_cli.predict import classify_options, output_format
+from waste_cli.inference import (
+    Classified,
+    ClassifyOptions,
+    classify,
+    find_model,
+    open_model,
+)
+from waste_cli.predict import (
+    ANSWER_COLUMNS,
+    answer_cells,
+    answer_fields,
+    classify_options,
+    output_format,
+)
 from waste_cli.settings import PredictOptions
 
 __all__ = ["BoxPrediction", "BoxesResult", "classify_boxes", "load_boxes", "predict_boxes",
@@ -53,6 +66,7 @@ class BoxesResult:
     skipped: list[dict[str, Any]]  # unusable entries of the detections file
     below_score: int  # detections under --min-score, left out on purpose
     speed: Speed
+    flags: dict[str, int] = field(default_factory=dict)  # flag -> boxes
 
 
 def load_boxes(settings: PredictOptions) -> tuple[list[Detection], list[dict[str, Any]], int]:
@@ -71,7 +85,8 @@ def classify_boxes(runner: Runner, detections: list[Detection], options: Classif
     images = EvalImages([(d.image, -1) for d in detections], runner.data_config,
                         [d.region for d in detections], runner.crop)
     for i, answer in classify(runner, images, options, reporter, speed, "classify boxes"):
-        yield BoxPrediction(answer.labels, answer.probs, answer.error, detections[i])
+        yield BoxPrediction(answer.labels, answer.probs, answer.error, answer.unfamiliarity,
+                            answer.flag, detections[i])
 
 
 def _box_columns(detection: Detection) -> list[str]:
@@ -80,17 +95,24 @@ def _box_columns(detection: Detection) -> list[str]:
     return [f"{x:g}", f"{y:g}", f"{w:g}", f"{h:g}", kind]
 
 
+def category_id(name: str, classes: list[str]) -> int:
+    """A class's COCO category id: its 1-based index in the model; `unknown` (--abstain), when
+    the model has no class of that name, comes after the model's classes."""
+    return classes.index(name) + 1 if name in classes else len(classes) + 1
+
+
 class _BoxWriter:
     """COCO results (a JSON list, the detector's fields kept), CSV rows, or a table."""
 
-    def __init__(self, fmt: str, handle: IO[str], top_k: int, classes: list[str]) -> None:
+    def __init__(self, fmt: str, handle: IO[str], top_k: int, classes: list[str],
+                 abstain: bool) -> None:
         self.fmt, self.handle, self.top_k, self.classes = fmt, handle, top_k, classes
-        self.first = True
+        self.abstain, self.first = abstain, True
         if fmt == "csv":
             self.csv = csv_writer(handle)
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
             self.csv.writerow(["image", "x", "y", "w", "h", "box_format", "detector_score",
-                               *columns, "error"])
+                               *ANSWER_COLUMNS, *columns, "error"])
         elif fmt == "json":
             handle.write("[")
 
@@ -101,9 +123,11 @@ class _BoxWriter:
             if item.error:
                 record["error"] = item.error
             else:
-                record |= {"category_id": self.classes.index(item.labels[0]) + 1,
-                           "category_name": item.labels[0],
-                           "classifier_score": round(item.probs[0], 6),
+                answer = answer_fields(item, self.abstain)
+                record |= {"category_id": category_id(answer["label"], self.classes),
+                           "category_name": answer["label"],
+                           "classifier_score": answer["confidence"],
+                           "flag": answer["flag"], "unfamiliarity": answer["unfamiliarity"],
                            "top_k": [{"category_name": label, "score": round(p, 6)}
                                      for label, p in zip(item.labels, item.probs, strict=True)]}
             self.handle.write(("\n" if self.first else ",\n") + json_text(record))
@@ -111,11 +135,12 @@ class _BoxWriter:
         elif self.fmt == "csv":
             score = "" if detection.score is None else f"{detection.score:g}"
             self.csv.writerow([str(detection.image), *_box_columns(detection), score,
-                               *item.cells(self.top_k), item.error])
+                               *answer_cells(item, self.abstain), *item.cells(self.top_k),
+                               item.error])
         else:
             box = " ".join(_box_columns(detection)[:4])
             self.handle.write(f"{printable(str(detection.image))} [{box}]  "
-                              f"{printable(item.shown())}\n")
+                              f"{printable(item.shown(self.abstain))}\n")
 
     def close(self) -> None:
         if self.fmt == "json":
@@ -123,9 +148,9 @@ class _BoxWriter:
 
 
 def write_boxes(predictions: Iterator[BoxPrediction], fmt: str, handle: IO[str], top_k: int,
-                classes: list[str]) -> list[BoxPrediction]:
+                classes: list[str], abstain: bool = False) -> list[BoxPrediction]:
     """Write every prediction as it comes; return them all (for the pictures and the count)."""
-    writer = _BoxWriter(fmt, handle, top_k, classes)
+    writer = _BoxWriter(fmt, handle, top_k, classes, abstain)
     done = []
     for item in predictions:
         writer.write(item)
@@ -141,9 +166,10 @@ def _picture(image: Path, images_root: Path) -> Path:
 
 
 def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: Path,
-                  reporter: Reporter) -> int:
-    """Draw each photo's boxes with their labels into `folder` (same relative paths, as JPEG):
-    a detector and a classifier are checked by looking. Returns the pictures written."""
+                  reporter: Reporter, abstain: bool = False) -> int:
+    """Draw each photo's boxes with their labels into `folder` (same relative paths, as JPEG;
+    flagged answers in orange): a detector and a classifier are checked by looking. Returns the
+    pictures written."""
     from PIL import ImageDraw, ImageFont
 
     by_image: dict[Path, list[BoxPrediction]] = {}
@@ -164,10 +190,11 @@ def save_pictures(predictions: list[BoxPrediction], images_root: Path, folder: P
             for item in items:
                 x0, y0, x1, y1 = (v * scale for v in item.detection.region.corners(full, False,
                                                                                     1.0))
-                colour = (220, 40, 40) if item.error else (40, 200, 60)
+                colour = ((220, 40, 40) if item.error else (240, 150, 20) if item.flag
+                          else (40, 200, 60))
                 draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
-                text = (f"{item.labels[0]} {item.probs[0]:.0%}" if item.labels
-                        else "error")
+                text = (f"{item.answer(abstain)} {item.confidence:.0%}" if item.labels
+                        else "error") + (f" ({item.flag})" if item.flag else "")
                 left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
                 lift = bottom - top + 2 * line
                 draw.rectangle((left, top - lift, right + 2 * line, bottom - lift), fill=colour)
@@ -203,12 +230,14 @@ def predict_boxes(settings: PredictOptions, stdout: IO[str],
     fmt, speed = output_format(settings), Speed()
     stream = classify_boxes(runner, detections, classify_options(settings), reporter, speed)
     if settings.output is None:
-        done = write_boxes(stream, fmt, stdout, settings.top_k, runner.classes)
+        done = write_boxes(stream, fmt, stdout, settings.top_k, runner.classes, settings.abstain)
     else:
         with atomic_text(settings.output) as handle:
-            done = write_boxes(stream, fmt, handle, settings.top_k, runner.classes)
+            done = write_boxes(stream, fmt, handle, settings.top_k, runner.classes,
+                               settings.abstain)
     if settings.save_images is not None:
-        save_pictures(done, settings.images, settings.save_images, reporter)
+        save_pictures(done, settings.images, settings.save_images, reporter, settings.abstain)
     failed = [item for item in done if item.error]
+    flags = Counter(item.flag for item in done if item.flag)
     return BoxesResult(model_path, runner.name, len(done) - len(failed), failed, skipped,
-                       below, speed)
+                       below, speed, dict(flags))

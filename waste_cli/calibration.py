@@ -1,6 +1,7 @@
 """How far a model's confidence can be trusted, from its probabilities and the true labels:
-calibration (expected calibration error, NLL, Brier score, reliability bins; Guo et al. 2017)
-and selective prediction (risk against coverage, AURC; Geifman & El-Yaniv 2017).
+calibration (expected calibration error, NLL, Brier score, reliability bins; Guo et al. 2017),
+temperature scaling that repairs it, selective prediction (risk against coverage, AURC; Geifman
+& El-Yaniv 2017) and how well a score tells in-domain photos from others (AUROC). Numpy only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BINS", "calibration_report", "risk_coverage"]
+__all__ = ["BINS", "auroc", "calibration_report", "fit_temperature", "nll", "risk_coverage",
+           "scaled_softmax"]
 
 BINS = 15  # equal-width confidence bins, as Guo et al. report ECE
 
@@ -59,3 +61,58 @@ def risk_coverage(probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
             "accuracy_at_90_coverage": accuracy_at(0.90),
             "accuracy_at_95_coverage": accuracy_at(0.95),
             "coverage": coverage.tolist(), "risk": risk.tolist()}
+
+
+def scaled_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature` in float64 (a -inf logit gets 0)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of `targets` under softmax(logits / temperature)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    top = scaled.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(scaled - top).sum(axis=1)) + top[:, 0]
+    return float((log_norm - scaled[np.arange(len(targets)), targets]).mean())
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T that minimises the NLL of softmax(logits / T) (Guo et al. 2017).
+
+    The NLL is convex in 1/T, so a golden-section search over log T in [0.01, 100] finds the
+    one minimum; 1.0 when there is nothing to fit on."""
+    if len(targets) == 0:
+        return 1.0
+    low, high = math.log(0.01), math.log(100.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = nll(logits, targets, math.exp(a)), nll(logits, targets, math.exp(b))
+    while high - low > 1e-6:
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = nll(logits, targets, math.exp(a))
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = nll(logits, targets, math.exp(b))
+    return math.exp((low + high) / 2)
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """The probability that a random `outside` score is higher than a random `inside` one
+    (ties count half): how well the score separates the two sets, 0.5 being chance."""
+    if not len(inside) or not len(outside):
+        return math.nan
+    scores = np.concatenate([inside, outside])
+    order = scores.argsort(kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    ordered = scores[order]
+    for value in np.unique(ordered[1:][np.diff(ordered) == 0]):
+        tied = scores == value  # tied scores share their mean rank
+        ranks[tied] = ranks[tied].mean()
+    above = ranks[len(inside):].sum() - len(outside) * (len(outside) + 1) / 2
+    return float(above / (len(inside) * len(outside)))

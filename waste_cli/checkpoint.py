@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from waste_cli.errors import ModelError, WasteclsError
 from waste_cli.fileio import atomic_path
@@ -22,9 +22,27 @@ __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
 
 CHECKPOINT_FORMAT = "wastecls-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
 class CheckpointSchema(ModelMetadata):
     arch: str = Field(min_length=1)
     model: dict[str, Any]
+    familiar_features: Any = None
+
+    @field_validator("familiar_features")
+    @classmethod
+    def _bank(cls, bank: Any) -> Any:
+        if bank is not None and not (isinstance(bank, torch.Tensor) and bank.ndim == 2
+                                     and bank.is_floating_point()
+                                     and bool(torch.isfinite(bank).all())):
+            raise ValueError("must be a finite 2-D float tensor")
+        return bank
+
+    @model_validator(mode="after")
+    def _calibrated_whole(self) -> CheckpointSchema:
+        if (self.calibration is None) != (self.familiar_features is None):
+            raise ValueError("calibration and familiar_features come together")
+        return self
 
     @field_validator("model")
     @classmethod
@@ -56,6 +74,8 @@ class Checkpoint(TypedDict):
     data_config: dict[str, Any]  # input size, mean, std, interpolation, crop: the preprocessing
     crop: NotRequired[dict[str, Any]]  # how prepare cut the training images: square, zoom, size
     model: dict[str, torch.Tensor]  # state dict (the EMA weights when --ema)
+    calibration: NotRequired[dict[str, Any]]  # metadata.Calibration: temperature, threshold...
+    familiar_features: NotRequired[torch.Tensor]  # float16 [rows, features]: familiarity.py
     metrics: dict[str, Any]  # the epoch's metrics.csv row
     epoch: int
     settings: dict[str, Any]  # the run's resolved TrainOptions

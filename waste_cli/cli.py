@@ -28,6 +28,7 @@ from waste_cli.console import terminal_text as shown
 from waste_cli.errors import WasteclsError
 from waste_cli.fileio import describe_os_error
 from waste_cli.settings import (
+    CalibrateOptions,
     EvaluateOptions,
     ExportOptions,
     ModelRunOptions,
@@ -133,6 +134,7 @@ PANELS: dict[str, tuple[str, ...]] = {
                      "lr_decay", "decay_epochs", "epochs", "label_smoothing",
                      "class_weights", "ema", "ema_decay", "amp", "channels_last"),
     "Selection": ("monitor", "patience"),
+    "Confidence": ("familiar_share", "min_confidence", "abstain", "unfamiliar"),
     "Pseudo-labels": ("pseudolabel", "pseudo_data", "pseudo_start", "pseudo_threshold",
                       "pseudo_weight", "pseudo_ramp", "extra_labels", "threshold", "copy_to"),
     "Output": ("out", "output", "save_images", "format", "top_k", "top_losses", "json_output",
@@ -334,8 +336,39 @@ def train(settings: TrainOptions) -> None:
     if result.skipped_images:
         out_console.print(f"[yellow]{len(result.skipped_images)} unreadable training images "
                           "were skipped[/] (listed in summary.json).")
+    if result.calibration is not None:
+        out_console.print(_calibration_table(result.calibration, "Calibration (best.pt)"))
     out_console.print(f"{result.seconds:.0f}s. Results in {shown(result.run_dir)}: best.pt, "
                       "last.pt, metrics.csv, curves.png, confusion_matrix.png, summary.json")
+
+
+def _calibration_table(fitted: Any, title: str) -> Table:
+    from waste_cli.calibrate import describe
+
+    table = Table(title=title, show_header=False)
+    table.add_column("")
+    table.add_column("")
+    for name, value in describe(fitted):
+        table.add_row(name, value)
+    return table
+
+
+@settings_command(
+    CalibrateOptions,
+    short={"out": ("--out", "-o")},
+    examples=[
+        "wastecls calibrate runs/train/exp/best.pt --data data/   # -> best.calibrated.pt",
+        "wastecls calibrate model.onnx --data data/ --out model.calibrated.onnx",
+        "wastecls calibrate best.pt --data data/ --familiar-share 0.98 --min-confidence 0.4",
+    ],
+)
+def calibrate(settings: CalibrateOptions) -> None:
+    """Fit a model's temperature and unfamiliarity threshold on a dataset; write a copy."""
+    from waste_cli.calibrate import calibrate as run_calibrate
+
+    result = run_calibrate(settings, _reporter(settings))
+    out_console.print(_calibration_table(result.fitted, f"Calibrated {shown(result.source)}"))
+    out_console.print(f"Wrote {shown(result.target)}")
 
 
 @settings_command(
@@ -421,10 +454,21 @@ def evaluate(settings: EvaluateOptions) -> None:
                       for p in report["most_confused"])
     out_console.print(f"Most confused: {pairs or 'none'}")
     calibration, selective = report["calibration"], report["selective"]
-    out_console.print(f"Confidence: ECE {calibration['ece']:.1%}, NLL {calibration['nll']:.3f}, "
+    before = report["uncalibrated"]["ece"]
+    out_console.print(f"Confidence: ECE {calibration['ece']:.1%} (uncalibrated {before:.1%}, "
+                      f"temperature {report['temperature']:.3f}), NLL {calibration['nll']:.3f}, "
                       f"Brier {calibration['brier']:.3f}; accuracy on the 90% most confident "
                       f"{selective['accuracy_at_90_coverage']:.2%} (AURC "
                       f"{selective['aurc']:.3f})")
+    flags = report["flags"]
+    rest = flags["accuracy_unflagged"]
+    out_console.print(f"Flagged: {flags['flagged']:.1%} of the images ({flags['unfamiliar']} "
+                      f"unfamiliar, {flags['low_confidence']} low-confidence)"
+                      + (f"; accuracy {rest:.2%} on the others" if rest == rest else ""))
+    if "unfamiliar" in report:
+        other = report["unfamiliar"]
+        out_console.print(f"Unfamiliar photos ({other['images']} in {shown(other['folder'])}): "
+                          f"{other['flagged']:.1%} flagged, AUROC {other['auroc']:.3f}")
     out_console.print(result.speed.summary())
     if result.out:
         out_console.print(f"Wrote report.json, per_class.csv, predictions.csv and "
@@ -457,12 +501,20 @@ def predict(settings: PredictOptions) -> None:
                           soft_wrap=True)
     if not settings.quiet:
         err_console.print(f"{_count(result.predicted, 'image')} predicted, "
-                          f"{len(result.failed)} failed "
+                          f"{len(result.failed)} failed{_flagged(result.flags)} "
                           f"({shown(model_name(result.model))}, {result.backend})"
                           + (f"; results in {shown(settings.output)}" if settings.output else ""))
         err_console.print(result.speed.summary())
     if result.failed:
         raise typer.Exit(1)
+
+
+def _flagged(flags: dict[str, int]) -> str:
+    """`, 3 flagged (2 unfamiliar, 1 low-confidence)`, or nothing when none was."""
+    total = sum(flags.values())
+    if not total:
+        return ""
+    return f", {total} flagged ({', '.join(f'{n} {flag}' for flag, n in sorted(flags.items()))})"
 
 
 def _predict_boxes(settings: PredictOptions) -> None:
@@ -475,7 +527,8 @@ def _predict_boxes(settings: PredictOptions) -> None:
                           soft_wrap=True)
     if not settings.quiet:
         err_console.print(
-            f"{_count(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed, "
+            f"{_count(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed"
+            f"{_flagged(result.flags)}, "
             f"{_count(len(result.skipped), 'entry', 'entries')} of {shown(settings.boxes)} "
             f"skipped, {result.below_score} under --min-score "
             f"({shown(model_name(result.model))}, {result.backend})"

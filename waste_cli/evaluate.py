@@ -1,7 +1,8 @@
-"""`wastecls evaluate`: how good is the model really, class by class, and where does it fail.
+"""`wastecls evaluate`: how good is the model really, class by class, where does it fail, and
+how far can its confidence and its flags be trusted.
 
-Classes are matched by name, never by index, and preprocessing is the model's own (from the
-checkpoint or the ONNX metadata).
+Classes are matched by name, never by index, and preprocessing and calibration are the model's
+own (from the checkpoint or the ONNX metadata).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from PIL import Image
 
 from waste_cli.backends import Runner
 from waste_cli.batching import EvalImages, Speed, run_labelled
-from waste_cli.calibration import calibration_report, risk_coverage
+from waste_cli.calibration import auroc, calibration_report, risk_coverage
 from waste_cli.console import Reporter
 from waste_cli.data.detections import read_detections
-from waste_cli.data.scan import SPLITS, class_folders, class_samples
+from waste_cli.data.scan import SPLITS, class_folders, class_samples, list_images
 from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.errors import DataError, ModelError
+from waste_cli.familiarity import LOW_CONFIDENCE, UNFAMILIAR, flag_of
 from waste_cli.fileio import atomic_write_text, check_no_overlap, claim_folder, csv_writer
-from waste_cli.inference import BROKEN_OUTPUT, find_model, open_model
+from waste_cli.inference import BROKEN_OUTPUT, find_model, open_model, temperature
+from waste_cli.metadata import Calibration
 from waste_cli.metrics import classification_report, confusion_matrix, most_confused, topk_correct
 from waste_cli.plots import (
     plot_confusion_matrix,
@@ -82,7 +85,9 @@ def _match_classes(model_classes: list[str], data_classes: list[str], folder: Pa
 
 
 def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
-                   logits: torch.Tensor, classes: list[str], top_losses: int) -> None:
+                   logits: torch.Tensor, flags: list[str], classes: list[str],
+                   top_losses: int) -> None:
+    """The files of --out; `logits` already divided by the model's temperature."""
     samples = images.samples
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -101,14 +106,14 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
     losses[valid] = F.cross_entropy(logits[valid], targets[valid], reduction="none")
     buffer = io.StringIO()
     writer = csv_writer(buffer)
-    writer.writerow(["path", "true", "predicted", "confidence", "loss"])
+    writer.writerow(["path", "true", "predicted", "confidence", "flag", "loss"])
     for i, (path, label) in enumerate(samples):
         if valid[i]:
             pred = int(probs[i].argmax())
             writer.writerow([str(path), classes[label], classes[pred],
-                             f"{float(probs[i, pred]):.6f}", f"{float(losses[i]):.6f}"])
+                             f"{float(probs[i, pred]):.6f}", flags[i], f"{float(losses[i]):.6f}"])
         else:
-            writer.writerow([str(path), classes[label], "", "", ""])
+            writer.writerow([str(path), classes[label], "", "", "", ""])
     atomic_write_text(out / "predictions.csv", buffer.getvalue())
 
     cm = np.array(report["confusion_matrix"])
@@ -138,18 +143,42 @@ def _thumbnail(images: EvalImages, index: int) -> Image.Image:
     return picture
 
 
+def flags_of(probs: np.ndarray, scores: np.ndarray, calibration: Calibration | None,
+             min_confidence: float | None) -> list[str]:
+    """Each row's flag (`familiarity.flag_of`) from calibrated probabilities and scores."""
+    return [flag_of(float(p), float(s), calibration, min_confidence)
+            for p, s in zip(probs.max(axis=1), scores, strict=True)]
+
+
+def _flag_report(flags: list[str], correct: np.ndarray) -> dict[str, Any]:
+    flagged = np.array([bool(f) for f in flags], dtype=bool)
+    return {"flagged": float(flagged.mean()) if len(flags) else 0.0,
+            "unfamiliar": flags.count(UNFAMILIAR), "low_confidence": flags.count(LOW_CONFIDENCE),
+            "accuracy_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else
+            float("nan"),
+            "accuracy_flagged": float(correct[flagged].mean()) if flagged.any() else
+            float("nan")}
+
+
 def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str], top_k: int,
-                 unreadable: list[str]) -> dict[str, Any]:
-    """Everything `evaluate` reports, as plain data (report.json)."""
+                 unreadable: list[str], scale: float = 1.0, flags: list[str] | None = None
+                 ) -> dict[str, Any]:
+    """Everything `evaluate` reports, as plain data (report.json): `logits` are the model's
+    raw ones, `scale` its temperature, `flags` each image's flag."""
     valid = ~logits.isnan().any(1)
     logits, targets = logits[valid], targets[valid]
     cm = confusion_matrix(targets, logits.argmax(1), len(classes))
     rows = cm.sum(1, keepdim=True).clamp(min=1)
-    probs, labels = logits.softmax(1).double().numpy(), targets.numpy()
+    probs, labels = (logits.double() / scale).softmax(1).numpy(), targets.numpy()
     selective = risk_coverage(probs, labels)
+    raw = calibration_report(logits.double().softmax(1).numpy(), labels)
+    kept = [f for f, ok in zip(flags or [""] * len(valid), valid.tolist(), strict=True) if ok]
     return {
+        "temperature": scale,
         "calibration": calibration_report(probs, labels),
+        "uncalibrated": {k: raw[k] for k in ("ece", "nll", "brier")},
         "selective": {k: v for k, v in selective.items() if k not in ("coverage", "risk")},
+        "flags": _flag_report(kept, probs.argmax(axis=1) == labels),
         **classification_report(cm, classes),
         f"top{top_k}_accuracy": topk_correct(logits, targets, top_k) / max(len(targets), 1),
         "top_k": top_k,
@@ -194,6 +223,34 @@ def _box_images(settings: EvaluateOptions, runner: Runner, reporter: Reporter
                       runner.crop), settings.boxes
 
 
+def _scores(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The unfamiliarity score of every image (NaN: the model cannot say)."""
+    logits = outputs["logits"]
+    return outputs.get("unfamiliarity", np.full(len(logits), np.nan, np.float32))
+
+
+def _unfamiliar_report(settings: EvaluateOptions, runner: Runner, inside: np.ndarray,
+                       batch_size: int, reporter: Reporter) -> dict[str, Any]:
+    """How the flags treat photos of other things (--unfamiliar DIR): the share flagged, and
+    how well the score (and, for comparison, the top probability alone) separates them from
+    the evaluated images (AUROC)."""
+    assert settings.unfamiliar is not None
+    paths = list_images(settings.unfamiliar) if settings.unfamiliar.is_dir() else []
+    if not paths:
+        raise DataError(f"--unfamiliar {settings.unfamiliar} is not a folder of images.")
+    outputs, bad = run_labelled(runner, [(p, -1) for p in paths], batch_size, settings.workers,
+                                reporter, f"unfamiliar photos ({runner.name})")
+    valid = np.isfinite(outputs["logits"]).all(axis=1)
+    probs = torch.from_numpy(outputs["logits"][valid]).double().div(temperature(runner)).softmax(1)
+    scores = _scores(outputs)[valid]
+    flags = flags_of(probs.numpy(), scores, runner.calibration, settings.min_confidence)
+    return {"folder": str(settings.unfamiliar), "images": int(valid.sum()),
+            "unreadable": len(bad), "flagged": sum(bool(f) for f in flags) / max(len(flags), 1),
+            "unfamiliar": flags.count(UNFAMILIAR), "low_confidence": flags.count(LOW_CONFIDENCE),
+            "auroc": auroc(inside, scores) if runner.calibration is not None else float("nan"),
+            "mean_confidence": float(probs.max(1).values.mean()) if len(probs) else float("nan")}
+
+
 def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> EvaluateResult:
     """Evaluate a checkpoint or ONNX model on a labelled folder or on annotated boxes;
     optionally write files."""
@@ -213,9 +270,9 @@ def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> Eva
     samples = images.samples
     speed = Speed()
     batch_size = settings.batch_size or default_batch_size(runner.name, runner.on_cpu)
-    logits, bad = run_labelled(runner, images, batch_size, settings.workers, reporter,
-                               f"evaluate ({runner.name})", speed=speed)
-    logits = torch.from_numpy(logits)
+    outputs, bad = run_labelled(runner, images, batch_size, settings.workers, reporter,
+                                f"evaluate ({runner.name})", speed=speed)
+    logits = torch.from_numpy(outputs["logits"])
     unreadable = set(bad)
     broken = [i for i in range(len(samples))
               if i not in unreadable and not torch.isfinite(logits[i]).all()]
@@ -225,11 +282,19 @@ def evaluate(settings: EvaluateOptions, reporter: Reporter | None = None) -> Eva
     for i in bad:
         reporter.warn(f"skipped {samples[i][0]}: {images.reason(i)}")
     targets = torch.tensor([label for _, label in samples])
+    scale = temperature(runner)
+    scores = _scores(outputs)
+    flags = flags_of((logits.double() / scale).softmax(1).numpy(), scores, runner.calibration,
+                     settings.min_confidence)
     report = build_report(logits, targets, runner.classes, settings.top_k,
-                          [str(samples[i][0]) for i in bad])
+                          [str(samples[i][0]) for i in bad], scale, flags)
     report |= {"model": str(model_path), "backend": runner.name, "data": str(source),
                "speed_ms_per_image": speed.per_image_ms()}
+    if settings.unfamiliar is not None:
+        valid = np.isfinite(outputs["logits"]).all(axis=1)
+        report["unfamiliar"] = _unfamiliar_report(settings, runner, scores[valid], batch_size,
+                                                  reporter)
     if settings.out is not None:
-        _write_outputs(settings.out, report, images, logits, runner.classes,
+        _write_outputs(settings.out, report, images, logits / scale, flags, runner.classes,
                        settings.top_losses)
     return EvaluateResult(report, model_path, runner.name, settings.out, speed)

@@ -34,7 +34,7 @@ from waste_cli.fileio import (
     file_sha256,
     name_problem,
 )
-from waste_cli.models import model_from_checkpoint
+from waste_cli.models import ScoredClassifier, deployable_model
 
 __all__ = ["FORMATS", "MIN_OPSET", "ExportResult", "TwinExportError", "Verification",
            "WriteOptions", "export_checkpoint", "export_metadata", "max_opset", "onnx_twin",
@@ -93,8 +93,10 @@ class ExportResult:
 
 
 def export_metadata(checkpoint: Checkpoint, source: Path, precision: str) -> dict[str, Any]:
-    """Everything a consumer needs to preprocess exactly as training did."""
+    """Everything a consumer needs to preprocess exactly as training did, and to read the
+    outputs as wastecls does (the calibration)."""
     config = checkpoint["data_config"]
+    calibrated = checkpoint.get("calibration") is not None
     return {
         "classes": list(checkpoint["classes"]),
         "data_config": config,
@@ -108,8 +110,12 @@ def export_metadata(checkpoint: Checkpoint, source: Path, precision: str) -> dic
         "precision": precision,
         "wastecls_version": __version__,
         "source_checkpoint_sha256": file_sha256(source),
+        "calibration": checkpoint.get("calibration"),
         "input": "image: float32 NCHW, RGB, resized, centre-cropped and normalised",
-        "output": "logits: float32 [batch, classes]",
+        "output": "logits: float32 [batch, classes]; probabilities are softmax(logits / "
+                  "calibration.temperature)" + (
+                      "; unfamiliarity: float32 [batch], flagged above "
+                      "calibration.unfamiliar_threshold" if calibrated else ""),
     }
 
 
@@ -119,9 +125,24 @@ class _Float16(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).half()
+        self.output_names = _output_names(model)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image.half()).float()
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.model(image.half())
+        if isinstance(outputs, tuple):
+            return tuple(out.float() for out in outputs)
+        return outputs.float()
+
+
+def _output_names(model: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "output_names", ("logits",)))
+
+
+def _named(model: nn.Module, outputs: torch.Tensor | tuple[torch.Tensor, ...]
+           ) -> dict[str, torch.Tensor]:
+    """A model's outputs by name, in float32."""
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return {name: out.float() for name, out in zip(_output_names(model), outputs, strict=True)}
 
 
 def _example(meta: dict[str, Any], batch: str) -> torch.Tensor:
@@ -138,7 +159,7 @@ def _write_onnx(model: nn.Module, path: Path, meta: dict[str, Any], options: Wri
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (_example(meta, options.batch),), str(path), dynamo=True,
-                          input_names=["image"], output_names=["logits"],
+                          input_names=["image"], output_names=list(_output_names(model)),
                           dynamic_shapes=dynamic, opset_version=options.opset,
                           external_data=False, verbose=False)
     if options.int8:
@@ -211,19 +232,25 @@ def _write_torchscript(model: nn.Module, path: Path, meta: dict[str, Any],
         torch.jit.save(traced, str(path), _extra_files={"wastecls.json": json.dumps(meta)})
 
 
-def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+Run = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images -> outputs by name
+
+
+def _onnx_runner(path: Path) -> Run:
     runner = OnnxRunner(path)
-    return lambda images: torch.from_numpy(runner(images.numpy()))
+    return lambda images: {k: torch.from_numpy(v) for k, v in runner(images.numpy()).items()}
 
 
-def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torchscript_runner(path: Path) -> Run:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(images: torch.Tensor) -> torch.Tensor:
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            return module(images).float()
+            outputs = module(images)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: out.float() for name, out in zip(ScoredClassifier.output_names, outputs,
+                                                       strict=False)}
 
     return run
 
@@ -232,7 +259,7 @@ def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 class ExportFormat:
     suffix: str
     write: Callable[..., None]
-    runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
+    runner: Callable[[Path], Run]
 
 
 FORMATS = {
@@ -279,18 +306,22 @@ def _tensors(samples: list[tuple[Path, int | None]], config: dict[str, Any],
     return torch.from_numpy(images), (torch.tensor(labels) if None not in labels else None)
 
 
-def _verify(reference: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor],
-            images: torch.Tensor, labels: torch.Tensor | None, batch: str) -> Verification:
-    """Compare at batch 1 (first images) and at batch > 1 (all, in chunks)."""
+def _verify(outputs: dict[str, torch.Tensor], run: Run, images: torch.Tensor,
+            labels: torch.Tensor | None, batch: str) -> Verification:
+    """Compare every output at batch 1 (first images) and at batch > 1 (all, in chunks)."""
     chunk = 16 if batch == "dynamic" else int(batch)
+    reference = outputs["logits"]
     single = [run(images[i : i + 1]) for i in range(min(4, len(images)))] if batch in (
         "dynamic", "1") else []
     usable = len(images) - len(images) % chunk if batch != "dynamic" else len(images)
-    batched = torch.cat([run(part) for part in images[:usable].split(chunk)]) if usable else \
+    parts = [run(part) for part in images[:usable].split(chunk)]
+    diffs = [float((out[name] - outputs[name][i : i + 1]).abs().max())
+             for i, out in enumerate(single) for name in outputs]
+    batched = torch.cat([part["logits"] for part in parts]) if parts else \
         torch.empty(0, reference.shape[1])
-    diffs = [float((out - reference[i : i + 1]).abs().max()) for i, out in enumerate(single)]
-    if len(batched):
-        diffs.append(float((batched - reference[:usable]).abs().max()))
+    for name in outputs if parts else ():
+        whole = torch.cat([part[name] for part in parts])
+        diffs.append(float((whole - outputs[name][:usable]).abs().max()))
     agreement = float((batched.argmax(1) == reference[:usable].argmax(1)).float().mean()) if len(
         batched) else 1.0
     result = Verification(max(diffs), agreement, len(images))
@@ -323,9 +354,10 @@ def _check(verification: Verification, options: WriteOptions, name: str) -> None
 
 @dataclass
 class _Reference:
-    """The checkpoint's own answers on the verification images, to hold each export to."""
+    """The checkpoint's own answers (every output) on the verification images, to hold each
+    export to."""
 
-    logits: torch.Tensor
+    outputs: dict[str, torch.Tensor]
     images: torch.Tensor
     labels: torch.Tensor | None
 
@@ -334,12 +366,12 @@ def _reference(model: nn.Module, samples: list[tuple[Path, int | None]],
                config: dict[str, Any], count: int) -> _Reference:
     images, labels = _tensors(samples, config, count)
     with torch.inference_mode():
-        logits = model(images).float()
-    if not torch.isfinite(logits).all():
+        outputs = _named(model, model(images))
+    if not all(torch.isfinite(out).all() for out in outputs.values()):
         raise VerificationError(
             "The model's outputs are not finite numbers (NaN or inf) on the verification "
             "images: the checkpoint is broken (a diverged training run?). Nothing was written.")
-    return _Reference(logits, images, labels)
+    return _Reference(outputs, images, labels)
 
 
 def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, Any],
@@ -351,7 +383,7 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
         fmt.write(model, tmp, meta, options, calibration)
         if reference is None:
             return None
-        check = _verify(reference.logits, fmt.runner(tmp), reference.images, reference.labels,
+        check = _verify(reference.outputs, fmt.runner(tmp), reference.images, reference.labels,
                         options.batch)
         _check(check, options, name)
     return check
@@ -366,7 +398,7 @@ def export_checkpoint(source: Path, targets: dict[str, Path], options: WriteOpti
     metadata beside it. Verification uses `verify_data`, else the model's val split; int8
     calibration `calib_data`, else its train split (else the bundled sample)."""
     checkpoint = load_checkpoint(source)
-    model = model_from_checkpoint(checkpoint)
+    model = deployable_model(checkpoint)
     precision = "fp16" if options.half else "int8" if options.int8 else "fp32"
     meta = export_metadata(checkpoint, source, precision)
     reference = None
@@ -432,7 +464,7 @@ def onnx_twin(source: Path, reporter: Reporter) -> OnnxRunner:
     checkpoint = load_checkpoint(source)
     reporter.info(f"exporting {source} to ONNX once for fast CPU inference ({target.name})")
     try:
-        model = model_from_checkpoint(checkpoint)
+        model = deployable_model(checkpoint)
         reference = _reference(model, _default_images(checkpoint, "val"),
                                checkpoint["data_config"], TWIN_IMAGES)
         _write_verified("onnx", model, target, export_metadata(checkpoint, source, "fp32"),

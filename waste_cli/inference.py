@@ -1,6 +1,7 @@
 """The inference core (Ultralytics' AutoBackend and predictor loop): find and open a model on
 the right backend, expand the inputs, run images or boxes through it in batches, and
-post-process the logits.
+post-process the outputs: calibrated probabilities (the model's temperature) and a flag for
+answers not to trust (`familiarity.flag_of`).
 
 predict, evaluate, the detector's second stage and pseudolabel all go through here, each with
 plain options; none of them opens a model or a backend on its own. A checkpoint that is to run
@@ -16,20 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from waste_cli.backends import OnnxRunner, Runner, open_runner
+from waste_cli.backends import OnnxRunner, Outputs, Runner, open_runner
 from waste_cli.batching import EvalImages, Speed, iterate_batches
 from waste_cli.builtin import BUILTIN_MODEL, builtin_file
 from waste_cli.console import Reporter
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.errors import ConfigError, ModelError
+from waste_cli.familiarity import flag_of
 from waste_cli.policy import default_batch_size
 
-__all__ = ["BROKEN_OUTPUT", "Classified", "ClassifyOptions", "FlipAveraged", "Prediction",
-           "choose_backend", "classify", "excluded_indices", "expand_inputs", "find_model",
-           "open_model", "predict_stream", "softmax", "top_k"]
+__all__ = ["ABSTAIN_LABEL", "BROKEN_OUTPUT", "Classified", "ClassifyOptions", "FlipAveraged",
+           "Prediction", "choose_backend", "classify", "excluded_indices", "expand_inputs",
+           "find_model", "open_model", "predict_stream", "softmax", "temperature", "top_k"]
 
 BROKEN_OUTPUT = ("the model's output is not a finite number (NaN or inf): the model is broken; "
                  "train or export it again")
+ABSTAIN_LABEL = "unknown"  # --abstain's answer for a flagged photo (detect-waste's category)
 
 
 def find_model(model: Path | None, reporter: Reporter) -> Path:
@@ -89,34 +92,67 @@ def open_model(path: Path, device: str, backend: str, reporter: Reporter) -> Run
         from waste_cli.exporter import TwinExportError, onnx_twin
 
         try:
-            return onnx_twin(path, reporter)
+            twin = onnx_twin(path, reporter)
+            _say_if_uncalibrated(twin, path, reporter)
+            return twin
         except TwinExportError as exc:
             if backend == "onnxruntime":
                 raise
             reporter.warn(f"{exc} Running PyTorch instead.")
-    return open_runner(path, torch_device)
+    runner = open_runner(path, torch_device)
+    _say_if_uncalibrated(runner, path, reporter)
+    return runner
+
+
+def _say_if_uncalibrated(runner: Runner, path: Path, reporter: Reporter) -> None:
+    if runner.calibration is None:
+        reporter.info(f"{path} is not calibrated: probabilities are the raw softmax "
+                      "(temperature 1) and no photo is flagged unfamiliar; `wastecls calibrate "
+                      f"{path} --data ROOT` fits both")
+
+
+def temperature(runner: Runner) -> float:
+    """The model's calibration temperature; 1 for an uncalibrated model."""
+    return runner.calibration.temperature if runner.calibration is not None else 1.0
 
 
 @dataclass(frozen=True)
 class ClassifyOptions:
-    """How images are classified: labels kept, classes never predicted, flip averaging, and
-    how the batches run (None: the backend's fastest)."""
+    """How images are classified: labels kept, classes never predicted, flip averaging, the
+    confidence under which an answer is flagged (None: the model's own), and how the batches
+    run (None: the backend's fastest)."""
 
     top_k: int = 1
     exclude_class: tuple[str, ...] = ()
     tta: bool = False
+    min_confidence: float | None = None
     batch_size: int | None = None
     workers: int | None = None
 
 
 @dataclass
 class Classified:
-    """One image's or box's answer: the top labels, best first, with their probabilities; or
-    why it has none."""
+    """One image's or box's answer: the top labels, best first, with their calibrated
+    probabilities, how unfamiliar the photo looks (None: the model cannot say) and the flag
+    (`familiarity.flag_of`); or why it has none."""
 
     labels: list[str] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     error: str = ""
+    unfamiliarity: float | None = None
+    flag: str = ""
+
+    @property
+    def confidence(self) -> float:
+        """The calibrated probability of the top label."""
+        return self.probs[0] if self.probs else 0.0
+
+    def answer(self, abstain: bool) -> str:
+        """The label to act on: the top label, or `unknown` for a flagged answer when
+        abstaining."""
+        if not self.labels:
+            return ""
+        return ABSTAIN_LABEL if abstain and self.flag else self.labels[0]
 
     def cells(self, top_k: int) -> list[str]:
         """label1, prob1, ... labelK, probK (empty where there are fewer): CSV columns."""
@@ -124,11 +160,16 @@ class Classified:
                  for c in (label, f"{p:.6f}")]
         return cells + [""] * (2 * top_k - len(cells))
 
-    def shown(self) -> str:
-        """`glass 92.4%  paper 3.3%`, or the error: a table cell."""
-        return "  ".join(f"{label} {p:.1%}" for label, p in zip(self.labels, self.probs,
-                                                                 strict=True)) or (
-            "ERROR " + self.error)
+    def shown(self, abstain: bool = False) -> str:
+        """`glass 92.4%  paper 3.3%`, flagged `[unfamiliar]` (and led by `unknown` when
+        abstaining), or the error: a table cell."""
+        if self.error:
+            return "ERROR " + self.error
+        text = "  ".join(f"{label} {p:.1%}" for label, p in zip(self.labels, self.probs,
+                                                                 strict=True))
+        if self.flag:
+            text = (f"{ABSTAIN_LABEL} (guess: {text})" if abstain else text) + f"  [{self.flag}]"
+        return text
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -150,17 +191,21 @@ def top_k(logits: np.ndarray, excluded: list[int], k: int) -> tuple[np.ndarray, 
 
 
 class FlipAveraged:
-    """--tta: the log of the mean softmax over an image and its mirror image."""
+    """--tta: the log of the mean calibrated softmax over an image and its mirror image (as
+    logits of temperature 1); the other outputs are the image's own."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner, self.name, self.classes = runner, runner.name, runner.classes
         self.data_config, self.on_cpu, self.crop = runner.data_config, runner.on_cpu, runner.crop
+        self.calibration = runner.calibration
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        mirrored = np.ascontiguousarray(images[..., ::-1])
-        both = softmax(self.runner(images)) + softmax(self.runner(mirrored))
+    def __call__(self, images: np.ndarray) -> Outputs:
+        outputs = self.runner(images)
+        mirrored = self.runner(np.ascontiguousarray(images[..., ::-1]))["logits"]
+        scale = temperature(self.runner)
+        both = softmax(outputs["logits"] / scale) + softmax(mirrored / scale)
         with np.errstate(divide="ignore"):  # a probability that underflowed: -inf, as in torch
-            return np.log(both / 2)
+            return {**outputs, "logits": np.log(both / 2) * scale}
 
     def for_worker(self, threads: int) -> FlipAveraged:
         return FlipAveraged(self.runner.for_worker(threads))
@@ -189,19 +234,28 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
     model = FlipAveraged(runner) if options.tta else runner
     batch_size = options.batch_size or default_batch_size(runner.name, runner.on_cpu)
     batches = iterate_batches(model, images, batch_size, options.workers, speed=speed)
+    scale = temperature(runner)
     with reporter.bar(f"{what} ({runner.name})", len(images.samples)) as bar:
-        for logits, _, indices, bad in batches:
+        for outputs, _, indices, bad in batches:
             results = {i: Classified(error=images.reason(i)) for i in bad}
             if len(indices):
-                probs, labels = top_k(logits, excluded, options.top_k)
+                logits = outputs["logits"]
+                probs, labels = top_k(logits / scale, excluded, options.top_k)
                 finite = np.isfinite(logits).all(axis=1).tolist()
-                for i, p, y, ok in zip(indices.tolist(), probs.tolist(), labels.tolist(), finite,
-                                       strict=True):
-                    results[i] = (Classified([runner.classes[k] for k in y], p) if ok else
-                                  Classified(error=BROKEN_OUTPUT))
+                scores = outputs.get("unfamiliarity", np.full(len(indices), np.nan)).tolist()
+                for i, p, y, score, ok in zip(indices.tolist(), probs.tolist(), labels.tolist(),
+                                              scores, finite, strict=True):
+                    results[i] = (_answer(runner, [runner.classes[k] for k in y], p, score,
+                                          options) if ok else Classified(error=BROKEN_OUTPUT))
             for i in sorted(results):
                 yield i, results[i]
             bar.advance(len(results))
+
+
+def _answer(runner: Runner, labels: list[str], probs: list[float], score: float,
+            options: ClassifyOptions) -> Classified:
+    flag = flag_of(probs[0], score, runner.calibration, options.min_confidence)
+    return Classified(labels, probs, unfamiliarity=None if np.isnan(score) else score, flag=flag)
 
 
 @dataclass
@@ -249,4 +303,5 @@ def predict_stream(runner: Runner, paths: list[Path], options: ClassifyOptions,
     """Yield one Prediction per path, in input order, batch by batch."""
     images = EvalImages([(p, -1) for p in paths], runner.data_config)
     for i, answer in classify(runner, images, options, reporter, speed):
-        yield Prediction(answer.labels, answer.probs, answer.error, paths[i])
+        yield Prediction(answer.labels, answer.probs, answer.error, answer.unfamiliarity,
+                         answer.flag, paths[i])

@@ -1,4 +1,5 @@
-"""The schema of what a model file says about itself (class names, preprocessing, crops), checked
+"""The schema of what a model file says about itself (class names, preprocessing, crops, how far
+its confidence can be trusted), checked
 once when a checkpoint or an exported file is opened. A leaf: no torch, so an ONNX model opens
 without it.
 """
@@ -6,13 +7,13 @@ without it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from waste_cli.errors import ModelError
 
-__all__ = ["MAX_INPUT_SIDE", "DataConfigSchema", "ModelMetadata", "check_metadata"]
+__all__ = ["MAX_INPUT_SIDE", "Calibration", "DataConfigSchema", "ModelMetadata", "check_metadata"]
 
 MAX_INPUT_SIDE = 4096  # pixels: a model file declaring more is refused, not allocated
 
@@ -43,6 +44,21 @@ class DataConfigSchema(BaseModel):
         return std
 
 
+class Calibration(BaseModel):
+    """What a model knows about its own confidence, fitted on data it was not trained on
+    (`train` at its end, or `wastecls calibrate`): probabilities are softmax(logits /
+    temperature); a photo whose unfamiliarity score exceeds `unfamiliar_threshold` does not look
+    like the training photos."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    temperature: float = Field(gt=0, le=1000)
+    method: Literal["knn-cosine"]  # the unfamiliarity score (see familiarity.py)
+    neighbours: int = Field(ge=1, le=4096)
+    unfamiliar_threshold: float = Field(ge=0, le=2)  # a cosine distance
+    familiar_share: float = Field(gt=0, le=1)  # of validation photos that pass unflagged
+    min_confidence: float = Field(ge=0, le=1)  # the low-confidence flag's default
+
+
 class ModelMetadata(BaseModel):
     """What every model file carries (a checkpoint, and the metadata of an exported file)."""
 
@@ -50,6 +66,7 @@ class ModelMetadata(BaseModel):
     classes: list[str] = Field(min_length=1)
     data_config: DataConfigSchema
     crop: dict[str, Any] = Field(default_factory=dict)
+    calibration: Calibration | None = None  # absent: an older model, temperature 1, no flag
 
     @field_validator("classes")
     @classmethod

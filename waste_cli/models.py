@@ -21,7 +21,10 @@ from waste_cli.checkpoint import Checkpoint, is_wastecls_checkpoint, load_tensor
 from waste_cli.errors import ConfigError, ModelError
 
 __all__ = [
+    "FeatureClassifier",
+    "ScoredClassifier",
     "create_model",
+    "deployable_model",
     "freeze_layers",
     "load_weights",
     "model_from_checkpoint",
@@ -331,3 +334,54 @@ def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:
                          f"{classes} classes ({what}).")
     model.load_state_dict(given)
     return model.eval()
+
+
+class FeatureClassifier(nn.Module):
+    """A timm classifier that also returns its pooled features (what the classifier layer
+    reads): (logits, features), the logits exactly the model's own in eval mode."""
+
+    output_names = ("logits", "features")
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_head(self.model.forward_features(image), pre_logits=True)
+        return self.model.get_classifier()(features), features
+
+
+class ScoredClassifier(nn.Module):
+    """A classifier that also says how unlike its training photos an image is: (logits,
+    unfamiliarity), the score computed as `familiarity.knn_distance` does, from the training
+    features the model carries (float16, as stored)."""
+
+    output_names = ("logits", "unfamiliarity")
+
+    def __init__(self, model: nn.Module, bank: torch.Tensor, neighbours: int) -> None:
+        super().__init__()
+        self.features = FeatureClassifier(model)
+        self.register_buffer("bank", bank.to(torch.float16))
+        self.neighbours = min(neighbours, bank.shape[0])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.features(image)
+        unit = nn.functional.normalize(features.float(), dim=1, eps=1e-12)
+        similarity = unit @ self.bank.float().T
+        kth = similarity.topk(self.neighbours, dim=1).values[:, -1]
+        return logits, 1 - kth
+
+
+def deployable_model(checkpoint: Checkpoint) -> nn.Module:
+    """What runs and what is exported: the trained model, with its unfamiliarity score when the
+    checkpoint is calibrated (its `output_names` say what it returns)."""
+    model = model_from_checkpoint(checkpoint)
+    calibration, bank = checkpoint.get("calibration"), checkpoint.get("familiar_features")
+    if calibration is None or bank is None:
+        return model
+    width = model.num_features if hasattr(model, "num_features") else None
+    if bank.ndim != 2 or (width is not None and bank.shape[1] != width):
+        raise ModelError(f"Cannot use the checkpoint: its familiar_features {tuple(bank.shape)} "
+                         f"do not fit {checkpoint['arch']} ({width} features). Calibrate it "
+                         "again with `wastecls calibrate`.")
+    return ScoredClassifier(model, bank, int(calibration["neighbours"])).eval()

@@ -7,7 +7,8 @@ not grow with the number of inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +22,7 @@ from waste_cli.fileio import (
     json_text,
 )
 from waste_cli.inference import (
+    Classified,
     ClassifyOptions,
     Prediction,
     expand_inputs,
@@ -30,7 +32,8 @@ from waste_cli.inference import (
 )
 from waste_cli.settings import PredictOptions
 
-__all__ = ["PredictResult", "classify_options", "output_format", "predict"]
+__all__ = ["ANSWER_COLUMNS", "PredictResult", "answer_cells", "answer_fields",
+           "classify_options", "output_format", "predict"]
 
 
 @dataclass
@@ -40,36 +43,61 @@ class PredictResult:
     predicted: int
     failed: list[Prediction]
     speed: Speed
+    flags: dict[str, int] = field(default_factory=dict)  # flag -> images
 
 
 def classify_options(options: PredictOptions) -> ClassifyOptions:
     """What the inference core needs of predict's options."""
     return ClassifyOptions(top_k=options.top_k, exclude_class=tuple(options.exclude_class),
-                           tta=options.tta, batch_size=options.batch_size,
-                           workers=options.workers)
+                           tta=options.tta, min_confidence=options.min_confidence,
+                           batch_size=options.batch_size, workers=options.workers)
+
+
+def answer_fields(item: Classified, abstain: bool) -> dict[str, Any]:
+    """What a row says first: the label to act on, its calibrated confidence, the flag and the
+    unfamiliarity score (None: the model cannot say)."""
+    return {"label": item.answer(abstain), "confidence": round(item.confidence, 6),
+            "flag": item.flag, "unfamiliarity": None if item.unfamiliarity is None
+            else round(item.unfamiliarity, 6)}
+
+
+ANSWER_COLUMNS = ["label", "confidence", "flag", "unfamiliarity"]
+
+
+def answer_cells(item: Classified, abstain: bool) -> list[str]:
+    """answer_fields as CSV cells (empty for an error)."""
+    if item.error:
+        return [""] * len(ANSWER_COLUMNS)
+    fields = answer_fields(item, abstain)
+    return [fields["label"], f"{item.confidence:.6f}", item.flag,
+            "" if item.unfamiliarity is None else f"{item.unfamiliarity:.6f}"]
 
 
 class _Writer:
     """Streams predictions as a table (screen), JSON lines or CSV rows."""
 
-    def __init__(self, fmt: str, handle: IO[str], top_k: int) -> None:
-        self.fmt, self.handle, self.top_k = fmt, handle, top_k
+    def __init__(self, fmt: str, handle: IO[str], top_k: int, abstain: bool) -> None:
+        self.fmt, self.handle, self.top_k, self.abstain = fmt, handle, top_k, abstain
         self.csv = csv_writer(handle) if fmt == "csv" else None
         if self.csv is not None:
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
-            self.csv.writerow(["path", *columns, "error"])
+            self.csv.writerow(["path", *ANSWER_COLUMNS, *columns, "error"])
 
     def write(self, item: Prediction) -> None:
         if self.fmt == "json":
-            record: dict[str, Any] = {"path": str(item.path), "labels": item.labels,
-                                      "probs": [round(p, 6) for p in item.probs]}
+            record: dict[str, Any] = {"path": str(item.path)}
             if item.error:
                 record["error"] = item.error
+            else:
+                record |= answer_fields(item, self.abstain) | {
+                    "labels": item.labels, "probs": [round(p, 6) for p in item.probs]}
             self.handle.write(json_text(record) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([str(item.path), *item.cells(self.top_k), item.error])
+            self.csv.writerow([str(item.path), *answer_cells(item, self.abstain),
+                               *item.cells(self.top_k), item.error])
         else:
-            self.handle.write(f"{printable(str(item.path))}  {printable(item.shown())}\n")
+            self.handle.write(f"{printable(str(item.path))}  "
+                              f"{printable(item.shown(self.abstain))}\n")
 
 
 def output_format(options: PredictOptions) -> str:
@@ -94,11 +122,11 @@ def predict(options: PredictOptions, stdout: IO[str],
         ensure_file_writable(options.output, "--output")
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt = output_format(options)
-    count, speed = 0, Speed()
+    count, speed, flags = 0, Speed(), Counter[str]()
 
     def run(handle: IO[str]) -> None:
         nonlocal count
-        writer = _Writer(fmt, handle, options.top_k)
+        writer = _Writer(fmt, handle, options.top_k, options.abstain)
         for item in failed:
             writer.write(item)
         for item in predict_stream(runner, paths, classify_options(options), reporter, speed):
@@ -107,10 +135,12 @@ def predict(options: PredictOptions, stdout: IO[str],
                 failed.append(item)
             else:
                 count += 1
+                flags[item.flag] += bool(item.flag)
 
     if options.output is None:
         run(stdout)
     else:
         with atomic_text(options.output) as handle:
             run(handle)
-    return PredictResult(model_path, runner.name, count, failed, speed)
+    return PredictResult(model_path, runner.name, count, failed, speed,
+                         {flag: n for flag, n in flags.items() if n})

@@ -1,5 +1,6 @@
 """`wastecls pseudolabel`: label an unlabelled folder with a trained model, as a manifest that
-`train --extra-labels` reads back, and optionally as sorted copies."""
+`train --extra-labels` reads back, and optionally as sorted copies. An image is accepted when
+its calibrated probability reaches --threshold and it does not look unfamiliar."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from waste_cli.checkpoint import load_checkpoint
 from waste_cli.console import Reporter
 from waste_cli.data.scan import PSEUDO_SPLIT
 from waste_cli.errors import ConfigError
+from waste_cli.familiarity import UNFAMILIAR
 from waste_cli.fileio import (
     atomic_path,
     atomic_write_text,
@@ -83,16 +85,16 @@ def pseudolabel(settings: PseudolabelOptions, reporter: Reporter | None = None
     options = ClassifyOptions(top_k=2, exclude_class=tuple(settings.exclude_class),
                               batch_size=settings.batch_size, workers=settings.workers)
     accepted: dict[str, list[float]] = defaultdict(list)
-    rows, names = [["path", "label", "confidence", "margin", "accepted"]], set()
+    rows, names = [["path", "label", "confidence", "margin", "flag", "accepted"]], set()
     for item in predict_stream(runner, paths, options, reporter):
         if item.error:
             failed.append(item)
             continue
         confidence = item.probs[0]
         margin = confidence - (item.probs[1] if len(item.probs) > 1 else 0.0)
-        ok = confidence >= settings.threshold
+        ok = confidence >= settings.threshold and item.flag != UNFAMILIAR
         rows.append([str(item.path.resolve()), item.labels[0], f"{confidence:.6f}",
-                     f"{margin:.6f}", "1" if ok else "0"])
+                     f"{margin:.6f}", item.flag, "1" if ok else "0"])
         if ok:
             accepted[item.labels[0]].append(confidence)
             if settings.copy_to is not None:

@@ -46,10 +46,12 @@ from pydantic_settings import (
 
 from waste_cli.builtin import BUILTIN_MODEL, named_file
 from waste_cli.errors import ConfigError
+from waste_cli.familiarity import DEFAULT_FAMILIAR_SHARE, DEFAULT_MIN_CONFIDENCE
 from waste_cli.fileio import atomic_write_text, read_structured
 
 __all__ = [
     "COMMAND_OPTIONS",
+    "CalibrateOptions",
     "EvaluateOptions",
     "ExportOptions",
     "InferenceOptions",
@@ -112,6 +114,28 @@ class BoxFields(BaseModel):
         return self
 
 
+class FitFields(BaseModel):
+    """How a model's calibration is fitted (at the end of train, and by calibrate)."""
+
+    familiar_share: float = Field(
+        DEFAULT_FAMILIAR_SHARE, gt=0, lt=1, description="Share of validation photos that must "
+        "pass unflagged: sets the unfamiliarity threshold."
+    )
+    min_confidence: float = Field(
+        DEFAULT_MIN_CONFIDENCE, ge=0, le=1, description="Calibrated probability under which an "
+        "answer is flagged low-confidence: the model's default, stored in it."
+    )
+
+
+class FlagFields(BaseModel):
+    """How answers are flagged where a model is run."""
+
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="Flag answers whose calibrated probability is below this "
+        "(default: the model's own, 0.5 unless calibrated otherwise)."
+    )
+
+
 class PrepareOptions(Options, ClassMapFields):
     """`wastecls prepare`: raw class folders or COCO annotations -> train/val/test layout."""
 
@@ -163,7 +187,7 @@ class ModelRunOptions(Options):
     batch_size: int = Field(32, ge=1, description="Images per batch.")
 
 
-class TrainOptions(ModelRunOptions):
+class TrainOptions(ModelRunOptions, FitFields):
     """`wastecls train`: fine-tune a timm backbone on a prepared dataset."""
 
     command: ClassVar[str] = "train"
@@ -261,8 +285,8 @@ class TrainOptions(ModelRunOptions):
     )
     pseudo_start: int = Field(5, ge=1, description="First epoch (1-based) using pseudo-labels.")
     pseudo_threshold: float = Field(
-        0.9, gt=0, le=1, description="Confidence an image needs to be used, as a share of the "
-        "highest the smoothed loss aims for (0.9 x 0.917 with 6 classes and smoothing 0.1)."
+        0.9, gt=0, le=1, description="Calibrated probability an image needs to be used (as "
+        "pseudolabel --threshold); unfamiliar images are never used."
     )
     pseudo_weight: float = Field(1.0, ge=0, description="Weight of the pseudo-label loss.")
     pseudo_ramp: int = Field(
@@ -311,7 +335,7 @@ class InferenceOptions(ModelRunOptions):
     )
 
 
-class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields):
+class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields, FlagFields):
     """`wastecls evaluate`: metrics, reports and pictures on a labelled split."""
 
     command: ClassVar[str] = "evaluate"
@@ -337,6 +361,10 @@ class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields):
     )
     top_k: int = Field(5, ge=1, description="k of the top-k accuracy.")
     top_losses: int = Field(16, ge=0, description="Images in top_losses.png.")
+    unfamiliar: Path | None = Field(
+        None, description="A folder of photos of other things: how well the unfamiliar flag "
+        "finds them (AUROC, share flagged)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateOptions:
@@ -346,7 +374,7 @@ class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields):
         return self
 
 
-class PredictOptions(InferenceOptions, BoxFields):
+class PredictOptions(InferenceOptions, BoxFields, FlagFields):
     """`wastecls predict`: classify images, folders and globs."""
 
     command: ClassVar[str] = "predict"
@@ -384,6 +412,10 @@ class PredictOptions(InferenceOptions, BoxFields):
         default_factory=list, description="Never predict this class (repeatable)."
     )
     tta: bool = Field(False, description="Average with the horizontally flipped image.")
+    abstain: bool = Field(
+        False, description="Answer `unknown` for flagged images (CSV/JSON keep the model's "
+        "guess in its own column; COCO results get the `unknown` category)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PredictOptions:
@@ -452,7 +484,10 @@ class PseudolabelOptions(InferenceOptions):
     data: Path | None = Field(
         None, description="Unlabelled images (default: the model's ROOT/pseudolabel)."
     )
-    threshold: float = Field(0.9, gt=0, le=1, description="Confidence needed to accept.")
+    threshold: float = Field(
+        0.9, gt=0, le=1, description="Calibrated probability needed to accept; unfamiliar "
+        "images are never accepted."
+    )
     out: Path = Field(Path("pseudolabels.csv"), description="Manifest CSV to write.")
     copy_to: Path | None = Field(
         None, description="Copy accepted images into DIR/<label>/."
@@ -460,6 +495,36 @@ class PseudolabelOptions(InferenceOptions):
     exclude_class: list[str] = Field(
         default_factory=list, description="Never assign this class (e.g. unknown)."
     )
+
+
+class CalibrateOptions(ModelRunOptions, FitFields):
+    """`wastecls calibrate`: fit a model's temperature and unfamiliarity threshold."""
+
+    command: ClassVar[str] = "calibrate"
+    arguments: ClassVar[tuple[str, ...]] = ("model",)
+
+    model: OnnxOrCheckpoint = Field(
+        None, description="best.pt, or an .onnx written by `wastecls export`."
+    )
+    data: Path | None = Field(
+        None, description="A `prepare` root: the fit runs on its train and val splits."
+    )
+    out: Path | None = Field(
+        None, description="The calibrated copy (default: beside the model, e.g. "
+        "best.calibrated.pt); never the model itself."
+    )
+    overwrite: bool = Field(False, description="Replace an existing --out file.")
+    batch_size: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, description="Images per batch (default: the fastest for the backend)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrateOptions:
+        if self.model is None:
+            raise ValueError("give the model to calibrate (a best.pt or an exported .onnx)")
+        if self.data is None:
+            raise ValueError("--data is required (a dataset root made by `wastecls prepare`)")
+        return self
 
 
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -506,7 +571,7 @@ class CommandSettings(BaseSettings):
 COMMAND_OPTIONS: dict[str, type[Options]] = {
     options.command: options
     for options in (PrepareOptions, TrainOptions, EvaluateOptions, PredictOptions, ExportOptions,
-                    PseudolabelOptions)
+                    PseudolabelOptions, CalibrateOptions)
 }
 # Each command's settings class: its options with the sources on top (built by load_settings).
 _SETTINGS: dict[str, type[CommandSettings]] = {

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler
 
 from waste_cli import __version__
+from waste_cli.calibrate import FitOptions, calibrate_checkpoint
 from waste_cli.checkpoint import (
     Checkpoint,
     ResumeCheckpoint,
@@ -61,6 +62,7 @@ from waste_cli.distributed import (
     shard,
 )
 from waste_cli.errors import ConfigError, DataError, WasteclsError
+from waste_cli.familiarity import FittedCalibration
 from waste_cli.fileio import check_no_overlap, ensure_writable
 from waste_cli.metrics import classification_report, confusion_matrix
 from waste_cli.models import create_model, freeze_layers, resolve_arch
@@ -122,6 +124,7 @@ class TrainResult:
     stopped_early: bool
     skipped_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    calibration: FittedCalibration | None = None  # fitted on best.pt at the end
 
 
 def _refuse_held_out(extra: list[tuple[Path, int]], root: Path) -> None:
@@ -600,14 +603,27 @@ def _check_outputs(settings: TrainOptions) -> None:
     ensure_writable(runs, "run folder")
 
 
+def _calibrate_best(trainer: Trainer) -> FittedCalibration:
+    """Fit best.pt's temperature and unfamiliarity threshold on the run's own train and val
+    images, and write them into it (the run wrote best.pt: rewriting it loses nothing)."""
+    best = trainer.run_dir / "best.pt"
+    settings = trainer.settings
+    options = FitOptions(settings.familiar_share, settings.min_confidence)
+    return calibrate_checkpoint(best, best, trainer.data.train, trainer.data.val, options,
+                                trainer.device, trainer.reporter)
+
+
 def _summary(trainer: Trainer, result: TrainResult) -> dict[str, Any]:
+    calibration = result.calibration
     return {"best_epoch": result.best_epoch, "monitor": trainer.settings.monitor,
             "best": result.best, "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early, "skipped_images": result.skipped_images,
             "seconds": result.seconds, "classes": trainer.data.classes,
             "train_images": len(trainer.data.train), "val_images": len(trainer.data.val),
             "device": str(trainer.device), "processes": trainer.dist.world,
-            "data_config": trainer.data_config}
+            "data_config": trainer.data_config,
+            "calibration": calibration.calibration.model_dump() | calibration.report
+            if calibration is not None else None}
 
 
 def build_trainer(options: TrainOptions, reporter: Reporter, dist: Distributed,
@@ -686,8 +702,10 @@ def train(settings: TrainOptions, reporter: Reporter | None = None) -> TrainResu
     state = trainer.state
     best_row = next(r for r in log.rows if int(r["epoch"]) == state["best_epoch"])
     result = TrainResult(run, state["best_epoch"], best_row, state["epoch"], stopped_early,
-                         state["skipped"], time.perf_counter() - start_time)
+                         state["skipped"])
     if dist.main:
+        result.calibration = _calibrate_best(trainer)
+        result.seconds = time.perf_counter() - start_time
         summary = _summary(trainer, result)
         write_json(run / "summary.json", summary)
         for tracker in trackers:

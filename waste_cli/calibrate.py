@@ -1,0 +1,202 @@
+"""`wastecls calibrate`, and the fit at the end of `train`: run a model over a dataset's train and
+validation images, fit its temperature and unfamiliarity threshold (familiarity.py), and write
+a calibrated copy of the model (a checkpoint, or an ONNX file that computes the score itself).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from waste_cli.backends import OnnxRunner, Runner
+from waste_cli.batching import run_labelled
+from waste_cli.console import Reporter
+from waste_cli.data.scan import class_folders, class_samples
+from waste_cli.errors import ConfigError, DataError
+from waste_cli.familiarity import FittedCalibration, fit_calibration, knn_distance
+from waste_cli.fileio import atomic_path, check_no_overlap, file_sha256
+from waste_cli.onnx_scoring import FEATURES, UNFAMILIARITY, with_features, with_unfamiliarity
+from waste_cli.policy import default_batch_size
+from waste_cli.settings import CalibrateOptions
+
+__all__ = ["CalibrateResult", "FitOptions", "calibrate", "calibrate_checkpoint",
+           "default_target", "describe", "fit_runner"]
+
+SCORE_TOLERANCE = 1e-4  # the written model's score against the fit's own
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """What the fit needs besides the model and the images."""
+
+    familiar_share: float
+    min_confidence: float
+    batch_size: int | None = None
+    workers: int | None = None
+
+
+@dataclass
+class CalibrateResult:
+    source: Path
+    target: Path
+    fitted: FittedCalibration
+
+
+def default_target(model: Path) -> Path:
+    """best.pt -> best.calibrated.pt, beside the model (never the model itself)."""
+    return model.with_name(f"{model.stem}.calibrated{model.suffix}")
+
+
+def fit_runner(runner: Runner, train: list[tuple[Path, int]], val: list[tuple[Path, int]],
+               options: FitOptions, reporter: Reporter) -> FittedCalibration:
+    """Run a model that outputs its pooled features (`features`) over the training and
+    validation images (evaluation preprocessing) and fit on them; unreadable images are left
+    out."""
+    if not train or not val:
+        raise DataError("Calibration needs training and validation images; one of the splits "
+                        "is empty.")
+    batch = options.batch_size or default_batch_size(runner.name, runner.on_cpu)
+    seen = {}
+    for split, samples in (("train", train), ("val", val)):
+        outputs, bad = run_labelled(runner, samples, batch, options.workers, reporter,
+                                    f"calibrate: {split} images ({runner.name})")
+        keep = np.setdiff1d(np.arange(len(samples)), bad)
+        if not len(keep):
+            raise DataError(f"No readable {split} image to calibrate with.")
+        seen[split] = ({name: out[keep] for name, out in outputs.items()},
+                       np.array([samples[i][1] for i in keep]))
+    (train_out, _), (val_out, val_targets) = seen["train"], seen["val"]
+    if not np.isfinite(val_out["logits"]).all():
+        raise DataError("The model's outputs are not finite numbers on the validation images: "
+                        "it is broken (a diverged training run?); nothing was calibrated.")
+    return fit_calibration(val_out["logits"], val_targets, train_out[FEATURES],
+                           val_out[FEATURES], familiar_share=options.familiar_share,
+                           min_confidence=options.min_confidence)
+
+
+def calibrate_checkpoint(source: Path, target: Path, train: list[tuple[Path, int]],
+                         val: list[tuple[Path, int]], options: FitOptions, device: Any,
+                         reporter: Reporter) -> FittedCalibration:
+    """Fit a checkpoint on `device` and write it with its calibration to `target` (atomically;
+    `target` may be `source` for a checkpoint this run wrote)."""
+    import torch
+
+    from waste_cli.backends import TorchRunner
+    from waste_cli.checkpoint import load_checkpoint, save_checkpoint
+    from waste_cli.models import FeatureClassifier, model_from_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    model = FeatureClassifier(model_from_checkpoint(checkpoint)).to(
+        device, memory_format=torch.channels_last)
+    runner = TorchRunner(model, checkpoint["classes"], checkpoint["data_config"], device, True)
+    fitted = fit_runner(runner, train, val, options, reporter)
+    checkpoint["calibration"] = fitted.calibration.model_dump()
+    checkpoint["familiar_features"] = torch.from_numpy(fitted.bank)
+    save_checkpoint(target, dict(checkpoint))
+    return fitted
+
+
+def _calibrate_onnx(source: Path, target: Path, train: list[tuple[Path, int]],
+                    val: list[tuple[Path, int]], options: FitOptions,
+                    reporter: Reporter) -> FittedCalibration:
+    """Fit an exported ONNX model through a copy that outputs its features, then write a copy
+    with the score appended, checked against the fit on the validation images."""
+    with tempfile.TemporaryDirectory(prefix="wastecls-calibrate-") as tmp:
+        probe = Path(tmp) / "features.onnx"
+        with_features(source, probe)
+        runner = OnnxRunner(probe)
+        fitted = fit_runner(runner, train, val, options, reporter)
+        meta = {**runner.metadata, "calibration": fitted.calibration.model_dump(),
+                "calibrated_from_sha256": file_sha256(source)}
+        with atomic_path(target) as written:
+            with_unfamiliarity(source, written, fitted.bank, fitted.calibration.neighbours,
+                               meta)
+            _check_scores(OnnxRunner(written), runner, val, fitted)
+    return fitted
+
+
+def _check_scores(written: OnnxRunner, probe: OnnxRunner, val: list[tuple[Path, int]],
+                  fitted: FittedCalibration) -> None:
+    """The written file's logits and score on a few validation images equal the fit's own."""
+    from waste_cli.batching import EvalImages
+
+    images, _, readable, _ = EvalImages(val[:8], written.data_config).batch(
+        list(range(min(8, len(val)))))
+    if not len(readable):
+        return
+    mine, reference = written(images), probe(images)
+    expected = knn_distance(reference[FEATURES], fitted.bank, fitted.calibration.neighbours)
+    gap = max(float(np.abs(mine["logits"] - reference["logits"]).max()),
+              float(np.abs(mine[UNFAMILIARITY] - expected).max()))
+    if not gap <= SCORE_TOLERANCE:
+        raise DataError(f"The calibrated ONNX file does not reproduce the fit (largest "
+                        f"difference {gap:.2e}); nothing was written.")
+
+
+def _split(root: Path, split: str, classes: list[str]) -> list[tuple[Path, int]]:
+    """The labelled images of ROOT/split whose class the model knows; a class it does not know
+    is an error (its photos cannot be scored)."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"{root} has no {split}/ folder: give a dataset made by `wastecls "
+                        "prepare` (calibration fits on its train and val splits).")
+    unknown = sorted(set(class_folders(folder)) - set(classes))
+    if unknown:
+        raise DataError(f"{folder} has classes the model does not know: {', '.join(unknown)}. "
+                        "Calibrate on data with the model's classes.")
+    return class_samples(folder, {c: classes.index(c) for c in class_folders(folder)})
+
+
+def calibrate(options: CalibrateOptions, reporter: Reporter | None = None) -> CalibrateResult:
+    """`wastecls calibrate`: a calibrated copy of a checkpoint or an exported ONNX file."""
+    reporter = reporter or Reporter(options.quiet)
+    source = options.model
+    target = options.out or default_target(source)
+    if target.is_dir():
+        target = target / default_target(source).name
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"--out {target} is the model itself: calibrate writes a copy, never "
+                          "over the model. Choose another --out.")
+    if target.exists() and not options.overwrite:
+        raise ConfigError(f"{target} exists. Choose another --out, or add --overwrite to "
+                          "replace it.")
+    check_no_overlap([("--out", target)], [("data", options.data)])
+    is_onnx = source.suffix.lower() == ".onnx"
+    classes = OnnxRunner(source).classes if is_onnx else _checkpoint_classes(source)
+    train, val = (_split(options.data, split, classes) for split in ("train", "val"))
+    fit = FitOptions(options.familiar_share, options.min_confidence, options.batch_size,
+                     options.workers)
+    if is_onnx:
+        if options.device not in ("auto", "cpu"):
+            raise ConfigError("An ONNX model is calibrated on the CPU (onnxruntime): use "
+                              "--device auto or cpu.")
+        fitted = _calibrate_onnx(source, target, train, val, fit, reporter)
+    else:
+        from waste_cli.runtime import resolve_device
+
+        fitted = calibrate_checkpoint(source, target, train, val, fit,
+                                      resolve_device(options.device), reporter)
+    return CalibrateResult(source, target, fitted)
+
+
+def _checkpoint_classes(path: Path) -> list[str]:
+    from waste_cli.checkpoint import load_checkpoint
+
+    return list(load_checkpoint(path)["classes"])
+
+
+def describe(fitted: FittedCalibration) -> list[tuple[str, str]]:
+    """The fit as (what, value) rows for the summary table."""
+    c, r = fitted.calibration, fitted.report
+    return [("temperature", f"{c.temperature:.3f}"),
+            ("validation NLL", f"{r['val_nll_before']:.3f} -> {r['val_nll_after']:.3f}"),
+            ("unfamiliar above", f"{c.unfamiliar_threshold:.4f} (k = {c.neighbours}, "
+             f"{int(r['bank_rows'])} of {int(r['train_images'])} training photos carried)"),
+            ("low-confidence below", f"{c.min_confidence:.2f}"),
+            ("validation flagged", f"{r['val_flagged']:.1%} (familiar share "
+             f"{c.familiar_share:.0%})")]
+
