@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from conftest import run_cli
@@ -44,19 +45,28 @@ def test_onnx_and_torchscript_export_with_metadata_and_parity(model, prepared):
     assert json.loads(props["mean"]) == checkpoint["data_config"]["mean"]
     assert props["interpolation"] == checkpoint["data_config"]["interpolation"]
     assert [i.name for i in proto.graph.input] == ["image"]
-    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert [o.name for o in proto.graph.output] == ["logits", "unfamiliarity"]
     sidecar = json.loads(Path(str(onnx_path) + ".json").read_text())
     assert sidecar["source_checkpoint_sha256"] == file_sha256(model)
+    assert sidecar["calibration"] == checkpoint["calibration"]
     runner = OnnxRunner(onnx_path)
     reference = TorchRunner.from_checkpoint(checkpoint, torch.device("cpu"))
     assert runner.classes == checkpoint["classes"]
     assert runner.data_config == checkpoint["data_config"]
     images = _images(prepared, runner)
     for batch in (images[:1], images):  # batch 1 and batch 5
-        assert np.allclose(runner(batch), reference(batch), atol=1e-4)
+        mine, theirs = runner(batch), reference(batch)
+        assert set(mine) == set(theirs) == {"logits", "unfamiliarity"}
+        for name in mine:  # the score computed inside the file equals the checkpoint's
+            assert np.allclose(mine[name], theirs[name], atol=1e-4), name
+    bare = onnxruntime.InferenceSession(str(onnx_path))  # no wastecls, no torch needed
+    logits, score = bare.run(None, {"image": images})
+    assert np.allclose(score, reference(images)["unfamiliarity"], atol=1e-4)
+    assert logits.shape == (len(images), len(checkpoint["classes"]))
     module = torch.jit.load(str(ts_path))
-    assert np.allclose(module(torch.from_numpy(images)).detach().numpy(), reference(images),
-                       atol=1e-4)
+    traced = module(torch.from_numpy(images))
+    for name, out in zip(("logits", "unfamiliarity"), traced, strict=True):
+        assert np.allclose(out.detach().numpy(), reference(images)[name], atol=1e-4)
 
 
 def test_half_and_int8_report_accuracy(model, prepared, tmp_path):

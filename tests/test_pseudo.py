@@ -19,7 +19,13 @@ from waste_cli.batching import run_labelled
 from waste_cli.console import Reporter
 from waste_cli.data.loading import weighted_sampler
 from waste_cli.errors import DataError
-from waste_cli.pseudo import MixedSampler, label_pool, load_pool, pseudo_weight
+from waste_cli.pseudo import (
+    MixedSampler,
+    TeacherCalibration,
+    label_pool,
+    load_pool,
+    pseudo_weight,
+)
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
 
@@ -29,6 +35,7 @@ class ColourModel:
 
     name = "colour"
     on_cpu = True
+    calibration = None
 
     def __init__(self) -> None:
         self.classes = list(COLOURS)
@@ -36,8 +43,9 @@ class ColourModel:
                             "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
                             "crop_mode": "center"}
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return images.mean(axis=(2, 3)) * 10
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        colour = images.mean(axis=(2, 3))
+        return {"logits": colour * 10, "features": colour}
 
     def for_worker(self, threads: int) -> ColourModel:
         return self
@@ -54,13 +62,31 @@ def test_labels_stay_attached_on_a_shuffled_pool(tmp_path):
     pool = load_pool(pool_dir, [])
     random.Random(1).shuffle(pool.paths)
     pool.truth = truth
-    logits, bad = run_labelled(ColourModel(), [(p, -1) for p in pool.paths], 4, 2,
-                               Reporter(quiet=True), "label")
-    accepted, stats = label_pool(torch.from_numpy(logits), pool, list(COLOURS), threshold=0.5)
+    outputs, bad = run_labelled(ColourModel(), [(p, -1) for p in pool.paths], 4, 2,
+                                Reporter(quiet=True), "label")
+    logits, features = (torch.from_numpy(outputs[k]) for k in ("logits", "features"))
+    anything = TeacherCalibration(1.0, np.eye(3, dtype=np.float16), 1, float("inf"))
+    accepted, stats = label_pool(logits, features, pool, list(COLOURS), 0.5, anything)
     assert not bad and len(accepted) == 30
     for index, label in accepted:
         assert list(COLOURS)[label] == truth[pool.paths[index].name]
     assert stats.correct == stats.with_truth == 30
+
+
+def test_unfamiliar_pool_images_are_never_accepted(tmp_path):
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    for i, colour in enumerate(["red", "blue"] * 4):
+        Image.new("RGB", (40, 40), COLOURS[colour]).save(pool_dir / f"{colour}{i}.png")
+    pool = load_pool(pool_dir, [])
+    outputs, _ = run_labelled(ColourModel(), [(p, -1) for p in pool.paths], 4, 0,
+                              Reporter(quiet=True), "label")
+    red = outputs["features"][[p.name.startswith("red") for p in pool.paths]]
+    # The teacher validated on red images only: blue ones are unfamiliar, however confident.
+    teacher = TeacherCalibration.fit(outputs["logits"][:0], np.array([], int), red, 0.95)
+    accepted, _ = label_pool(*(torch.from_numpy(outputs[k]) for k in ("logits", "features")),
+                             pool, list(COLOURS), 0.5, teacher)
+    assert sorted(pool.paths[i].name[:3] for i, _ in accepted) == ["red"] * 4
 
 
 def test_pseudo_weight_ramps_up_linearly():
@@ -105,8 +131,8 @@ def test_training_with_pseudo_labels_logs_the_pool(with_pool, tmp_path, mode):
     assert float(rows[0]["pseudo_accepted"]) == 0
     for row in rows[1:]:
         assert 0 < float(row["pseudo_accepted"]) <= float(row["pseudo_pool"]) <= pool
-        if mode == "per-epoch":  # a threshold below 1/6 accepts the whole pool
-            assert float(row["pseudo_accepted"]) == pool
+        if mode == "per-epoch":  # a threshold below 1/6 accepts every familiar image
+            assert float(row["pseudo_accepted"]) + float(row["pseudo_unfamiliar"]) == pool
         assert 0 <= float(row["pseudo_precision"]) <= 1  # prepare recorded the pool's truth
         per_class = sum(float(row[f"pseudo_{c}"]) for c in (
             "cardboard", "glass", "metal", "paper", "plastic", "trash"))
@@ -129,7 +155,8 @@ def test_pseudolabel_command_and_extra_labels_round(trained, with_pool, tmp_path
                      "--backend", "torch")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(manifest.read_text())))
-    assert set(rows[0]) == {"path", "label", "confidence", "margin", "accepted"}
+    assert set(rows[0]) == {"path", "label", "confidence", "margin", "flag", "accepted"}
+    assert all(r["accepted"] == "0" for r in rows if r["flag"] == "unfamiliar")
     assert len(rows) == len(list((with_pool / "pseudolabel").glob("*.jpg")))
     assert all(r["label"] != "trash" and float(r["margin"]) >= 0 for r in rows)
     copied = list((tmp_path / "sorted").rglob("*.jpg"))

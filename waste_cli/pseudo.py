@@ -5,6 +5,10 @@ A strategy is asked twice: `begin_epoch` (this epoch's loader, or None for the l
 and, while `active`, `loss` for each batch. Labels are always attached to images by dataset
 index, never by position in a shuffled batch. Validation and test images are never in the pool.
 When `prepare --unlabeled-frac` recorded the hidden truth, precision is measured.
+
+A pool image is accepted as `wastecls pseudolabel` accepts one: its calibrated probability
+reaches --pseudo-threshold and it does not look unfamiliar. Both are fitted on the latest
+validation (`TeacherCalibration`), since the model changes every epoch.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,13 +28,16 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from waste_cli.backends import TorchRunner
 from waste_cli.batching import run_labelled
+from waste_cli.calibration import fit_temperature
 from waste_cli.console import Reporter
 from waste_cli.data.loading import ImageDataset, build_loader
 from waste_cli.data.scan import TRUTH_CSV, list_images
 from waste_cli.data.transforms import train_transform
 from waste_cli.distributed import Distributed, shard
 from waste_cli.errors import DataError
+from waste_cli.familiarity import NEIGHBOURS, knn_distance, normalized
 from waste_cli.fileio import plain_cell
+from waste_cli.models import FeatureClassifier
 from waste_cli.runtime import to_device
 from waste_cli.settings import TrainOptions
 
@@ -41,6 +49,7 @@ __all__ = [
     "PseudoPool",
     "PseudoStats",
     "PseudoStrategy",
+    "TeacherCalibration",
     "label_pool",
     "load_pool",
     "masked_loss",
@@ -66,9 +75,11 @@ class PseudoStats:
     per_class: dict[str, int]
     correct: int
     with_truth: int
+    unfamiliar: int = 0  # images turned away as unlike the validation images
 
     def row(self, classes: list[str], has_truth: bool) -> dict[str, float]:
-        row: dict[str, float] = {"pseudo_pool": self.pool, "pseudo_accepted": self.accepted}
+        row: dict[str, float] = {"pseudo_pool": self.pool, "pseudo_accepted": self.accepted,
+                                 "pseudo_unfamiliar": self.unfamiliar}
         row |= {f"pseudo_{c}": self.per_class.get(c, 0) for c in classes}
         if has_truth:
             row["pseudo_precision"] = (self.correct / self.with_truth if self.with_truth
@@ -94,6 +105,39 @@ def load_pool(folder: Path, excluded: list[Path]) -> PseudoPool:
     return PseudoPool(paths, truth)
 
 
+@dataclass(frozen=True)
+class TeacherCalibration:
+    """The current model's temperature and in-domain features, fitted on a validation pass:
+    what turns its logits into calibrated probabilities and finds unfamiliar pool images.
+
+    The validation features themselves are the bank (the training features would take a pass
+    of their own every epoch); the threshold comes from each validation image's distance to the
+    others (its k+1-th neighbour: the first is itself)."""
+
+    temperature: float
+    bank: np.ndarray  # unit rows, float16
+    neighbours: int
+    threshold: float
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, features: np.ndarray,
+            familiar_share: float) -> TeacherCalibration:
+        bank = normalized(features).astype(np.float16)
+        neighbours = max(1, min(NEIGHBOURS, len(bank) - 1))
+        inside = np.sort(knn_distance(features, bank, neighbours + 1))
+        rank = min(len(inside), int(np.ceil(familiar_share * (len(inside) + 1))))
+        return cls(fit_temperature(logits, labels), bank, neighbours,
+                   float(inside[rank - 1]) if len(inside) > 1 else float("inf"))
+
+    def judge(self, logits: torch.Tensor, features: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(labels, calibrated confidence, mask of the familiar rows) for a batch of outputs."""
+        confidence, labels = (logits.float() / self.temperature).softmax(1).max(1)
+        distance = torch.from_numpy(knn_distance(features.float().cpu().numpy(), self.bank,
+                                                 self.neighbours)).to(logits.device)
+        return labels, confidence, distance <= self.threshold
+
+
 def pseudo_weight(weight: float, start: int, ramp: int, epoch: int) -> float:
     """Loss weight in (0-based) `epoch`: 0 before `start` (1-based), then a linear ramp."""
     done = epoch + 1 - start + 1
@@ -102,16 +146,21 @@ def pseudo_weight(weight: float, start: int, ramp: int, epoch: int) -> float:
     return weight * min(1.0, done / ramp) if ramp else weight
 
 
-def label_pool(logits: torch.Tensor, pool: PseudoPool, classes: list[str],
-               threshold: float) -> tuple[list[tuple[int, int]], PseudoStats]:
-    """Accepted (pool index, label) pairs from the pool's logits: row i is pool.paths[i]."""
+def label_pool(logits: torch.Tensor, features: torch.Tensor, pool: PseudoPool,
+               classes: list[str], threshold: float, teacher: TeacherCalibration
+               ) -> tuple[list[tuple[int, int]], PseudoStats]:
+    """Accepted (pool index, label) pairs from the pool's logits and features: row i is
+    pool.paths[i]."""
     valid = ~logits.isnan().any(1)
-    probs = torch.where(valid[:, None], logits, torch.zeros_like(logits)).softmax(1)
-    confidence, labels = probs.max(1)
+    labels, confidence, familiar = teacher.judge(
+        torch.where(valid[:, None], logits, torch.zeros_like(logits)),
+        torch.where(valid[:, None], features, torch.zeros_like(features)))
     accepted = [(i, int(labels[i])) for i in range(len(pool.paths))
-                if valid[i] and confidence[i] >= threshold]
+                if valid[i] and familiar[i] and confidence[i] >= threshold]
     named = [(pool.paths[i].name, y) for i, y in accepted]
-    return accepted, _stats(len(pool.paths), named, pool, classes)
+    stats = _stats(len(pool.paths), named, pool, classes)
+    stats.unfamiliar = int((valid & ~familiar).sum())
+    return accepted, stats
 
 
 def _stats(pool_size: int, accepted: list[tuple[str, int]], pool: PseudoPool,
@@ -171,15 +220,7 @@ class PseudoContext:
     device: torch.device
     reporter: Reporter
     labelled_sampler: Callable[[], Sampler[int] | None]  # --sampler weighted, or None
-
-    @property
-    def min_confidence(self) -> float:
-        """The softmax confidence a pseudo-label needs: --pseudo-threshold times the highest
-        the loss aims for. With label smoothing e over K classes the target's top probability
-        is 1 - e + e/K (0.917 for 0.1 and six classes), so a model trained on it rarely reaches
-        a fixed 0.9; on this scale one threshold means the same for any smoothing and K."""
-        smoothing = self.settings.label_smoothing
-        return self.settings.pseudo_threshold * (1 - smoothing + smoothing / len(self.classes))
+    teacher_calibration: Callable[[], TeacherCalibration]  # from the latest validation
 
 
 class PseudoStrategy(Protocol):
@@ -231,19 +272,24 @@ class PerEpochPseudo:
     def _label(self, teacher: nn.Module) -> list[tuple[int, int]]:
         """Accepted (pool index, label) pairs; each rank labels its share, then all share."""
         ctx, paths = self.context, self.pool.paths
-        runner = TorchRunner(teacher, ctx.classes, ctx.data_config, ctx.device,
-                             ctx.settings.channels_last)
+        runner = TorchRunner(FeatureClassifier(teacher), ctx.classes, ctx.data_config,
+                             ctx.device, ctx.settings.channels_last)
         mine = list(range(ctx.dist.rank, len(paths), ctx.dist.world))
+        outputs = run_labelled(runner, [(paths[i], -1) for i in mine], ctx.settings.batch_size,
+                               ctx.workers, ctx.reporter, "pseudo-label pool",
+                               spread_model=False)[0]
         logits = torch.full((len(paths), len(ctx.classes)), float("nan"))
-        logits[mine] = torch.from_numpy(run_labelled(
-            runner, [(paths[i], -1) for i in mine], ctx.settings.batch_size, ctx.workers,
-            ctx.reporter, "pseudo-label pool", spread_model=False)[0])
+        features = torch.full((len(paths), outputs["features"].shape[1]), float("nan"))
+        logits[mine], features[mine] = (torch.from_numpy(outputs[k]) for k in ("logits",
+                                                                               "features"))
         if ctx.dist.active:
             shares: list[Any] = [None] * ctx.dist.world
-            torch.distributed.all_gather_object(shares, (mine, logits[mine]))
-            for indices, part in shares:
-                logits[indices] = part
-        accepted, self.stats = label_pool(logits, self.pool, ctx.classes, ctx.min_confidence)
+            torch.distributed.all_gather_object(shares, (mine, logits[mine], features[mine]))
+            for indices, part, part_features in shares:
+                logits[indices], features[indices] = part, part_features
+        accepted, self.stats = label_pool(logits, features, self.pool, ctx.classes,
+                                          ctx.settings.pseudo_threshold,
+                                          ctx.teacher_calibration())
         return accepted
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -267,7 +313,9 @@ class PerBatchPseudo:
     confident ones."""
 
     def __init__(self, context: PseudoContext, pool: PseudoPool, labeller: nn.Module) -> None:
-        self.context, self.pool, self.labeller = context, pool, labeller
+        self.context, self.pool = context, pool
+        self.labeller = FeatureClassifier(labeller)
+        self.unfamiliar: set[int] = set()
         self.active, self.weight = False, 0.0
         self.unlabelled: Iterator[Any] = iter(())
         self.accepted: list[tuple[str, int]] = []
@@ -278,6 +326,7 @@ class PerBatchPseudo:
         self.weight = pseudo_weight(settings.pseudo_weight, settings.pseudo_start,
                                     settings.pseudo_ramp, epoch)
         self.active, self.accepted, self.seen = self.weight > 0, [], set()
+        self.unfamiliar = set()
         if not self.active:
             return None
         views = TwoViews(train_transform(ctx.data_config, "light", uint8=False),
@@ -308,10 +357,20 @@ class PerBatchPseudo:
 
     def _targets(self, weak: torch.Tensor, indices: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label the weak views without gradients: (labels, mask of the confident ones)."""
-        with torch.no_grad():
-            confidence, labels = self.labeller(weak).float().softmax(1).max(1)
-        mask = confidence >= self.context.min_confidence
+        """Label the weak views without gradients, in evaluation mode (the features are then
+        comparable with the validation images'): (labels, mask of the confident, familiar
+        ones)."""
+        modes = [(module, module.training) for module in self.labeller.modules()]
+        self.labeller.eval()
+        try:
+            with torch.no_grad():
+                logits, features = self.labeller(weak)
+        finally:
+            for module, training in modes:
+                module.training = training
+        labels, confidence, familiar = self.context.teacher_calibration().judge(logits, features)
+        mask = familiar & (confidence >= self.context.settings.pseudo_threshold)
+        self.unfamiliar.update(indices[~familiar.cpu()].tolist())
         self.seen.update(indices.tolist())
         for i in mask.nonzero().flatten().tolist():
             self.accepted.append((self.pool.paths[int(indices[i])].name, int(labels[i])))
@@ -320,6 +379,7 @@ class PerBatchPseudo:
     def columns(self) -> dict[str, float]:
         stats = _stats(len(self.pool.paths), self.accepted, self.pool, self.context.classes)
         stats.pool = len(self.seen) if self.active else len(self.pool.paths)
+        stats.unfamiliar = len(self.unfamiliar)
         return stats.row(self.context.classes, has_truth=bool(self.pool.truth))
 
 

@@ -65,7 +65,7 @@ from waste_cli.errors import ConfigError, DataError, WasteclsError
 from waste_cli.familiarity import FittedCalibration
 from waste_cli.fileio import check_no_overlap, ensure_writable
 from waste_cli.metrics import classification_report, confusion_matrix
-from waste_cli.models import create_model, freeze_layers, resolve_arch
+from waste_cli.models import FeatureClassifier, create_model, freeze_layers, resolve_arch
 from waste_cli.plots import plot_confusion_matrix, plot_curves
 from waste_cli.processes import interrupts_held
 from waste_cli.pseudo import (
@@ -73,6 +73,7 @@ from waste_cli.pseudo import (
     PerEpochPseudo,
     PseudoContext,
     PseudoStrategy,
+    TeacherCalibration,
     load_pool,
     read_manifests,
 )
@@ -248,6 +249,7 @@ class Trainer:
         self._build_loaders()
         self._build_optimization()
         self.finish = BatchFinish(self.data_config, settings.aug)
+        self.teacher: TeacherCalibration | None = None  # pseudo-labels: the latest validation's
         self.pseudo = self._pseudo_strategy()
         self.run_dir = self._run_dir()
         self.state: TrainState = dict(last["train_state"]) if last else {  # type: ignore[assignment]
@@ -343,7 +345,7 @@ class Trainer:
                          + (list_images(test) if test.is_dir() else []))
         context = PseudoContext(settings, self.data.classes, self.data.train, self.data_config,
                                 self.generator, self.workers, self.dist, self.device,
-                                self.reporter, self.labelled_sampler)
+                                self.reporter, self.labelled_sampler, self.teacher_calibration)
         if settings.pseudolabel == "per-batch":
             return PerBatchPseudo(context, pool, self.model)
         pool_cache = self._cache(pool.paths)
@@ -466,28 +468,55 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> tuple[dict[str, float], torch.Tensor]:
-        """Validation metrics of `eval_model` over the whole val split, and its confusion."""
+        """Validation metrics of `eval_model` over the whole val split, and its confusion. With
+        pseudo-labels, the pass also fits the model's `TeacherCalibration`."""
         model = self.eval_model
         model.eval()
+        scored = FeatureClassifier(model)
         n = len(self.data.classes)
         cm = torch.zeros(n, n, dtype=torch.long)
         loss_sum, seen = 0.0, 0
         plain_loss = nn.CrossEntropyLoss(reduction="sum")
+        kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for images, labels, _, _ in self.val_loader:
             if not len(labels):
                 continue
             with autocast(self.device, self.settings.amp):
-                logits = model(to_device(images, self.device, self.settings.channels_last))
+                logits, features = scored(to_device(images, self.device,
+                                                    self.settings.channels_last))
             logits = logits.float().cpu()
             loss_sum += float(plain_loss(logits, labels))
             seen += len(labels)
             cm += confusion_matrix(labels, logits.argmax(1), n)
+            if self.pseudo is not None:
+                kept.append((logits, labels, features.float().cpu()))
         total, loss_sum, seen = all_reduce_sum(cm, loss_sum, seen)  # the whole validation set
         cm, loss_sum, seen = total.long(), float(loss_sum), float(seen)
+        if self.pseudo is not None and kept:
+            self.teacher = self._fit_teacher(kept)
         report = classification_report(cm, self.data.classes)
         return {"val_loss": loss_sum / max(seen, 1), "val_acc": report["accuracy"],
                 "val_balanced_acc": report["balanced_accuracy"],
                 "val_macro_f1": report["macro_f1"]}, cm
+
+    def _fit_teacher(self, kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                     ) -> TeacherCalibration:
+        """The calibration of this validation pass, from every rank's share (so that all
+        ranks accept the same pseudo-labels)."""
+        parts = [torch.cat(column) for column in zip(*kept, strict=True)]
+        if self.dist.active:
+            shares: list[Any] = [None] * self.dist.world
+            torch.distributed.all_gather_object(shares, parts)
+            parts = [torch.cat(column) for column in zip(*shares, strict=True)]
+        logits, labels, features = (part.numpy() for part in parts)
+        return TeacherCalibration.fit(logits, labels, features, self.settings.familiar_share)
+
+    def teacher_calibration(self) -> TeacherCalibration:
+        """The latest validation's calibration; before the first one, a validation pass."""
+        if self.teacher is None:
+            self.validate()
+        assert self.teacher is not None  # validate() fitted it
+        return self.teacher
 
     # --- checkpoints and records -------------------------------------------------------------
 
