@@ -177,7 +177,7 @@ def main() -> None:
     print(f"# confidence benchmark, {date.today()}, {os.cpu_count()} cores "
           f"{platform.machine()}, torch {torch.__version__}")
     compared, shipped = {}, {}
-    for run in sorted((args.loco / "runs").glob("*/best.pt")):
+    for run in sorted((args.loco / "runs").glob("*/summary.json")):  # finished runs only
         held_out = run.parent.name
         parts = fold_outputs(run.parent, args.loco / f"data-{held_out}", args.loco / "all",
                              held_out, args.other, args.loco / f"outputs-{held_out}.npz")

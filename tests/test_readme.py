@@ -43,8 +43,7 @@ def test_the_readme_quick_start_is_what_the_commands_print(tmp_path):
     assert [command.split()[:2] for command, _ in steps] == [
         ["wastecls", "predict"], ["wastecls", "prepare"], ["wastecls", "train"],
         ["wastecls", "predict"]]
-    (tmp_path / "samples").mkdir()
-    shutil.copytree(SAMPLE, tmp_path / "samples" / SAMPLE.name)
+    shutil.copytree(SAMPLE.parent, tmp_path / "samples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WASTECLS_")}
     env |= {"COLUMNS": "80", "HF_HUB_OFFLINE": "1"}
     found = shutil.which("wastecls")

@@ -20,6 +20,7 @@ import numpy as np
 
 from waste_cli.errors import ModelError
 from waste_cli.metadata import Calibration, check_metadata
+from waste_cli.onnx_scoring import META_KEY as ONNX_META_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ONNX_META_KEY", "OnnxRunner", "Outputs", "Runner", "TorchRunner", "open_runner"]
 
-ONNX_META_KEY = "wastecls"
 Outputs = dict[str, np.ndarray]  # output name -> float32 array with one row per image
 
 

@@ -107,16 +107,34 @@ def _calibrate_onnx(source: Path, target: Path, train: list[tuple[Path, int]],
     with the score appended, checked against the fit on the validation images."""
     with tempfile.TemporaryDirectory(prefix="wastecls-calibrate-") as tmp:
         probe = Path(tmp) / "features.onnx"
-        with_features(source, probe)
+        with_features(source, probe, _mid_level(OnnxRunner(source).metadata, source))
         runner = OnnxRunner(probe)
         fitted = fit_runner(runner, train, val, options, reporter)
         meta = {**runner.metadata, "calibration": fitted.calibration.model_dump(),
                 "calibrated_from_sha256": file_sha256(source)}
         with atomic_path(target) as written:
-            with_unfamiliarity(source, written, fitted.bank, fitted.calibration.neighbours,
+            with_unfamiliarity(probe, written, fitted.bank, fitted.calibration.neighbours,
                                meta)
             _check_scores(OnnxRunner(written), runner, val, fitted)
     return fitted
+
+
+def _mid_level(meta: dict[str, Any], path: Path) -> str | None:
+    """The module whose output the score compares (`models.mid_level_stage`), for the arch an
+    exported file names (the model is built on the meta device: no weights, no memory)."""
+    import timm
+    import torch
+
+    from waste_cli.models import mid_level_stage
+
+    arch = str(meta.get("arch", ""))
+    if not timm.is_model(arch.split(".")[0]):
+        raise DataError(f"Cannot calibrate {path}: its arch {arch!r} is not a timm model this "
+                        "installation knows.")
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False, num_classes=len(meta["classes"]))
+    stage = mid_level_stage(model)
+    return stage[1] if stage is not None else None
 
 
 def _check_scores(written: OnnxRunner, probe: OnnxRunner, val: list[tuple[Path, int]],

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from waste_cli import __version__
-from waste_cli.backends import ONNX_META_KEY, OnnxRunner
+from waste_cli.backends import OnnxRunner
 from waste_cli.batching import EvalImages
 from waste_cli.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.console import Reporter
@@ -35,6 +35,7 @@ from waste_cli.fileio import (
     name_problem,
 )
 from waste_cli.models import ScoredClassifier, deployable_model
+from waste_cli.onnx_scoring import logits_nodes, set_metadata
 
 __all__ = ["FORMATS", "MIN_OPSET", "ExportResult", "TwinExportError", "Verification",
            "WriteOptions", "export_checkpoint", "export_metadata", "max_opset", "onnx_twin",
@@ -170,22 +171,21 @@ def _write_onnx(model: nn.Module, path: Path, meta: dict[str, Any], options: Wri
     if written != options.opset:
         raise ConfigError(f"--opset {options.opset} was asked for but the exporter wrote opset "
                           f"{written}. Choose an opset from {MIN_OPSET} to {max_opset()}.")
-    entries = {ONNX_META_KEY: json.dumps(meta)} | {
-        k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-    del proto.metadata_props[:]
-    for key, value in entries.items():
-        proto.metadata_props.add(key=key, value=value)
+    set_metadata(proto, meta)
     onnx.save(proto, str(path))
 
 
 def stem_and_classifier_nodes(path: Path) -> list[str]:
-    """Nodes that read the image or write the logits: kept in float when quantizing, the usual
+    """Nodes that read the image or write the logits, and the unfamiliarity score's (which
+    compares features with the carried ones): kept in float when quantizing, the usual
     practice, which keeps int8 closer to fp32 for a small share of its speed-up."""
     import onnx
 
     graph = onnx.load(str(path)).graph
     ends = {i.name for i in graph.input} | {o.name for o in graph.output}
-    return [node.name for node in graph.node if ends & {*node.input, *node.output}]
+    classifier = {id(node) for node in logits_nodes(graph)}
+    return [node.name for node in graph.node
+            if ends & {*node.input, *node.output} or id(node) not in classifier]
 
 
 def _quantize_int8(path: Path, calibration: torch.Tensor | None, batch: int) -> None:

@@ -15,10 +15,11 @@ import numpy as np
 
 from waste_cli.errors import ModelError
 
-__all__ = ["FEATURES", "UNFAMILIARITY", "set_metadata", "with_features", "with_unfamiliarity"]
+__all__ = ["FEATURES", "META_KEY", "UNFAMILIARITY", "logits_nodes", "set_metadata", "with_features",
+           "with_unfamiliarity"]
 
 FEATURES, UNFAMILIARITY = "features", "unfamiliarity"
-META_KEY = "wastecls"  # backends.ONNX_META_KEY (a leaf cannot import it)
+META_KEY = "wastecls"  # the metadata entry that holds all of it, as JSON
 PREFIX = "wastecls_unfamiliarity/"
 
 
@@ -32,9 +33,8 @@ def set_metadata(proto: Any, meta: dict[str, Any]) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
-def _logits_only(proto: Any) -> None:
-    """Keep only what computes the first output (the logits): an earlier score goes."""
-    graph = proto.graph
+def logits_nodes(graph: Any) -> list[Any]:
+    """The nodes that compute the first output (the logits), in graph order."""
     producers = {out: node for node in graph.node for out in node.output}
     needed, todo = set(), [graph.output[0].name]
     while todo:
@@ -42,7 +42,13 @@ def _logits_only(proto: Any) -> None:
         if node is not None and id(node) not in needed:
             needed.add(id(node))
             todo += list(node.input)
-    kept = [node for node in graph.node if id(node) in needed]
+    return [node for node in graph.node if id(node) in needed]
+
+
+def _logits_only(proto: Any) -> None:
+    """Keep only what computes the first output (the logits): an earlier score goes."""
+    graph = proto.graph
+    kept = logits_nodes(graph)
     del graph.node[:]
     graph.node.extend(kept)
     del graph.output[1:]
@@ -83,10 +89,51 @@ def _load(path: Path) -> Any:
         raise ModelError(f"Cannot read {path} as an ONNX model ({type(exc).__name__}).") from None
 
 
-def with_features(path: Path, target: Path) -> None:
-    """Write a copy of the ONNX model `path` with the pooled features as a second output (and
-    without an earlier calibration, which that copy no longer computes)."""
+def _stage_output(proto: Any, module: str, path: Path) -> str:
+    """The output of module `module` (a timm name such as `blocks.4`): that of the last node
+    the exporter recorded in its scope."""
+    last = None
+    for node in proto.graph.node:
+        scopes = next((p.value for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if f"'{module}'" in scopes or f".{module}'" in scopes:
+            last = node
+    if last is None:
+        raise ModelError(f"Cannot calibrate {path}: it does not say which of its nodes are "
+                         f"{module} (it was not exported by this wastecls, or was quantized). "
+                         "Calibrate the checkpoint it was exported from.")
+    return last.output[0]
+
+
+def _unit_nodes(source: str, name: str) -> list[Any]:
+    """Nodes that scale each row of `source` to unit length, into `name`."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("Cast", [source], [name + "/f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceL2", [name + "/f", PREFIX + "axis"], [name + "/norm"],
+                         keepdims=1),
+        helper.make_node("Max", [name + "/norm", PREFIX + "eps"], [name + "/safe"]),
+        helper.make_node("Div", [name + "/f", name + "/safe"], [name]),
+    ]
+
+
+def _constants() -> list[Any]:
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array(np.array([1], np.int64), PREFIX + "axis"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), PREFIX + "spatial"),
+            numpy_helper.from_array(np.array(1e-12, np.float32), PREFIX + "eps"),
+            numpy_helper.from_array(np.array(1.0, np.float32), PREFIX + "one")]
+
+
+def with_features(path: Path, target: Path, mid_level: str | None) -> None:
+    """Write a copy of the ONNX model `path` whose second output is what
+    `models.FeatureClassifier` returns: the unit-length pooled output of module `mid_level`
+    (None: left out) beside the unit-length pooled final features. The copy drops an earlier
+    calibration, which it no longer computes."""
     import onnx
+    from onnx import helper, numpy_helper
 
     proto = _load(path)
     _logits_only(proto)
@@ -97,55 +144,53 @@ def with_features(path: Path, target: Path) -> None:
         raise ModelError(f"{path} has no wastecls metadata. Export it with `wastecls export "
                          "--onnx`.") from None
     set_metadata(proto, {k: v for k, v in meta.items() if k != "calibration"})
-    features = _classifier_input(proto, path)
+    parts = []
+    nodes = _unit_nodes(_classifier_input(proto, path), PREFIX + "final")
+    if mid_level is not None:
+        nodes += [helper.make_node("ReduceMean", [_stage_output(proto, mid_level, path),
+                                                  PREFIX + "spatial"], [PREFIX + "pooled"],
+                                   keepdims=0),
+                  *_unit_nodes(PREFIX + "pooled", PREFIX + "mid")]
+        parts.append(PREFIX + "mid")
+    parts.append(PREFIX + "final")
+    proto.graph.initializer.extend([*_constants(), numpy_helper.from_array(
+        np.array(1 / np.sqrt(len(parts)), np.float32), PREFIX + "scale")])
+    nodes += [helper.make_node("Concat", parts, [PREFIX + "both"], axis=1),
+              helper.make_node("Mul", [PREFIX + "both", PREFIX + "scale"], [FEATURES])]
+    proto.graph.node.extend(nodes)
     proto.graph.output.append(onnx.helper.make_tensor_value_info(FEATURES, onnx.TensorProto.FLOAT,
                                                                  None))
-    proto.graph.node.append(onnx.helper.make_node("Cast", [features], [FEATURES],
-                                                  to=onnx.TensorProto.FLOAT,
-                                                  name=PREFIX + "features"))
     onnx.save(proto, str(target))
 
 
 def with_unfamiliarity(path: Path, target: Path, bank: np.ndarray, neighbours: int,
                        meta: dict[str, Any]) -> None:
-    """Write a copy of the ONNX model `path` that also outputs the unfamiliarity score (1 -
-    cosine similarity to the k-th nearest of `bank`'s rows, float16 as stored) and carries
-    `meta`."""
+    """Write a copy of the ONNX model `path` (a `with_features` copy) whose second output is the
+    unfamiliarity score: 1 - cosine similarity of its features to the k-th nearest of `bank`'s
+    rows (float16, as stored). It carries `meta`."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     proto = _load(path)
-    _logits_only(proto)
-    features = _classifier_input(proto, path)
     k = min(neighbours, len(bank))
+    proto.graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(bank.astype(np.float16).T), PREFIX + "bank"),
+        numpy_helper.from_array(np.array([k], np.int64), PREFIX + "k"),
+        numpy_helper.from_array(np.array(k - 1, np.int64), PREFIX + "last"),
+    ])
 
     def name(part: str) -> str:
         return PREFIX + part
 
-    proto.graph.initializer.extend([
-        numpy_helper.from_array(np.ascontiguousarray(bank.astype(np.float16).T), name("bank")),
-        numpy_helper.from_array(np.array([1], np.int64), name("axis")),
-        numpy_helper.from_array(np.array(1e-12, np.float32), name("eps")),
-        numpy_helper.from_array(np.array(1.0, np.float32), name("one")),
-        numpy_helper.from_array(np.array([k], np.int64), name("k")),
-        numpy_helper.from_array(np.array(k - 1, np.int64), name("last")),
-    ])
     proto.graph.node.extend([
-        helper.make_node("Cast", [features], [name("f")], to=TensorProto.FLOAT, name=name("cast")),
-        helper.make_node("ReduceL2", [name("f"), name("axis")], [name("norm")], keepdims=1,
-                         name=name("norm")),
-        helper.make_node("Max", [name("norm"), name("eps")], [name("safe")], name=name("max")),
-        helper.make_node("Div", [name("f"), name("safe")], [name("unit")], name=name("div")),
-        helper.make_node("Cast", [name("bank")], [name("bank32")], to=TensorProto.FLOAT,
-                         name=name("bank32")),
-        helper.make_node("MatMul", [name("unit"), name("bank32")], [name("sim")],
-                         name=name("matmul")),
-        helper.make_node("TopK", [name("sim"), name("k")], [name("top"), name("which")], axis=1,
-                         name=name("topk")),
-        helper.make_node("Gather", [name("top"), name("last")], [name("kth")], axis=1,
-                         name=name("kth")),
-        helper.make_node("Sub", [name("one"), name("kth")], [UNFAMILIARITY], name=name("sub")),
+        *_unit_nodes(FEATURES, name("unit")),
+        helper.make_node("Cast", [name("bank")], [name("bank32")], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", [name("unit"), name("bank32")], [name("sim")]),
+        helper.make_node("TopK", [name("sim"), name("k")], [name("top"), name("which")], axis=1),
+        helper.make_node("Gather", [name("top"), name("last")], [name("kth")], axis=1),
+        helper.make_node("Sub", [name("one"), name("kth")], [UNFAMILIARITY]),
     ])
+    del proto.graph.output[1:]
     proto.graph.output.append(helper.make_tensor_value_info(UNFAMILIARITY, TensorProto.FLOAT,
                                                             ["batch"]))
     set_metadata(proto, meta)
