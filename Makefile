@@ -34,7 +34,9 @@ demo: install
 
 # Rebuild the built-in model (waste_cli/models/) from TrashNet without the samples/ photos.
 model:
-	$(PYTHON) bench/build_model.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS)
+	[ -d bench/out/other ] || $(PYTHON) bench/other_photos.py --out bench/out/other
+	$(PYTHON) bench/build_model.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) \
+		--other bench/out/other
 
 BENCH_DATA ?= bench/out/data
 

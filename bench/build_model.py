@@ -16,8 +16,12 @@
    waste_cli/models/trashnet-lite0.pt, the measurements to waste_cli/models/trashnet-lite0.json
    (the model card's numbers).
 
+Training ends with the model's calibration (its temperature and unfamiliarity data); the fp32
+file's calibration error and flags on the test split (and on `--other` photos of other things,
+bench/other_photos.py) go to the card.
+
 Usage: python bench/build_model.py --data ../shared/data/trashnet \
-    --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
+    --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors --other bench/out/other
 """
 
 from __future__ import annotations
@@ -88,11 +92,28 @@ def without_samples(data: Path, folder: Path) -> int:
     return kept
 
 
-def accuracy(model: Path, data: Path, split: str | None) -> float:
+def report(model: Path, data: Path, split: str | None, *extra: str) -> dict:
     backend = "onnxruntime" if model.suffix == ".onnx" else "torch"  # no ONNX twin written
     args = ["evaluate", str(model), "--data", str(data), "--json", "--backend", backend]
-    report = json.loads(run(*args, *(["--split", split] if split else [])).stdout)
-    return report["accuracy"]
+    return json.loads(run(*args, *(["--split", split] if split else []), *extra).stdout)
+
+
+def accuracy(model: Path, data: Path, split: str | None) -> float:
+    return report(model, data, split)["accuracy"]
+
+
+def confidence(model: Path, data: Path, other: Path | None) -> dict:
+    """The calibration and the flags on the test split (and on photos of other things)."""
+    done = report(model, data, "test", *(["--unfamiliar", str(other)] if other else []))
+    card = {"temperature": done["temperature"], "ece": done["calibration"]["ece"],
+            "ece_uncalibrated": done["uncalibrated"]["ece"],
+            "test_flagged": done["flags"]["flagged"],
+            "test_accuracy_unflagged": done["flags"]["accuracy_unflagged"]}
+    if other:
+        card |= {"other_photos": done["unfamiliar"]["images"],
+                 "other_flagged": done["unfamiliar"]["flagged"],
+                 "other_auroc": done["unfamiliar"]["auroc"]}
+    return card
 
 
 def main() -> None:
@@ -101,6 +122,8 @@ def main() -> None:
     add_data_arguments(parser)
     parser.add_argument("--keep", type=Path, default=ROOT / "bench" / "out" / "model_run",
                         help="the training run folder (reused when it holds a best.pt)")
+    parser.add_argument("--other", type=Path, default=None,
+                        help="photos of other things (bench/other_photos.py) for the flag")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -134,6 +157,7 @@ def main() -> None:
                 "test_accuracy": accuracy(path, root / "data", "test"),
                 "samples_accuracy": accuracy(path, SAMPLES, None),
             }
+        card["confidence"] = confidence(files["fp32"], root / "data", args.other)
         reference = card["formats"]["fp32"]["test_accuracy"]
         fine = [n for n in files if reference - card["formats"][n]["test_accuracy"] <= 0.005]
         card["chosen"] = min(fine, key=lambda n: card["formats"][n]["megabytes"])

@@ -27,7 +27,7 @@ from waste_cli.familiarity import (
 )
 from waste_cli.inference import top_k
 from waste_cli.metadata import Calibration
-from waste_cli.models import ScoredClassifier
+from waste_cli.models import FeatureClassifier, ScoredClassifier
 
 
 def _synthetic(temperature: float, count: int = 6000, seed: int = 0):
@@ -67,19 +67,20 @@ def test_the_threshold_lets_the_asked_share_pass_both_checks():
 def test_the_bank_fits_the_size_budget_and_scores_alike_in_numpy_and_torch():
     import timm
 
-    features = np.random.default_rng(2).normal(size=(3000, 256)).astype(np.float32)
+    features = np.random.default_rng(2).normal(size=(3000, 1400)).astype(np.float32)
     bank = choose_bank(features)
-    assert bank.dtype == np.float16 and bank.nbytes <= BANK_BYTES
+    assert bank.dtype == np.float16 and bank.nbytes <= BANK_BYTES and len(bank) < 3000
     assert np.allclose(np.linalg.norm(bank.astype(np.float32), axis=1), 1, atol=1e-3)
-    model = timm.create_model("test_efficientnet", num_classes=3).eval()
-    images = torch.randn(4, 3, 32, 32)
-    scored = ScoredClassifier(model, torch.from_numpy(choose_bank(features[:50])), 10)
-    with torch.no_grad():
-        logits, score = scored(images)
-        pooled = model.forward_head(model.forward_features(images), pre_logits=True)
-        assert torch.allclose(logits, model(images))
-    expected = knn_distance(pooled.numpy(), choose_bank(features[:50]), 10)
-    assert np.allclose(score.numpy(), expected, atol=1e-5)
+    for arch in ("test_efficientnet", "resnet10t"):  # the mid-level stage of two families
+        model = timm.create_model(arch, num_classes=3).eval()
+        images = torch.randn(4, 3, 64, 64)
+        with torch.no_grad():
+            logits, pooled = FeatureClassifier(model)(images)
+            assert torch.allclose(logits, model(images), atol=1e-5)  # the model's own answer
+            assert torch.allclose(pooled.norm(dim=1), torch.ones(4), atol=1e-5)
+            small = choose_bank(np.random.default_rng(3).normal(size=(50, pooled.shape[1])))
+            _, score = ScoredClassifier(model, torch.from_numpy(small), 10)(images)
+        assert np.allclose(score.numpy(), knn_distance(pooled.numpy(), small, 10), atol=1e-5)
 
 
 def test_flags_put_unfamiliar_first_then_low_confidence():

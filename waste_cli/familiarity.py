@@ -28,7 +28,7 @@ __all__ = ["BANK_BYTES", "DEFAULT_FAMILIAR_SHARE", "DEFAULT_MIN_CONFIDENCE", "NE
 NEIGHBOURS = 10  # k: Sun et al.'s choice for a bank of a few thousand photos
 BANK_BYTES = 1_900_000  # the training features a model carries: its file grows under 2 MB
 DEFAULT_FAMILIAR_SHARE = 0.95
-DEFAULT_MIN_CONFIDENCE = 0.5  # bench/bench_confidence.py: see BENCHMARKS.md
+DEFAULT_MIN_CONFIDENCE = 0.4  # bench/bench_confidence.py: see BENCHMARKS.md
 LOW_CONFIDENCE, UNFAMILIAR = "low-confidence", "unfamiliar"
 
 

@@ -132,7 +132,7 @@ class FlagFields(BaseModel):
 
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="Flag answers whose calibrated probability is below this "
-        "(default: the model's own, 0.5 unless calibrated otherwise)."
+        "(default: the model's own, 0.4 unless calibrated otherwise)."
     )
 
 
