@@ -10,7 +10,6 @@ from conftest import TINY, run_cli, tiny_train
 
 from waste_cli import recipe
 from waste_cli.models import load_weights
-from waste_cli.pseudo import PseudoContext
 from waste_cli.recipe import resolve_auto
 from waste_cli.settings import TrainOptions
 
@@ -111,16 +110,6 @@ def test_help_lists_the_choices():
                   "<val_loss|val_acc|val_macro_f1>", "<cosine|step|exp|none>"):
         assert shown in text, shown
     assert "<bool>" not in text.replace("--help -h <bool>", "")
-
-
-def test_pseudo_threshold_is_on_the_smoothed_scale(prepared):
-    settings = TrainOptions(data=prepared, label_smoothing=0.1, pseudo_threshold=0.9)
-    context = PseudoContext(settings, ["a", "b", "c", "d", "e", "f"], [], {}, torch.Generator(),
-                            0, None, CPU, None, lambda: None)  # type: ignore[arg-type]
-    assert context.min_confidence == pytest.approx(0.9 * (0.9 + 0.1 / 6))
-    plain = TrainOptions(data=prepared, label_smoothing=0.0, pseudo_threshold=0.9)
-    assert PseudoContext(plain, ["a", "b"], [], {}, torch.Generator(), 0, None, CPU, None,
-                         lambda: None).min_confidence == pytest.approx(0.9)  # type: ignore
 
 
 def test_fine_tuning_keeps_the_rows_of_known_classes(prepared, tmp_path):
