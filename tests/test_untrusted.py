@@ -177,7 +177,7 @@ def test_a_fifo_output_is_streamed_into_never_replaced(trained, prepared, tmp_pa
     reader.join(timeout=60)
     assert result.exit_code == 0, result.output
     assert stat.S_ISFIFO(fifo.stat().st_mode)
-    assert received and received[0].startswith("path,label1,prob1")
+    assert received and received[0].startswith("path,label,confidence,flag,unfamiliarity,label1")
 
 
 def test_a_device_output_is_written_through_never_unlinked(trained, prepared, tmp_path):
