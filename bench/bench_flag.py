@@ -18,6 +18,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from common import runner_rate
 
 from waste_cli.backends import OnnxRunner
 from waste_cli.checkpoint import load_checkpoint, save_checkpoint
@@ -37,14 +38,8 @@ def predict_rate(model: Path, images: Path, output: Path) -> float:
     return count / (time.perf_counter() - start)
 
 
-def model_rate(model: Path, batch: np.ndarray, seconds: float = 10.0) -> float:
-    runner = OnnxRunner(model)
-    runner(batch)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - start)
+def model_rate(model: Path, batch: np.ndarray) -> float:
+    return runner_rate(OnnxRunner(model), batch, seconds=10.0)
 
 
 def main() -> None:

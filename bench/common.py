@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from timm.optim import create_optimizer_v2
@@ -68,3 +70,15 @@ def split_and_onnx(data: Path, model: Path, root: Path) -> tuple[Path, Path]:
     subprocess.run(["wastecls", "export", "-m", str(model), "--onnx", "--out", str(onnx), "-q"],
                    check=True, capture_output=True)
     return root / "data", onnx
+
+
+def runner_rate(runner: Callable[[np.ndarray], object], batch: np.ndarray,
+                seconds: float = 4.0) -> float:
+    """Images/s of a model runner (a wastecls OnnxRunner, say) on one fixed batch, after a
+    first call that is not counted (session start, memory)."""
+    runner(batch)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        runner(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
 from waste_cli.exporter import stem_and_classifier_nodes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+from common import runner_rate  # noqa: E402
 
 PERCENTILE = (CalibrationMethod.Percentile, {"CalibPercentile": 99.99})
 VARIANTS = {  # name: (images, method, extra options, keep the ends in float)
@@ -55,12 +59,7 @@ class Batches(CalibrationDataReader):
 def speed(runner: OnnxRunner, seconds: float = 4.0) -> float:
     batch = np.random.default_rng(0).standard_normal(
         (16, *runner.data_config["input_size"]), dtype=np.float32)
-    runner(batch)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - start)
+    return runner_rate(runner, batch, seconds)
 
 
 def main() -> None:
