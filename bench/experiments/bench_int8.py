@@ -33,7 +33,7 @@ from waste_cli.data.transforms import eval_transform
 from waste_cli.exporter import stem_and_classifier_nodes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
-from common import runner_rate  # noqa: E402
+from common import runner_rate
 
 PERCENTILE = (CalibrationMethod.Percentile, {"CalibPercentile": 99.99})
 VARIANTS = {  # name: (images, method, extra options, keep the ends in float)
