@@ -191,8 +191,9 @@ def top_k(logits: np.ndarray, excluded: list[int], k: int) -> tuple[np.ndarray, 
 
 
 class FlipAveraged:
-    """--tta: the log of the mean calibrated softmax over an image and its mirror image (as
-    logits of temperature 1); the other outputs are the image's own."""
+    """--tta: the mean calibrated softmax over an image and its mirror image, returned as logits
+    that `classify` turns back into exactly those probabilities (the log, times the
+    temperature it divides by); the other outputs are the image's own."""
 
     def __init__(self, runner: Runner) -> None:
         self.runner, self.name, self.classes = runner, runner.name, runner.classes
