@@ -40,7 +40,7 @@ model:
 
 BENCH_DATA ?= bench/out/data
 
-# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 2 hours on 2 cores).
+# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 3 hours on 2 cores).
 bench:
 	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)
 	wastecls prepare $(TRASHNET) --out $(BENCH_DATA) --overwrite -q
@@ -53,3 +53,9 @@ bench:
 	$(PYTHON) bench/bench_boxes.py --model bench/out/train_run/seed0/best.pt --data $(TRASHNET)
 	$(PYTHON) bench/bench_pseudo.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS)
 	$(PYTHON) bench/bench_ddp.py --data $(BENCH_DATA) --weights $(SHARED_WEIGHTS)
+	bash bench/loco.sh bench/out/loco $(TRASHNET) $(SHARED_WEIGHTS) cardboard glass metal
+	[ -d bench/out/other ] || $(PYTHON) bench/other_photos.py --out bench/out/other
+	$(PYTHON) bench/bench_confidence.py --loco bench/out/loco --other bench/out/other
+	$(PYTHON) bench/bench_flag.py --model bench/out/train_run/seed0/best.pt \
+		--images $(TRASHNET)/glass
+	$(PYTHON) bench/bench_evaluate.py --data $(BENCH_DATA)

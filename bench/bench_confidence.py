@@ -8,10 +8,10 @@ Each score's threshold is chosen on the fold's validation split so that 95% of i
 pass, the score alone; then, for the shipped score, the product's own fit
 (`familiarity.fit_calibration`) at several --min-confidence values.
 
-Build the folds (about 6 x 6 minutes on 2 cores), then measure:
+Build the folds (about 6 minutes each on 2 cores), then measure:
 
     bash bench/loco.sh /tmp/loco ../shared/data/trashnet \
-        ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
+        ../shared/weights/tf_efficientnet_lite0.in1k.safetensors cardboard glass metal
     python bench/other_photos.py --out bench/out/other
     python bench/bench_confidence.py --loco /tmp/loco --other bench/out/other
 """

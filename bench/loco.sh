@@ -2,12 +2,13 @@
 # Leave-one-class-out folds for bench/bench_confidence.py: the default split of DATA (all/),
 # then per class C a dataset of the other classes (links into all/) and a model trained on it
 # with the default recipe, shortened to 6 epochs (about 6 minutes each on 2 cores).
-# Usage: bash bench/loco.sh OUT DATA WEIGHTS
+# Usage: bash bench/loco.sh OUT DATA WEIGHTS [CLASS...]   (default: every class)
 set -euo pipefail
-out=$1 data=$2 weights=$3
+out=$1 data=$(realpath "$2") weights=$(realpath "$3")
+shift 3
 mkdir -p "$out" && cd "$out"
 [ -d all ] || wastecls prepare "$data" --out all -q
-for class in $(ls all/train); do
+for class in ${@:-$(ls all/train)}; do
   [ -f "runs/$class/best.pt" ] && continue
   rm -rf "data-$class"
   for split in train val test; do
