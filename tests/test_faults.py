@@ -289,7 +289,9 @@ def test_kill_9_export_writes_no_final_file(trained, tmp_path):
 @pytest.mark.subprocess
 def test_ctrl_c_predict_exits_130(onnx_model, many_images, tmp_path):
     output = tmp_path / "out.csv"
-    proc = _wastecls("predict", "-m", onnx_model, many_images, "--workers", "2",
+    # The folder five times over: seconds of work, so that the signal lands in it on a busy
+    # machine too (a tiny model labels the 600 images in about one).
+    proc = _wastecls("predict", "-m", onnx_model, *[many_images] * 5, "--workers", "2",
                      "--batch-size", "1", "--output", output, stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE)
     deadline = time.time() + 60
