@@ -34,6 +34,7 @@ def _wastecls(*args: object, limit_bytes: int | None = None, **popen) -> subproc
     (RLIMIT_FSIZE: a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
 
     def limit() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a shell, whatever pytest holds
         if limit_bytes is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
