@@ -32,7 +32,7 @@ lint:
 demo: install
 	DEMO=$(DEMO) bash bench/demo.sh
 
-# Rebuild the built-in model (waste_cli/models/) from TrashNet without the samples/ photos.
+# Rebuild the built-in model (waste_cli/assets/models/) from TrashNet without the samples/ photos.
 model:
 	[ -d bench/out/other ] || $(PYTHON) bench/other_photos.py --out bench/out/other
 	$(PYTHON) bench/build_model.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) \

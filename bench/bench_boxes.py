@@ -28,11 +28,11 @@ import numpy as np
 from common import split_and_onnx
 from PIL import Image
 
-from waste_cli.backends import OnnxRunner
 from waste_cli.data.coco import crop_box
 from waste_cli.data.scan import class_folders, class_samples
 from waste_cli.data.sources import cut_box, load_rgb
 from waste_cli.data.transforms import eval_transform
+from waste_cli.model.backends import OnnxRunner
 
 CAMERA = (4032, 3024)
 

@@ -33,8 +33,8 @@ import numpy as np
 from common import split_and_onnx
 from PIL import Image
 
-from waste_cli.backends import OnnxRunner
 from waste_cli.data.scan import class_folders, class_samples
+from waste_cli.model.backends import OnnxRunner
 
 CAMERA = (4032, 3024)
 
@@ -55,7 +55,7 @@ def camera_set(test: Path, folder: Path, per_class: int) -> list[tuple[Path, int
 
 
 def answers(model: Path, samples: list[tuple[Path, int]], full_decode: bool) -> np.ndarray:
-    from waste_cli.batching import EvalImages
+    from waste_cli.data.batching import EvalImages
 
     runner = OnnxRunner(model)
     images = EvalImages(samples, runner.data_config)

@@ -28,21 +28,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from waste_cli.backends import TorchRunner
-from waste_cli.batching import run_labelled
-from waste_cli.calibration import auroc, calibration_report, fit_temperature, scaled_softmax
-from waste_cli.checkpoint import load_checkpoint
-from waste_cli.console import Reporter
-from waste_cli.data.scan import class_folders, class_samples, list_images
-from waste_cli.familiarity import (
+from waste_cli.confidence.fit import (
     NEIGHBOURS,
     choose_bank,
     fit_calibration,
+    fit_temperature,
     flag_of,
     knn_distance,
     normalized,
 )
-from waste_cli.models import FeatureClassifier, model_from_checkpoint
+from waste_cli.confidence.measures import auroc, calibration_report, scaled_softmax
+from waste_cli.core.console import Reporter
+from waste_cli.data.batching import run_labelled
+from waste_cli.data.scan import class_folders, class_samples, list_images
+from waste_cli.model.backends import TorchRunner
+from waste_cli.model.checkpoint import load_checkpoint
+from waste_cli.model.factory import model_from_checkpoint
+from waste_cli.model.heads import FeatureClassifier
 
 SHARE = 0.95
 MIN_CONFIDENCES = (0.0, 0.3, 0.4, 0.5, 0.6)

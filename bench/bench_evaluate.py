@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from waste_cli import evaluate as evaluate_module
-from waste_cli.console import Reporter
-from waste_cli.settings import EvaluateOptions
+from waste_cli.core.console import Reporter
+from waste_cli.infer import evaluate as evaluate_module
+from waste_cli.options import EvaluateOptions
 
 TIMED = ("plot_reliability", "plot_risk_coverage")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from common import runner_rate
 
-from waste_cli.backends import OnnxRunner
-from waste_cli.checkpoint import load_checkpoint, save_checkpoint
 from waste_cli.data.scan import list_images
+from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
 
 
 def export(checkpoint: Path, target: Path) -> None:

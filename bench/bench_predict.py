@@ -35,12 +35,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from waste_cli.backends import OnnxRunner
-from waste_cli.checkpoint import load_checkpoint
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
-from waste_cli.models import model_from_checkpoint
+from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.checkpoint import load_checkpoint
+from waste_cli.model.factory import model_from_checkpoint
 
 
 def _rate(run, batch: torch.Tensor, seconds: float) -> float:

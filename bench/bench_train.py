@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from common import add_data_arguments, default_settings, model_only_rate
 
-from waste_cli.runtime import keep_freed_memory
+from waste_cli.core.runtime import keep_freed_memory
 
 
 def _flag(args: list[str], name: str, default: str) -> str:

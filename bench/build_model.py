@@ -11,9 +11,10 @@
    training split; export refuses it when it loses more than a point on the validation split);
    each is evaluated on the held-out test split and on `samples/`, and the smallest file within
    0.5 points of fp32's test accuracy is kept.
-5. The chosen file goes to waste_cli/models/trashnet-lite0.onnx, the checkpoint with fp16
+5. The chosen file goes to waste_cli/assets/models/trashnet-lite0.onnx, the checkpoint with fp16
    weights (what `train --weights trashnet-lite0` and `export` start from) to
-   waste_cli/models/trashnet-lite0.pt, the measurements to waste_cli/models/trashnet-lite0.json
+   waste_cli/assets/models/trashnet-lite0.pt, the measurements to
+   waste_cli/assets/models/trashnet-lite0.json
    (the model card's numbers).
 
 Training ends with the model's calibration (its temperature and unfamiliarity data); the fp32
@@ -38,12 +39,12 @@ from pathlib import Path
 import yaml
 from common import add_data_arguments, default_settings
 
-from waste_cli.backends import OnnxRunner
-from waste_cli.checkpoint import load_checkpoint, save_checkpoint
+from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "trashnet-mini"
-TARGET = ROOT / "waste_cli" / "models" / "trashnet-lite0.onnx"
+TARGET = ROOT / "waste_cli" / "assets" / "models" / "trashnet-lite0.onnx"
 RECIPE = ["--seed", "0"]  # the defaults: every tuning choice is `auto`
 AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "epochs", "ema",
                  "lr", "layer_decay", "batch_size")

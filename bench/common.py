@@ -14,9 +14,9 @@ import timm
 import torch
 from timm.optim import create_optimizer_v2
 
-from waste_cli.models import freeze_layers
-from waste_cli.recipe import resolve_auto
-from waste_cli.settings import TrainOptions
+from waste_cli.model.factory import freeze_layers
+from waste_cli.options import TrainOptions
+from waste_cli.train.recipe import resolve_auto
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

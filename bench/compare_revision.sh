@@ -13,7 +13,7 @@ WORK=$(mktemp -d)
 trap 'git worktree remove --force "$WORK/old" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 git worktree add -f "$WORK/old" "$REV" -q
 export HF_HUB_OFFLINE=1
-MODEL="$NEW/waste_cli/models/trashnet-lite0.onnx"
+MODEL="$NEW/waste_cli/assets/models/trashnet-lite0.onnx"
 
 run() {  # run SIDE ARGS...: wastecls from that side's source tree
   local side=$1; shift

@@ -70,7 +70,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None):
     """Invoke `wastecls ARGS` in-process; returns Typer's Result (exit_code, output)."""
     from typer.testing import CliRunner
 
-    from waste_cli.cli import app
+    from waste_cli.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
 
@@ -78,9 +78,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None):
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled sample prepared at 40 px (train 9 / val 1 / test 2 per class). Read-only."""
-    from waste_cli.console import Reporter
+    from waste_cli.core.console import Reporter
     from waste_cli.data.prepare import prepare
-    from waste_cli.settings import PrepareOptions
+    from waste_cli.options import PrepareOptions
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(PrepareOptions(source=SAMPLE, out=out, size=40, workers=1), Reporter(quiet=True))
@@ -95,10 +95,10 @@ def tiny_trainer(data: Path, project: Path, **overrides):
     """A Trainer for the tiny timm test model on `data`, set up but not run (on the CPU)."""
     import torch
 
-    from waste_cli.console import Reporter
-    from waste_cli.distributed import Distributed
-    from waste_cli.settings import TrainOptions
-    from waste_cli.trainer import build_trainer
+    from waste_cli.core.console import Reporter
+    from waste_cli.options import TrainOptions
+    from waste_cli.train.distributed import Distributed
+    from waste_cli.train.run import build_trainer
 
     settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
     return build_trainer(settings, Reporter(quiet=True), Distributed(), torch.device("cpu"))
@@ -106,9 +106,9 @@ def tiny_trainer(data: Path, project: Path, **overrides):
 
 def tiny_train(data: Path, project: Path, **overrides):
     """Train the tiny timm test model on `data`; returns the TrainResult."""
-    from waste_cli.console import Reporter
-    from waste_cli.settings import TrainOptions
-    from waste_cli.trainer import train
+    from waste_cli.core.console import Reporter
+    from waste_cli.options import TrainOptions
+    from waste_cli.train.run import train
 
     settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
     return train(settings, Reporter(quiet=True))

@@ -14,10 +14,10 @@ import pytest
 from conftest import COCO_NAMES, SAMPLE, run_cli
 from PIL import Image
 
-from waste_cli.batching import EvalImages
+from waste_cli.core.errors import DataError
+from waste_cli.data.batching import EvalImages
 from waste_cli.data.detections import Region, read_detections
 from waste_cli.data.sources import cut_box
-from waste_cli.errors import DataError
 
 CLASSES = sorted(COCO_NAMES)
 CROP = {"square": True, "zoom": 1.2, "size": 64}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import SAMPLE, run_cli
 
-from waste_cli.backends import OnnxRunner
-from waste_cli.builtin import BUILTIN_MODEL, builtin_file
+from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.builtin import BUILTIN_MODEL, builtin_file
 
 pytestmark = pytest.mark.skipif(builtin_file(".onnx") is None, reason="no built-in model packaged")
 
@@ -49,8 +49,8 @@ needs_checkpoint = pytest.mark.skipif(builtin_file(".pt") is None,
 @needs_checkpoint
 def test_training_can_start_from_it(prepared, tmp_path):
     """Waste features are a better start than ImageNet's: `--weights trashnet-lite0`."""
-    from waste_cli.recipe import resolve_auto
-    from waste_cli.settings import TrainOptions
+    from waste_cli.options import TrainOptions
+    from waste_cli.train.recipe import resolve_auto
 
     settings = TrainOptions(data=prepared, weights=BUILTIN_MODEL)
     assert settings.weights == builtin_file(".pt")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from waste_cli.calibration import calibration_report, risk_coverage
+from waste_cli.confidence.measures import calibration_report, risk_coverage
 
 
 def _two_class(confidence: float, correct: int, total: int) -> tuple[np.ndarray, np.ndarray]:

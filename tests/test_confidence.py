@@ -14,20 +14,21 @@ import torch
 from conftest import run_cli
 from PIL import Image
 
-from waste_cli.backends import OnnxRunner, TorchRunner
-from waste_cli.calibration import fit_temperature, scaled_softmax
-from waste_cli.checkpoint import load_checkpoint, save_checkpoint
-from waste_cli.familiarity import (
+from waste_cli.confidence.fit import (
     BANK_BYTES,
     choose_bank,
     familiar_threshold,
     fit_calibration,
+    fit_temperature,
     flag_of,
     knn_distance,
 )
-from waste_cli.inference import top_k
-from waste_cli.metadata import Calibration
-from waste_cli.models import FeatureClassifier, ScoredClassifier
+from waste_cli.confidence.measures import scaled_softmax
+from waste_cli.infer.core import top_k
+from waste_cli.model.backends import OnnxRunner, TorchRunner
+from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
+from waste_cli.model.heads import FeatureClassifier, ScoredClassifier
+from waste_cli.model.metadata import Calibration
 
 
 def _synthetic(temperature: float, count: int = 6000, seed: int = 0):

@@ -13,8 +13,8 @@ import pytest
 from conftest import SAMPLE, run_cli
 from PIL import Image
 
-from waste_cli.batching import EvalImages, eval_short_side
 from waste_cli.data import sources
+from waste_cli.data.batching import EvalImages, eval_short_side
 from waste_cli.data.detections import Region
 from waste_cli.data.sources import box_reduction, decode_image
 from waste_cli.data.transforms import eval_transform
@@ -97,7 +97,7 @@ def test_every_consumer_decodes_for_its_size(tmp_path):
     path = tmp_path / "camera.jpg"
     _camera_photo(path)
     seen = []
-    import waste_cli.batching as batching
+    import waste_cli.data.batching as batching
 
     original = batching.decode_image
 

@@ -115,7 +115,7 @@ def test_a_dead_rank_stops_the_job_with_a_message(prepared, tmp_path):
 
 
 def test_newest_run_is_the_last_written(tmp_path):
-    from waste_cli.distributed import newest_run
+    from waste_cli.train.distributed import newest_run
 
     assert newest_run(tmp_path, "exp") is None
     for name, age in (("exp2", 100), ("exp", 50), ("other", 0)):

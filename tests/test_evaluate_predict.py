@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from waste_cli.evaluate import build_report
+from waste_cli.infer.evaluate import build_report
 
 
 def test_metrics_match_hand_computed_values():
@@ -122,8 +122,8 @@ def test_predict_exclude_class_and_tta(trained, inputs):
 
 
 def test_predict_reports_where_the_time_went(trained, inputs):
-    from waste_cli.predict import predict
-    from waste_cli.settings import PredictOptions
+    from waste_cli.infer.predict import predict
+    from waste_cli.options import PredictOptions
 
     for workers, processes in ((0, 1), (2, 2)):
         settings = PredictOptions(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
@@ -155,7 +155,7 @@ def test_predict_bad_inputs_are_reported_and_skipped(trained, inputs, tmp_path):
 def test_default_model_discovery(trained, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     single = str(next((inputs / "nested" / "glass").glob("*.jpg")))
-    from waste_cli.builtin import builtin_file
+    from waste_cli.model.builtin import builtin_file
 
     result = run_cli("predict", single)
     if builtin_file(".onnx") is None:

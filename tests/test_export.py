@@ -17,11 +17,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-import waste_cli.exporter as exporter
-from waste_cli.backends import OnnxRunner, TorchRunner
-from waste_cli.checkpoint import load_checkpoint
-from waste_cli.errors import ModelError
-from waste_cli.fileio import file_sha256
+import waste_cli.export.formats as exporter
+from waste_cli.core.errors import ModelError
+from waste_cli.core.files import file_sha256
+from waste_cli.model.backends import OnnxRunner, TorchRunner
+from waste_cli.model.checkpoint import load_checkpoint
 
 
 def _images(prepared: Path, runner) -> np.ndarray:

@@ -266,7 +266,7 @@ def test_kill_9_train_stops_its_loader_workers(prepared, tmp_path):
     proc = _wastecls(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children = _kill_when(proc, _has_workers(2))
     _no_survivors(children)
-    from waste_cli.checkpoint import load_checkpoint
+    from waste_cli.model.checkpoint import load_checkpoint
 
     for checkpoint in (tmp_path / "exp").glob("*.pt"):  # whatever carries a final name loads
         load_checkpoint(checkpoint)
@@ -364,7 +364,7 @@ def test_writes_failing_mid_run_keep_what_was_complete(prepared, tmp_path):
     """Writes that start failing in the middle of a run (EFBIG here, as ENOSPC would): the
     checkpoints of the epochs before stay as they were, and the run resumes once there is
     room."""
-    from waste_cli.fileio import file_sha256
+    from waste_cli.core.files import file_sha256
 
     args = ["train", "--data", prepared, "--project", tmp_path, "--arch", TINY["arch"],
             "--no-pretrained", "--img-size", "32", "--epochs", "1", "--workers", "0"]

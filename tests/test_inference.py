@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import run_cli
 
-from waste_cli.console import Reporter
-from waste_cli.errors import ModelError
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import ModelError
 
 
 def _open(model: Path, backend: str, reporter: Reporter):
-    from waste_cli.inference import open_model
+    from waste_cli.infer.core import open_model
 
     return open_model(model, "cpu", backend, reporter)
 
@@ -81,8 +81,8 @@ def test_worker_processes_predict_as_this_process_does(model, prepared, tmp_path
 
 
 def test_tasks_cover_every_image_in_order_and_share_small_inputs():
-    from waste_cli.batching import batch_tasks
-    from waste_cli.policy import TASK_IMAGES
+    from waste_cli.core.policy import TASK_IMAGES
+    from waste_cli.data.batching import batch_tasks
 
     for images, batch_size, workers in ((2527, 2, 2), (13, 2, 2), (5, 32, 2), (40, 3, 8)):
         tasks = list(batch_tasks(images, batch_size, workers))
@@ -94,7 +94,7 @@ def test_tasks_cover_every_image_in_order_and_share_small_inputs():
 
 
 def test_worker_plan():
-    from waste_cli.policy import MAX_PROCESSES, plan_workers
+    from waste_cli.core.policy import MAX_PROCESSES, plan_workers
 
     cores = min(os.cpu_count() or 1, MAX_PROCESSES)
     assert plan_workers(True, None, 4, 4) == (0, False)  # one batch: the loaded model here
@@ -106,9 +106,9 @@ def test_worker_plan():
 
 
 def test_backend_policy():
-    from waste_cli.errors import ConfigError
-    from waste_cli.inference import choose_backend
-    from waste_cli.policy import default_batch_size
+    from waste_cli.core.errors import ConfigError
+    from waste_cli.core.policy import default_batch_size
+    from waste_cli.infer.core import choose_backend
 
     assert choose_backend(Path("best.pt"), "cpu", "auto") == "onnxruntime"
     assert choose_backend(Path("best.pt"), "cuda", "auto") == "torch"
@@ -129,8 +129,8 @@ def _twin_facts(twin: Path) -> tuple[str, bool]:
 def test_a_cached_twin_that_is_not_a_twin_is_written_again(model):
     """A file under the twin's name that is int8, has a fixed batch, or comes from another
     checkpoint is replaced by a real twin before it is used."""
-    from waste_cli.exporter import _twin_name
-    from waste_cli.fileio import file_sha256
+    from waste_cli.core.files import file_sha256
+    from waste_cli.export.formats import _twin_name
 
     twin = model.with_name(_twin_name(model, file_sha256(model)))
     result = run_cli("export", "-m", model, "--int8", "--batch", "4", "--max-drop", "100",
@@ -145,7 +145,7 @@ def _environment_of_other_commands(command: str) -> dict[str, str]:
     """A non-default value for every WASTECLS_* setting that `command` lacks."""
     from typing import Literal, get_args, get_origin
 
-    from waste_cli.settings import COMMAND_OPTIONS
+    from waste_cli.options import COMMAND_OPTIONS
 
     own = set(COMMAND_OPTIONS[command].model_fields)
     values: dict[str, str] = {}

@@ -15,11 +15,11 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
-from waste_cli.console import Reporter
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import DataError
 from waste_cli.data.prepare import prepare
 from waste_cli.data.split import split_groups
-from waste_cli.errors import DataError
-from waste_cli.settings import PrepareOptions
+from waste_cli.options import PrepareOptions
 
 
 def _files(root: Path) -> list[str]:

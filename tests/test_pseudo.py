@@ -15,11 +15,11 @@ import torch
 from conftest import SAMPLE, run_cli, tiny_train
 from PIL import Image
 
-from waste_cli.batching import run_labelled
-from waste_cli.console import Reporter
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import DataError
+from waste_cli.data.batching import run_labelled
 from waste_cli.data.loading import weighted_sampler
-from waste_cli.errors import DataError
-from waste_cli.pseudo import (
+from waste_cli.train.self_training import (
     MixedSampler,
     TeacherCalibration,
     label_pool,
@@ -109,7 +109,7 @@ def test_mixed_sampler_keeps_the_weighted_labelled_draws():
 @pytest.fixture(scope="module")
 def with_pool(tmp_path_factory) -> Path:
     from waste_cli.data.prepare import prepare
-    from waste_cli.settings import PrepareOptions
+    from waste_cli.options import PrepareOptions
 
     out = tmp_path_factory.mktemp("pool") / "data"
     prepare(PrepareOptions(source=SAMPLE, out=out, size=40, workers=1, unlabeled_frac=0.5),

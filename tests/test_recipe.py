@@ -8,10 +8,10 @@ import torch
 import yaml
 from conftest import TINY, run_cli, tiny_train
 
-from waste_cli import recipe
-from waste_cli.models import load_weights
-from waste_cli.recipe import resolve_auto
-from waste_cli.settings import TrainOptions
+from waste_cli.model.weights import load_weights
+from waste_cli.options import TrainOptions
+from waste_cli.train import recipe
+from waste_cli.train.recipe import resolve_auto
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from waste_cli.errors import ConfigError
-from waste_cli.settings import PrepareOptions, TrainOptions, load_settings
+from waste_cli.cli.sources import load_settings
+from waste_cli.core.errors import ConfigError
+from waste_cli.options import PrepareOptions, TrainOptions
 
 BASE = {"source": "raw", "out": "data"}
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 from conftest import TINY, run_cli, tiny_train, tiny_trainer
 
-from waste_cli.checkpoint import load_checkpoint, save_checkpoint
+from waste_cli.core.errors import DataError, DeviceError, ModelError
+from waste_cli.core.runtime import keep_freed_memory, resolve_device
 from waste_cli.data.loading import weighted_sampler
-from waste_cli.errors import DataError, DeviceError, ModelError
-from waste_cli.models import create_model, model_from_checkpoint
-from waste_cli.runtime import keep_freed_memory, resolve_device
+from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
+from waste_cli.model.factory import create_model, model_from_checkpoint
 
 TIMING = {"images_per_s", "seconds", "data_seconds"}
 
@@ -203,7 +203,7 @@ def test_freeze_layers_keeps_loose_parameters_fixed_across_epochs(prepared, tmp_
 
 
 def test_accuracy_ties_go_to_the_lower_validation_loss():
-    from waste_cli.trainer import improved
+    from waste_cli.train.trainer import improved
 
     state = {"best": 0.9, "best_val_loss": 0.5}
     assert improved("val_acc", {"val_acc": 0.9, "val_loss": 0.4}, state)
@@ -242,9 +242,9 @@ def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
     data = tmp_path / "noval"
     shutil.copytree(prepared, data)
     shutil.rmtree(data / "val")
-    from waste_cli.console import Reporter
-    from waste_cli.settings import TrainOptions
-    from waste_cli.trainer import load_train_data
+    from waste_cli.core.console import Reporter
+    from waste_cli.options import TrainOptions
+    from waste_cli.train.splits import load_train_data
 
     split = load_train_data(TrainOptions(data=data, val_frac=0.25, **TINY), Reporter(quiet=True))
     assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)

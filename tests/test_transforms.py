@@ -22,7 +22,7 @@ from waste_cli.data.transforms import (
     light_and_normalize,
     train_transform,
 )
-from waste_cli.models import create_model
+from waste_cli.model.factory import create_model
 
 
 @pytest.mark.parametrize("augment", ["strong", "light"])  # float, and uint8 channels_last

@@ -157,7 +157,7 @@ def test_formulas_and_newlines_in_file_names_are_neutralised(trained, prepared, 
 
 
 def test_spreadsheet_cells_round_trip():
-    from waste_cli.fileio import plain_cell, spreadsheet_cell
+    from waste_cli.core.formats import plain_cell, spreadsheet_cell
 
     for text in ("=1+1", "+x", "-cmd", "@SUM(A1)", "\tx", "glass", "-0.5", "3"):
         assert plain_cell(spreadsheet_cell(text)) == text
@@ -236,7 +236,7 @@ def test_evaluate_out_refuses_a_folder_of_other_files(trained, prepared, tmp_pat
 def test_a_temporary_whose_writer_lives_elsewhere_is_kept(tmp_path):
     """Liveness is the writer's lock, not a PID: a temporary named by a PID that does not run
     here (another PID namespace) survives while its lock is held, and goes once released."""
-    from waste_cli import fileio
+    from waste_cli.core import files as fileio
 
     foreign = tmp_path / ".out.csv.wastecls-999999-abc123"
     foreign.write_text("another container's half-written output")
@@ -332,7 +332,7 @@ def test_non_finite_settings_are_refused(tmp_path, value):
 
 def test_a_diverging_loss_stops_training_and_a_broken_model_is_refused(
         prepared, trained, tmp_path):
-    from waste_cli.errors import WasteclsError
+    from waste_cli.core.errors import WasteclsError
 
     with pytest.raises(WasteclsError, match="training loss became"):
         tiny_train(prepared, tmp_path / "runs", lr=1e30, epochs=2, warmup_epochs=0)
@@ -427,8 +427,8 @@ def test_checkpoints_that_do_not_describe_their_weights_are_refused(trained, pre
 
 
 def test_manifest_rows_without_a_label_are_skipped_with_their_line(prepared, tmp_path):
-    from waste_cli.console import Reporter
-    from waste_cli.pseudo import read_manifests
+    from waste_cli.core.console import Reporter
+    from waste_cli.train.self_training import read_manifests
 
     photo = next((prepared / "train" / "glass").glob("*.jpg"))
     manifest = tmp_path / "m.csv"

@@ -17,7 +17,7 @@ from datetime import date
 import torch
 from common import model_only_rate
 
-from waste_cli.runtime import keep_freed_memory
+from waste_cli.core.runtime import keep_freed_memory
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from waste_cli.backends import OnnxRunner
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
-from waste_cli.exporter import stem_and_classifier_nodes
+from waste_cli.export.formats import stem_and_classifier_nodes
+from waste_cli.model.backends import OnnxRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
 from common import runner_rate

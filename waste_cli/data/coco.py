@@ -13,10 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from waste_cli.core.errors import DataError
+from waste_cli.core.formats import read_structured
+from waste_cli.core.names import name_problem
 from waste_cli.data.sources import Box, CropJob, SourceImage
 from waste_cli.data.taxonomy import ClassMap
-from waste_cli.errors import DataError
-from waste_cli.fileio import name_problem, read_structured
 
 __all__ = ["BACKGROUND", "coco_sources", "crop_box", "id_key", "parse_bbox", "safe_image_path"]
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from waste_cli.core.errors import DataError
+from waste_cli.core.formats import read_structured
 from waste_cli.data.coco import crop_box, id_key, parse_bbox, safe_image_path
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import Box
-from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured
 
 __all__ = ["Detection", "Region", "read_detections"]
 

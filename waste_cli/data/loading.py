@@ -26,11 +26,11 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from waste_cli.console import Reporter
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import DataError
+from waste_cli.core.processes import die_with_parent
+from waste_cli.core.runtime import seed_everything
 from waste_cli.data.sources import DECODE_ERRORS, load_rgb, resize_shorter
-from waste_cli.errors import DataError
-from waste_cli.processes import die_with_parent
-from waste_cli.runtime import seed_everything
 
 __all__ = [
     "ImageDataset",

@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from waste_cli import __version__
-from waste_cli.console import Reporter
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import ConfigError, DataError
+from waste_cli.core.files import (
+    check_no_overlap,
+    ensure_writable,
+    hold_lock,
+    remove_stale_temporaries,
+    temporary_name,
+)
+from waste_cli.core.formats import csv_writer
+from waste_cli.core.names import NAME_MAX
+from waste_cli.core.processes import die_with_parent
 from waste_cli.data.coco import coco_sources
 from waste_cli.data.scan import (
     DATASET_FORMAT,
@@ -35,18 +46,7 @@ from waste_cli.data.scan import (
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
 from waste_cli.data.split import split_groups
 from waste_cli.data.taxonomy import ClassMap, choose_class_map
-from waste_cli.errors import ConfigError, DataError
-from waste_cli.fileio import (
-    NAME_MAX,
-    check_no_overlap,
-    csv_writer,
-    ensure_writable,
-    hold_lock,
-    remove_stale_temporaries,
-    temporary_name,
-)
-from waste_cli.processes import die_with_parent
-from waste_cli.settings import PrepareOptions, write_config
+from waste_cli.options import PrepareOptions, write_config
 
 __all__ = ["PrepareResult", "prepare"]
 
@@ -69,19 +69,19 @@ class PrepareResult:
 
 
 def _collect_sources(
-    settings: PrepareOptions, class_map: ClassMap
+    options: PrepareOptions, class_map: ClassMap
 ) -> tuple[list[SourceImage], list[dict[str, Any]], str]:
-    src = settings.source
+    src = options.source
     if src.is_file() and src.suffix.lower() == ".json":
-        if settings.images is None:
+        if options.images is None:
             raise ConfigError(
                 f"{src} is a COCO annotation file: say where its images are with --images DIR."
             )
-        if not settings.images.is_dir():
-            raise DataError(f"Image folder {settings.images} does not exist.")
+        if not options.images.is_dir():
+            raise DataError(f"Image folder {options.images} does not exist.")
         sources, skipped = coco_sources(
-            src, settings.images, class_map, square=settings.square, zoom=settings.zoom,
-            background=settings.background, min_size=settings.min_size, seed=settings.seed,
+            src, options.images, class_map, square=options.square, zoom=options.zoom,
+            background=options.background, min_size=options.min_size, seed=options.seed,
         )
         return sources, skipped, "coco"
     if not src.is_dir():
@@ -98,12 +98,12 @@ def _collect_sources(
 
 
 def _process_all(
-    sources: list[SourceImage], staging: Path, settings: PrepareOptions, reporter: Reporter
+    sources: list[SourceImage], staging: Path, options: PrepareOptions, reporter: Reporter
 ) -> list[SourceResult]:
     """Decode and encode every source on all cores, in input order."""
-    work = partial(process_source, staging=staging, size=settings.size,
-                   min_size=settings.min_size, quality=settings.quality)
-    workers = settings.workers or os.cpu_count() or 1
+    work = partial(process_source, staging=staging, size=options.size,
+                   min_size=options.min_size, quality=options.quality)
+    workers = options.workers or os.cpu_count() or 1
     results = []
     with reporter.bar("decode + resize", len(sources)) as bar:
         if workers == 1:
@@ -136,7 +136,7 @@ def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path
 
 
 def _place(
-    results: list[SourceResult], settings: PrepareOptions, tmp: Path
+    results: list[SourceResult], options: PrepareOptions, tmp: Path
 ) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], int, list[list[str]]]:
     """Split by group and move each staged crop into tmp/<split>/<class>/."""
     skipped: list[dict[str, Any]] = []
@@ -153,11 +153,11 @@ def _place(
             group_labels[result.sha256].update(c.job.label for c in kept)
     # A group is labelled by its most frequent class (ties by name) for stratification.
     groups = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in group_labels.items()}
-    split_of = split_groups(groups, {"test": settings.test_frac, "val": settings.val_frac},
-                            settings.seed)
-    if settings.unlabeled_frac:
+    split_of = split_groups(groups, {"test": options.test_frac, "val": options.val_frac},
+                            options.seed)
+    if options.unlabeled_frac:
         train = {g: label for g, label in groups.items() if split_of[g] == "train"}
-        moved = split_groups(train, {PSEUDO_SPLIT: settings.unlabeled_frac}, settings.seed)
+        moved = split_groups(train, {PSEUDO_SPLIT: options.unlabeled_frac}, options.seed)
         split_of.update(moved)
 
     counts: dict[str, dict[str, int]] = defaultdict(Counter)
@@ -189,16 +189,16 @@ def _is_prepared_dataset(folder: Path) -> bool:
     return bool(meta) and meta.get("format") == DATASET_FORMAT
 
 
-def _prepare_output(settings: PrepareOptions) -> Path:
+def _prepare_output(options: PrepareOptions) -> Path:
     """A fresh staging folder beside OUT, after checking that OUT may be (re)written."""
-    out = _real_out(settings.out)
-    check_no_overlap([("--out", out)], [("source", settings.source),
-                                        ("--images folder", settings.images),
-                                        ("--map file", settings.map)])
+    out = _real_out(options.out)
+    check_no_overlap([("--out", out)], [("source", options.source),
+                                        ("--images folder", options.images),
+                                        ("--map file", options.map)])
     if out.exists() and not out.is_dir():
         raise DataError(f"Output {out} exists and is not a folder. Choose another --out.")
     if out.is_dir() and any(out.iterdir()):
-        if not settings.overwrite:
+        if not options.overwrite:
             raise DataError(f"Output folder {out} is not empty. Choose another --out or add "
                             "--overwrite to replace it.")
         if not _is_prepared_dataset(out):
@@ -241,61 +241,61 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.close(lock)
 
 
-def _write_metadata(tmp: Path, settings: PrepareOptions, result: PrepareResult, kind: str,
+def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult, kind: str,
                     truth: list[list[str]]) -> None:
     dataset = {
         "format": DATASET_FORMAT,
         "version": 1,
         "classes": result.classes,
         "counts": result.counts,
-        "source": {"kind": kind, "path": str(settings.source)},
+        "source": {"kind": kind, "path": str(options.source)},
         "created_by": f"wastecls {__version__}",
-        "settings": json.loads(settings.model_dump_json()),
+        "settings": json.loads(options.model_dump_json()),
     }
     (tmp / DATASET_JSON).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates,
               "warnings": result.warnings}
     (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    write_config(settings, tmp / "config.yaml")
+    write_config(options, tmp / "config.yaml")
     if truth:
         buffer = io.StringIO()
         csv_writer(buffer).writerows([["file", "label"], *truth])
         (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _nothing_usable(settings: PrepareOptions, skipped: list[dict[str, Any]]) -> DataError:
+def _nothing_usable(options: PrepareOptions, skipped: list[dict[str, Any]]) -> DataError:
     """The error for a source whose every image or box was skipped, with the first reasons."""
-    return DataError(f"No usable images in {settings.source}: see the reasons below.\n"
+    return DataError(f"No usable images in {options.source}: see the reasons below.\n"
                      + "\n".join(f"  {s}" for s in skipped[:10]))
 
 
-def prepare(settings: PrepareOptions, reporter: Reporter | None = None) -> PrepareResult:
+def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> PrepareResult:
     """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
-    reporter = reporter or Reporter(settings.quiet)
-    class_map = choose_class_map(settings.map, settings.taxonomy)
-    sources, skipped, kind = _collect_sources(settings, class_map)
+    reporter = reporter or Reporter(options.quiet)
+    class_map = choose_class_map(options.map, options.taxonomy)
+    sources, skipped, kind = _collect_sources(options, class_map)
     if not sources:
-        raise _nothing_usable(settings, skipped) if skipped else DataError(
-            f"No images found in {settings.source}.")
-    tmp = _prepare_output(settings)
+        raise _nothing_usable(options, skipped) if skipped else DataError(
+            f"No images found in {options.source}.")
+    tmp = _prepare_output(options)
     lock = hold_lock(tmp)  # the staging folder is alive while this run is
     try:
-        results = _process_all(sources, tmp / ".staging", settings, reporter)
-        counts, bad, duplicates, truth = _place(results, settings, tmp)
+        results = _process_all(sources, tmp / ".staging", options, reporter)
+        counts, bad, duplicates, truth = _place(results, options, tmp)
         shutil.rmtree(tmp / ".staging")
         labelled = [s for s in SPLITS if s in counts]
         classes = sorted({c for s in labelled for c in counts[s]} | {
             c for c in counts.get(PSEUDO_SPLIT, {})})
         if not classes:
-            raise _nothing_usable(settings, skipped + bad)
+            raise _nothing_usable(options, skipped + bad)
         for split in (*SPLITS, PSEUDO_SPLIT):
             counts.setdefault(split, {})
             counts[split] = {c: counts[split].get(c, 0) for c in classes}
         wanted = sorted({job.label for source in sources for job in source.jobs})
-        result = PrepareResult(settings.out, classes, counts, skipped + bad, duplicates,
-                               _degenerate(wanted, counts, settings))
-        _write_metadata(tmp, settings, result, kind, truth)
-        _swap_into_place(tmp, _real_out(settings.out))
+        result = PrepareResult(options.out, classes, counts, skipped + bad, duplicates,
+                               _degenerate(wanted, counts, options))
+        _write_metadata(tmp, options, result, kind, truth)
+        _swap_into_place(tmp, _real_out(options.out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)
@@ -306,7 +306,7 @@ def prepare(settings: PrepareOptions, reporter: Reporter | None = None) -> Prepa
 
 
 def _degenerate(wanted: list[str], counts: dict[str, dict[str, int]],
-                settings: PrepareOptions) -> list[str]:
+                options: PrepareOptions) -> list[str]:
     """What makes this dataset a poor one to train or test on, said rather than hidden."""
     found = set(counts.get("train", {})) | set(counts.get(PSEUDO_SPLIT, {}))
     notes = [f"class '{name}' has no usable images (all were skipped, see {REPORT_JSON}); it "
@@ -314,7 +314,7 @@ def _degenerate(wanted: list[str], counts: dict[str, dict[str, int]],
     if len(found) < 2:
         notes.append(f"only {len(found)} class: a classifier needs at least two, and `wastecls "
                      "train` will refuse this dataset")
-    for split, share in (("val", settings.val_frac), ("test", settings.test_frac),
+    for split, share in (("val", options.val_frac), ("test", options.test_frac),
                          ("train", 1.0)):
         if not share:
             continue

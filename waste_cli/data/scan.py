@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured, safe_name
+from waste_cli.core.errors import DataError
+from waste_cli.core.formats import read_structured
+from waste_cli.core.names import safe_name
 
 __all__ = [
     "DATASET_FORMAT",
@@ -90,11 +91,11 @@ def crop_settings(root: Path) -> dict[str, Any]:
     meta = read_dataset_json(root)
     if not meta:
         return {}
-    settings = meta.get("settings", {})
+    options = meta.get("settings", {})
     boxes = meta.get("source", {}).get("kind") == "coco"
-    return {"square": bool(settings.get("square", False)) and boxes,
-            "zoom": float(settings.get("zoom", 1.0)) if boxes else 1.0,
-            "size": int(settings.get("size", 0))}
+    return {"square": bool(options.get("square", False)) and boxes,
+            "zoom": float(options.get("zoom", 1.0)) if boxes else 1.0,
+            "size": int(options.get("size", 0))}
 
 
 def dataset_classes(root: Path, split: str = "train") -> list[str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from waste_cli.errors import DataError
-from waste_cli.fileio import read_structured, safe_name
+from waste_cli.core.assets import asset_path
+from waste_cli.core.errors import DataError
+from waste_cli.core.formats import read_structured
+from waste_cli.core.names import safe_name
 
 __all__ = ["IGNORE", "ClassMap", "builtin_taxonomy", "choose_class_map", "load_class_map"]
 
@@ -67,7 +68,7 @@ def builtin_taxonomy(name: str) -> ClassMap:
     if name not in TAXONOMIES:
         raise DataError(f"Unknown taxonomy '{name}'. Built in: {', '.join(TAXONOMIES)}.")
     filename, default = TAXONOMIES[name]
-    text = resources.files("waste_cli.data").joinpath(filename).read_text(encoding="utf-8")
+    text = asset_path(filename).read_text(encoding="utf-8")
     return _from_mapping(yaml.safe_load(text), f"'{name}'", default)
 
 

@@ -1,0 +1,296 @@
+"""Safe writes: atomic files, temporaries that a killed run leaves behind cleaned up by the next
+one, and the one rule for what a command may write over (never its inputs).
+
+Every temporary is named `.NAME.wastecls-PID-TAG` beside its final NAME, so it never carries a
+final name, and the next write of NAME removes those whose process PID no longer runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from waste_cli.core.errors import ConfigError, WasteclsError
+from waste_cli.core.formats import json_text
+from waste_cli.core.names import NAME_MAX
+
+__all__ = [
+    "OUTPUT_MARKER",
+    "atomic_path",
+    "atomic_text",
+    "atomic_write_text",
+    "check_no_overlap",
+    "claim_folder",
+    "describe_os_error",
+    "ensure_file_writable",
+    "ensure_writable",
+    "file_sha256",
+    "hold_lock",
+    "is_stream",
+    "remove_stale_temporaries",
+    "temporary_name",
+    "write_error",
+    "write_json",
+]
+
+def temporary_name(path: Path, tag: str) -> Path:
+    """Where this process stages `path` (a file or a folder): hidden, beside it, never final,
+    and short enough for any final name (room is left for mkstemp's random part)."""
+    suffix = f".wastecls-{os.getpid()}-{tag}"
+    base = f".{path.name}"
+    room = NAME_MAX - len(suffix.encode()) - 8
+    if len(base.encode("utf-8", "surrogateescape")) > room:
+        digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
+        cut = base.encode("utf-8", "surrogateescape")[:room - 9].decode("utf-8", "ignore")
+        base = f"{cut}~{digest}"
+    return path.with_name(base + suffix)
+
+
+def hold_lock(path: Path) -> int:
+    """Open `path` (a file or a folder) and hold an exclusive lock on it for as long as the
+    returned descriptor is open: the sign that a live process owns this temporary, whatever
+    its PID namespace (see `remove_stale_temporaries`)."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether no process holds the lock of temporary `path` (its writer is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: a live writer, here or in another container
+    finally:
+        os.close(fd)
+    return True
+
+
+_STALE = re.compile(r"\..+\.wastecls-\d+-[\w.]*")
+
+
+_CLEANED: set[Path] = set()  # folders this process has already cleaned
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries left in `path`'s folder by wastecls runs that are gone (killed):
+    those whose lock nobody holds. Each folder is looked at once per process (a command may
+    write thousands of files into one)."""
+    folder = path.parent.resolve()
+    if folder in _CLEANED:
+        return
+    _CLEANED.add(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not _STALE.fullmatch(entry.name) or entry.is_symlink() or not _abandoned(entry):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is a FIFO or a character device (/dev/null, a terminal): an output that
+    is written as a stream, never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def _umask_mode() -> int:
+    """The permissions a plainly created file gets here (0o644 with the usual umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed over `path` with the
+    permissions of a plainly created file (mkstemp's own are owner-only)."""
+    if is_stream(path) or (path.exists() and not path.is_file() and not path.is_dir()):
+        raise write_error(OSError(errno.EINVAL, "not a regular file (a device or a pipe?)"),
+                          path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_name(path, "").name, dir=path.parent)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: this temporary is alive
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (None, tmp, str(path)):
+            raise  # about another file (an input being read): not this write's failure
+        raise write_error(exc, path) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def atomic_text(path: Path) -> Iterator[IO[str]]:
+    """A UTF-8 text file to write that appears at `path`, complete, when the block ends.
+
+    File names that are not UTF-8 (copied from another system) reach Python as surrogate
+    escapes (PEP 383); they are written back as the same bytes, so a listed name is the file's
+    own name, as the shell shows it."""
+    if is_stream(path):  # a pipe or a device: written as a stream, never replaced
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            yield handle
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8",
+                                        errors="surrogateescape") as handle:
+        yield handle
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text (UTF-8) through a temporary file and a rename."""
+    with atomic_text(path) as handle:
+        handle.write(text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented, always-valid JSON (non-finite numbers become null), atomically."""
+    atomic_write_text(path, json_text(data, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` are the same file or one holds the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_no_overlap(outputs: Iterable[tuple[str, Path | None]],
+                     inputs: Iterable[tuple[str, Path | None]]) -> None:
+    """The one rule for every writing command: no output is, holds or lies inside an input.
+
+    `outputs` and `inputs` are (what it is, path) pairs, e.g. ("--output", FILE) and ("model",
+    best.pt); None entries are ignored. Raises ConfigError naming both.
+    """
+    given = [(what, path) for what, path in inputs if path is not None]
+    for out_name, out in outputs:
+        if out is None:
+            continue
+        for in_name, source in given:
+            if _overlap(out, source):
+                raise ConfigError(
+                    f"{out_name} {out} overlaps the {in_name} {source}: wastecls never writes "
+                    "over or inside what it reads. Choose another output path.")
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Check before the long work starts that files can be created in `folder` (made if
+    missing); raise the same message a failed write would."""
+    probe = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temporary_name(folder / "probe", "").name,
+                                     dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(exc, folder, what) from None
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+
+
+def ensure_file_writable(path: Path, what: str) -> None:
+    """`ensure_writable` for an output file: its folder, and no folder of its name in the way."""
+    if is_stream(path):
+        return
+    ensure_writable(path.parent, f"{what} folder")
+    if path.is_dir():
+        raise write_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)), path, what)
+
+
+_ADVICE = {
+    errno.ENOSPC: "Free some space or write elsewhere.",
+    errno.EDQUOT: "Free some space or write elsewhere.",
+    errno.EFBIG: "The file system refused a file this large; write elsewhere.",
+    errno.EROFS: "The file system is read-only; write elsewhere.",
+    errno.EACCES: "Check the folder's permissions or write elsewhere.",
+    errno.EPERM: "Check the folder's permissions or write elsewhere.",
+    errno.ENAMETOOLONG: "Use a shorter path.",
+    errno.ENOTDIR: "A part of the path is a file, not a folder; choose another path.",
+    errno.EEXIST: "A file of that name is in the way; choose another path.",
+    errno.EISDIR: "A folder of that name is in the way; choose another path.",
+}
+
+
+def write_error(exc: OSError, path: Path | str | None, what: str = "output") -> WasteclsError:
+    """A one-paragraph message for a failed write: which file, what happened, what to do."""
+    where = path or exc.filename or "a file"
+    advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
+    return WasteclsError(f"Cannot write the {what} {where}: {exc.strerror or exc}. {advice} "
+                         "Files completed before this were kept.")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A file-system error met anywhere, as one paragraph: the file, the error, what to do."""
+    where = " and ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+    advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
+    return (f"File system error on {where}: {exc.strerror or exc}. {advice} Files completed "
+            "before this were kept; nothing half-written carries a final name.")
+
+
+OUTPUT_MARKER = ".wastecls-output.json"  # which command wrote which entries of a folder
+
+
+def _claimed(folder: Path, command: str) -> set[str]:
+    """The entries of `folder` that `command` recorded as its own."""
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return set()
+    if not isinstance(marker, dict) or marker.get("command") != command:
+        return set()
+    return {str(name) for name in marker.get("entries", []) if isinstance(name, str)}
+
+
+def claim_folder(folder: Path, command: str, entries: Iterable[str], overwrite: bool,
+                 what: str) -> None:
+    """Before `command` writes `entries` into `folder`: refuse, unless `overwrite`, a folder
+    holding anything that this command did not write there (another run's pictures, a
+    training run's files, a user's own), then record the claim in the folder's marker."""
+    found = {e.name for e in folder.iterdir()} - {OUTPUT_MARKER} if folder.is_dir() else set()
+    foreign = sorted(found - _claimed(folder, command))
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"The {what} {folder} holds files that `wastecls {command}` did not "
+                          f"write ({shown}). Choose a new or empty folder, or add --overwrite "
+                          "to write into it anyway.")
+    ensure_writable(folder, what)
+    owned = sorted(_claimed(folder, command) | set(entries))
+    atomic_write_text(folder / OUTPUT_MARKER,
+                      json_text({"command": command, "entries": owned}, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Exporting: the table of formats and their verified writers (formats), and `wastecls export`."""

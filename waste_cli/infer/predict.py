@@ -1,0 +1,141 @@
+"""`wastecls predict`: classify files, folders and globs, streaming.
+
+A pipeline in the Ultralytics manner: find the model -> expand the sources -> classify in
+batches (`inference.classify`) -> write each result as it comes, in input order. Memory does
+not grow with the number of inputs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from waste_cli.core.console import Reporter, printable
+from waste_cli.core.files import atomic_text, check_no_overlap, ensure_file_writable
+from waste_cli.core.formats import csv_writer, json_text
+from waste_cli.data.batching import Speed
+from waste_cli.infer.core import (
+    Classified,
+    ClassifyOptions,
+    Prediction,
+    expand_inputs,
+    open_model,
+    predict_stream,
+)
+from waste_cli.model.builtin import find_model
+from waste_cli.options import PredictOptions
+
+__all__ = ["ANSWER_COLUMNS", "PredictResult", "answer_cells", "answer_fields",
+           "classify_options", "output_format", "predict"]
+
+
+@dataclass
+class PredictResult:
+    model: Path
+    backend: str
+    predicted: int
+    failed: list[Prediction]
+    speed: Speed
+    flags: dict[str, int] = field(default_factory=dict)  # flag -> images
+
+
+def classify_options(options: PredictOptions) -> ClassifyOptions:
+    """What the inference core needs of predict's options."""
+    return ClassifyOptions(top_k=options.top_k, exclude_class=tuple(options.exclude_class),
+                           tta=options.tta, min_confidence=options.min_confidence,
+                           batch_size=options.batch_size, workers=options.workers)
+
+
+def answer_fields(item: Classified, abstain: bool) -> dict[str, Any]:
+    """What a row says first: the label to act on, its calibrated confidence, the flag and the
+    unfamiliarity score (None: the model cannot say)."""
+    return {"label": item.answer(abstain), "confidence": round(item.confidence, 6),
+            "flag": item.flag, "unfamiliarity": None if item.unfamiliarity is None
+            else round(item.unfamiliarity, 6)}
+
+
+ANSWER_COLUMNS = ["label", "confidence", "flag", "unfamiliarity"]
+
+
+def answer_cells(item: Classified, abstain: bool) -> list[str]:
+    """answer_fields as CSV cells (empty for an error)."""
+    if item.error:
+        return [""] * len(ANSWER_COLUMNS)
+    fields = answer_fields(item, abstain)
+    return [fields["label"], f"{item.confidence:.6f}", item.flag,
+            "" if item.unfamiliarity is None else f"{item.unfamiliarity:.6f}"]
+
+
+class _Writer:
+    """Streams predictions as a table (screen), JSON lines or CSV rows."""
+
+    def __init__(self, fmt: str, handle: IO[str], top_k: int, abstain: bool) -> None:
+        self.fmt, self.handle, self.top_k, self.abstain = fmt, handle, top_k, abstain
+        self.csv = csv_writer(handle) if fmt == "csv" else None
+        if self.csv is not None:
+            columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
+            self.csv.writerow(["path", *ANSWER_COLUMNS, *columns, "error"])
+
+    def write(self, item: Prediction) -> None:
+        if self.fmt == "json":
+            record: dict[str, Any] = {"path": str(item.path)}
+            if item.error:
+                record["error"] = item.error
+            else:
+                record |= answer_fields(item, self.abstain) | {
+                    "labels": item.labels, "probs": [round(p, 6) for p in item.probs]}
+            self.handle.write(json_text(record) + "\n")
+        elif self.csv is not None:
+            self.csv.writerow([str(item.path), *answer_cells(item, self.abstain),
+                               *item.cells(self.top_k), item.error])
+        else:
+            self.handle.write(f"{printable(str(item.path))}  "
+                              f"{printable(item.shown(self.abstain))}\n")
+
+
+def output_format(options: PredictOptions) -> str:
+    """--format, or the one --output's extension names."""
+    if options.output is None or options.format != "table":
+        return options.format
+    suffix = options.output.suffix.lower()
+    return {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix, "csv")
+
+
+def predict(options: PredictOptions, stdout: IO[str],
+            reporter: Reporter | None = None) -> PredictResult:
+    """Predict every input; write results to --output (atomically) or `stdout` as they come."""
+    reporter = reporter or Reporter(options.quiet)
+    paths, failed = expand_inputs(options.inputs)
+    model_path = find_model(options.model, reporter)
+    if options.output is not None:
+        check_no_overlap([("--output", options.output)],
+                         [("model", model_path),
+                          *(("input", Path(i)) for i in options.inputs if Path(i).exists()),
+                          *(("input", p) for p in paths)])
+        ensure_file_writable(options.output, "--output")
+    runner = open_model(model_path, options.device, options.backend, reporter)
+    fmt = output_format(options)
+    count, speed, flags = 0, Speed(), Counter[str]()
+
+    def run(handle: IO[str]) -> None:
+        nonlocal count
+        writer = _Writer(fmt, handle, options.top_k, options.abstain)
+        for item in failed:
+            writer.write(item)
+        for item in predict_stream(runner, paths, classify_options(options), reporter, speed):
+            writer.write(item)
+            if item.error:
+                failed.append(item)
+            else:
+                count += 1
+                flags[item.flag] += bool(item.flag)
+
+    if options.output is None:
+        run(stdout)
+    else:
+        with atomic_text(options.output) as handle:
+            run(handle)
+    return PredictResult(model_path, runner.name, count, failed, speed,
+                         {flag: n for flag, n in flags.items() if n})

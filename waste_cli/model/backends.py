@@ -1,0 +1,183 @@
+"""Model runners: one interface over a PyTorch checkpoint and an ONNX file (Ultralytics'
+AutoBackend). They only load and run; which one to use, and whether to export a checkpoint
+first, is decided by the inference core (inference.py).
+
+Every runner carries the class names, the data config it was trained with and its calibration,
+so callers preprocess exactly as training did and never re-derive anything. Runners take numpy
+arrays and return them by output name (`logits`, and `unfamiliarity` from a calibrated model),
+and torch is imported only when a PyTorch model is run: an ONNX model starts without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from waste_cli.core.errors import ModelError
+from waste_cli.model.metadata import META_KEY as ONNX_META_KEY
+from waste_cli.model.metadata import Calibration, check_metadata
+
+if TYPE_CHECKING:
+    import torch
+
+    from waste_cli.model.checkpoint import Checkpoint
+
+__all__ = ["ONNX_META_KEY", "OnnxRunner", "Outputs", "Runner", "TorchRunner", "open_runner"]
+
+Outputs = dict[str, np.ndarray]  # output name -> float32 array with one row per image
+
+
+class Runner(Protocol):
+    """Images (normalised float32 NCHW numpy array) in, float32 outputs by name out: `logits`
+    always, `unfamiliarity` when the model is calibrated."""
+
+    name: str  # the backend: "torch" or "onnxruntime"
+    classes: list[str]
+    data_config: dict[str, Any]
+    crop: dict[str, Any]  # how the training images were cut from photos (boxes: square, zoom)
+    calibration: Calibration | None  # None: an uncalibrated model (temperature 1, no flag)
+    on_cpu: bool
+
+    def __call__(self, images: np.ndarray) -> Outputs: ...
+
+    def for_worker(self, threads: int) -> Runner:
+        """The same model for a worker process that runs it with `threads` threads."""
+        ...
+
+
+class TorchRunner:
+    """A PyTorch classifier in eval mode under torch.inference_mode."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, classes: list[str], data_config: dict[str, Any],
+                 device: torch.device, channels_last: bool,
+                 crop: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None) -> None:
+        """Wrap a model already on `device` in the memory format `channels_last` says; a model
+        with several outputs names them in its `output_names`."""
+        self.classes, self.data_config, self.device = list(classes), dict(data_config), device
+        self.crop = dict(crop or {})
+        self.calibration = Calibration.model_validate(calibration) if calibration else None
+        self.model, self.channels_last = model.eval(), channels_last
+        self.output_names = tuple(getattr(model, "output_names", ("logits",)))
+        self.on_cpu = device.type == "cpu"
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: torch.device) -> TorchRunner:
+        """The checkpoint's model in channels_last, the faster layout end to end (BENCHMARKS.md)."""
+        import torch
+
+        from waste_cli.model.heads import deployable_model
+
+        model = deployable_model(checkpoint).to(device, memory_format=torch.channels_last)
+        return cls(model, checkpoint["classes"], checkpoint["data_config"], device, True,
+                   checkpoint.get("crop"), checkpoint.get("calibration"))
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        import torch
+
+        from waste_cli.core.runtime import to_device
+
+        with torch.inference_mode():
+            batch = to_device(torch.from_numpy(images), self.device, self.channels_last)
+            outputs = self.model(batch)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: out.float().cpu().numpy()
+                for name, out in zip(self.output_names, outputs, strict=True)}
+
+    def for_worker(self, threads: int) -> TorchRunner:
+        """Itself: a forked worker shares the weights; torch's threads are set per process."""
+        return self
+
+
+class OnnxRunner:
+    """An exported model on onnxruntime; class names and preprocessing from its metadata."""
+
+    name = "onnxruntime"
+    on_cpu = True
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path, self.threads = path, threads
+        # An unoptimised session checks the file and reads the metadata cheaply; the optimised
+        # one, slow to build, opens where the model runs: with worker processes only in them.
+        probe = self._open(optimize=False)
+        try:
+            info = json.loads(probe.get_modelmeta().custom_metadata_map[ONNX_META_KEY])
+        except (KeyError, ValueError, RecursionError) as exc:
+            raise ModelError(f"{path} has no wastecls metadata ({type(exc).__name__}). Export "
+                             "it with `wastecls export --onnx`.") from None
+        check_metadata(info, path)
+        outputs = probe.get_outputs()[0].shape
+        if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(
+                info["classes"])):
+            raise ModelError(f"Cannot use the model {path}: its metadata names "
+                             f"{len(info['classes'])} classes but the model outputs {outputs}. "
+                             "Export it again with `wastecls export --onnx`.")
+        # The first output is the logits whatever a foreign exporter called it.
+        self.output_names = ("logits", *(o.name for o in probe.get_outputs()[1:]))
+        if info.get("calibration") and "unfamiliarity" not in self.output_names:
+            raise ModelError(f"Cannot use the model {path}: its metadata says it is calibrated "
+                             "but it has no `unfamiliarity` output. Calibrate it again with "
+                             "`wastecls calibrate`.")
+        self.classes = list(info["classes"])
+        self.data_config = dict(info["data_config"])
+        self.crop = dict(info.get("crop") or {})
+        self.calibration = (Calibration.model_validate(info["calibration"])
+                            if info.get("calibration") else None)
+        self.metadata = info
+        self.input_name = probe.get_inputs()[0].name
+        self.dynamic_batch = not isinstance(probe.get_inputs()[0].shape[0], int)
+        self._session: Any = None
+
+    def _open(self, optimize: bool = True) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        # Idle intra-op threads must not spin: the workers decoding the next batch need the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(str(self.path), options,
+                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for invalid graphs
+            raise ModelError(
+                f"Cannot load {self.path} as a wastecls ONNX model ({type(exc).__name__}: "
+                f"{exc}). Export it again with `wastecls export --onnx`."
+            ) from None
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        if self._session is None:
+            self._session = self._open()
+        array = np.ascontiguousarray(images, dtype=np.float32)
+        outputs = self._session.run(None, {self.input_name: array})
+        return {name: out.astype(np.float32, copy=False)
+                for name, out in zip(self.output_names, outputs, strict=True)}
+
+    def for_worker(self, threads: int) -> OnnxRunner:
+        """A copy whose session opens in the worker on first use (sessions are not fork-safe:
+        the forked copy of an open one has no thread pool behind it)."""
+        worker = copy.copy(self)  # through __getstate__: without the session
+        worker.threads = threads
+        return worker
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers: the session stays here
+        return {**self.__dict__, "_session": None}
+
+
+def open_runner(path: Path, device: torch.device | None) -> Runner:
+    """A runner for an .onnx file (onnxruntime, CPU) or a .pt checkpoint (torch on `device`)."""
+    if path.suffix.lower() == ".onnx":
+        return OnnxRunner(path)
+    import torch
+
+    from waste_cli.model.checkpoint import load_checkpoint
+
+    return TorchRunner.from_checkpoint(load_checkpoint(path), device or torch.device("cpu"))

@@ -1,0 +1,75 @@
+"""The inference core (Ultralytics' AutoBackend and predictor loop): find and open a model on
+the right backend, expand the inputs, run images or boxes through it in batches, and
+post-process the outputs: calibrated probabilities (the model's temperature) and a flag for
+answers not to trust (`familiarity.flag_of`).
+
+predict, evaluate, the detector's second stage and pseudolabel all go through here, each with
+plain options; none of them opens a model or a backend on its own. A checkpoint that is to run
+on onnxruntime is first exported, once, to a verified ONNX twin (`exporter.onnx_twin`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from waste_cli.core.assets import asset_path
+from waste_cli.core.console import Reporter
+from waste_cli.core.errors import ModelError
+from waste_cli.model.backends import OnnxRunner
+
+__all__ = ["BUILTIN_MODEL", "builtin_file", "find_model", "is_builtin", "model_name", "named_file"]
+
+def find_model(model: Path | None, reporter: Reporter) -> Path:
+    """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
+    built-in one."""
+    if model is not None:
+        if not model.is_file():
+            what = "is a folder" if model.is_dir() else "does not exist"
+            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
+                             ".onnx from `wastecls export`.")
+        return model
+    candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    builtin = builtin_file(".onnx")
+    if not candidates and builtin is not None:
+        classes = OnnxRunner(builtin).classes
+        reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "
+                      f"{', '.join(classes)}); give --model to use your own")
+        return builtin
+    if not candidates:
+        raise ModelError(
+            "No model given and no runs/train/*/best.pt under the current folder. Pass "
+            "--model FILE (a best.pt or an exported .onnx) or set WASTECLS_MODEL."
+        )
+    reporter.info(f"using the newest trained model: {candidates[-1]}")
+    return candidates[-1]
+
+
+BUILTIN_MODEL = "trashnet-lite0"
+
+
+def builtin_file(suffix: str) -> Path | None:
+    """The built-in model's `.onnx` or `.pt` file, if this installation has it."""
+    path = asset_path(f"models/{BUILTIN_MODEL}{suffix}")
+    return path if path.is_file() else None
+
+
+def is_builtin(path: Path) -> bool:
+    """Whether `path` is one of the built-in model's files."""
+    return path.parent.name == "models" and path.stem == BUILTIN_MODEL and any(
+        path == builtin_file(suffix) for suffix in (".onnx", ".pt"))
+
+
+def named_file(path: Path | None, suffix: str) -> Path | None:
+    """`path`, or the built-in model's `suffix` file when `path` is its name and no such file
+    exists here (a local file of that name wins)."""
+    if path is None or str(path) != BUILTIN_MODEL or path.exists():
+        return path
+    found = builtin_file(suffix)
+    if found is None:
+        raise ValueError(f"this installation has no built-in model file {BUILTIN_MODEL}{suffix}")
+    return found
+
+
+def model_name(path: Path) -> str:
+    """How a model file is named to the user: the built-in model by its name, others by path."""
+    return f"built-in {BUILTIN_MODEL}" if is_builtin(path) else str(path)
