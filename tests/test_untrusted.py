@@ -303,6 +303,36 @@ def test_resume_refuses_settings_it_would_ignore_and_works_from_elsewhere(
     assert result.exit_code == 0, result.output
 
 
+def test_resume_migrates_a_renamed_option_and_names_an_unknown_one(resumable, monkeypatch):
+    """last.pt carries a versioned options record: a field renamed by a later release is
+    migrated by the table, one this release does not know is one line with exit 2."""
+    import torch
+
+    from waste_cli import options
+
+    _, run = resumable
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["options"]["version"] == options.OPTIONS_VERSION
+    # A record written before the next release renamed `lr_old_name` to `lr`, read after it.
+    monkeypatch.setitem(options.OPTION_MIGRATIONS, options.OPTIONS_VERSION + 1,
+                        {"lr_old_name": "lr"})
+    last["options"]["values"]["lr_old_name"] = last["options"]["values"].pop("lr")
+    last["options"]["version"] = options.OPTIONS_VERSION  # written before the rename ...
+    monkeypatch.setattr(options, "OPTIONS_VERSION", options.OPTIONS_VERSION + 1)  # ... read after
+    torch.save(last, run / "last.pt")
+    result = run_cli("train", "--resume", run, "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["options"]["values"]["mixup_alpha"] = 0.2  # a field from some other release
+    torch.save(last, run / "last.pt")
+    result = run_cli("train", "--resume", run, "--epochs", "3")
+    assert result.exit_code == 2, result.output
+    assert "mixup_alpha" in result.output and "Unexpected" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) <= 4, result.output
+
+
 def test_extra_labels_from_the_test_split_and_duplicate_classes_are_refused(prepared, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)

@@ -8,9 +8,10 @@ run's options as a versioned record (`options_record`), read back through `optio
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -524,3 +525,44 @@ def write_config(options: Options, path: Path) -> None:
     """Save the fully resolved options as a config file that repeats the run (`--config`)."""
     body = {options.command: json.loads(options.model_dump_json())}
     atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))
+
+
+OPTIONS_VERSION = 1  # the version of the field names a checkpoint's options record uses
+# How an older record's fields become this version's: for each version, the fields it renamed
+# (old -> new name) or removed (old -> None). A record of version v goes through every step
+# after v in turn. Renaming or removing a TrainOptions field means a step here.
+OPTION_MIGRATIONS: dict[int, dict[str, str | None]] = {}
+
+
+def options_record(options: Options) -> dict[str, Any]:
+    """What a checkpoint stores of its run's options: versioned, so that a later release with
+    renamed fields can still read (and resume) it."""
+    return {"version": OPTIONS_VERSION, "command": options.command,
+            "values": json.loads(options.model_dump_json())}
+
+
+def stored_options(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a checkpoint was trained with, migrated to this version's field names.
+
+    Checkpoints from before versioned records hold the plain dump under `settings` (the field
+    names of version 1). A record from a newer release than this one is returned as stored;
+    `unknown_options` tells what this release cannot use.
+    """
+    record = checkpoint.get("options")
+    if not isinstance(record, Mapping):
+        legacy = checkpoint.get("settings")
+        return dict(legacy) if isinstance(legacy, Mapping) else {}
+    values = dict(record.get("values") or {})
+    version = record.get("version", OPTIONS_VERSION)
+    for step in sorted(v for v in OPTION_MIGRATIONS if isinstance(version, int) and v > version):
+        for old, new in OPTION_MIGRATIONS[step].items():
+            if old in values:
+                value = values.pop(old)
+                if new is not None:
+                    values.setdefault(new, value)
+    return values
+
+
+def unknown_options(values: Mapping[str, Any], cls: type[Options]) -> list[str]:
+    """Stored fields that `cls` does not have (after migration): written by another release."""
+    return sorted(set(values) - set(cls.model_fields))

@@ -32,6 +32,7 @@ from waste_cli.data.scan import class_folders, list_images
 from waste_cli.model.backends import OnnxRunner
 from waste_cli.model.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.model.heads import ScoredClassifier, deployable_model
+from waste_cli.options import stored_options
 
 __all__ = ["FORMATS", "MIN_OPSET", "ExportResult", "TwinExportError", "Verification",
            "WriteOptions", "export_checkpoint", "export_metadata", "max_opset", "onnx_twin",
@@ -281,7 +282,7 @@ def _evenly(items: list[Any], count: int) -> list[Any]:
 
 def _default_images(checkpoint: Checkpoint, split: str) -> list[tuple[Path, int | None]]:
     """A split of the data the model was trained on, else the sample bundled with wastecls."""
-    data = checkpoint.get("settings", {}).get("data")
+    data = stored_options(checkpoint).get("data")
     if data and (Path(data) / split).is_dir():
         samples = _image_folder_samples(Path(data) / split, checkpoint["classes"])
         if samples:

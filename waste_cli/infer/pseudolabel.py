@@ -27,7 +27,7 @@ from waste_cli.data.scan import PSEUDO_SPLIT
 from waste_cli.infer.core import ClassifyOptions, expand_inputs, open_model, predict_stream
 from waste_cli.model.builtin import find_model
 from waste_cli.model.checkpoint import load_checkpoint
-from waste_cli.options import PseudolabelOptions
+from waste_cli.options import PseudolabelOptions, stored_options
 
 __all__ = ["PseudolabelResult", "pseudolabel"]
 
@@ -44,7 +44,7 @@ class PseudolabelResult:
 def _default_pool(model_path: Path) -> Path:
     """ROOT/pseudolabel of the data the checkpoint was trained on."""
     if model_path.suffix.lower() == ".pt":
-        data = load_checkpoint(model_path).get("settings", {}).get("data")
+        data = stored_options(load_checkpoint(model_path)).get("data")
         if data and (Path(data) / PSEUDO_SPLIT).is_dir():
             return Path(data) / PSEUDO_SPLIT
     raise ConfigError("Say which folder to label with --data DIR (the model's training data "

@@ -78,7 +78,7 @@ class Checkpoint(TypedDict):
     familiar_features: NotRequired[torch.Tensor]  # float16 [rows, features]: familiarity.py
     metrics: dict[str, Any]  # the epoch's metrics.csv row
     epoch: int
-    options: dict[str, Any]  # the run's resolved TrainOptions
+    options: dict[str, Any]  # options.options_record: the run's resolved TrainOptions
     wastecls_version: str
 
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from waste_cli import __version__
 from waste_cli.core.errors import ConfigError
 from waste_cli.core.policy import default_workers
 from waste_cli.model.checkpoint import ResumeCheckpoint, is_wastecls_checkpoint, load_tensors
 from waste_cli.model.factory import resolve_arch
-from waste_cli.options import TrainOptions, flag_name
+from waste_cli.options import TrainOptions, flag_name, stored_options, unknown_options
 
 __all__ = ["MACHINE_SETTINGS", "AutoChoice", "RunPlan", "available_memory", "loader_workers",
            "resolve_auto", "resolve_run", "resumed_options", "schedule"]
@@ -230,7 +231,14 @@ def resumed_options(given: TrainOptions, last: ResumeCheckpoint, where: Path) ->
     Any other setting given now that differs from the saved run's is refused: a resumed run
     continues the experiment it started, it does not quietly change it.
     """
-    saved = dict(last["settings"])
+    saved = stored_options(last)
+    unknown = unknown_options(saved, TrainOptions)
+    if unknown:
+        raise ConfigError(
+            f"{where / 'last.pt'} stores training options this wastecls ({__version__}) does "
+            f"not know: {', '.join(unknown)}. It was written by wastecls "
+            f"{last.get('wastecls_version', 'of another version')}: resume it with that "
+            "version, or start a new run from its weights (--weights last.pt).")
     allowed = {*MACHINE_SETTINGS, "epochs", "data", "resume"}
     changed = sorted(name for name in given.model_fields_set - allowed
                      if json_value(getattr(given, name)) != saved.get(name))

@@ -32,7 +32,7 @@ from waste_cli.model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from waste_cli.options import TrainOptions, write_config
+from waste_cli.options import TrainOptions, stored_options, write_config
 from waste_cli.train.distributed import (
     Distributed,
     init_distributed,
@@ -71,7 +71,7 @@ def _resume(options: TrainOptions) -> tuple[TrainOptions, ResumeCheckpoint]:
         raise ConfigError(f"{options.resume / 'last.pt'} holds no training state; --resume "
                           "takes a run folder written by `wastecls train`.")
     merged = resumed_options(options, last, options.resume)
-    if merged.epochs != last["settings"]["epochs"]:  # re-plan the schedule for the new length
+    if merged.epochs != stored_options(last).get("epochs"):  # re-plan the schedule to the length
         last = {k: v for k, v in last.items() if k != "scheduler"}  # type: ignore[assignment]
     return merged.model_copy(update={"resume": options.resume}), last
 

@@ -10,7 +10,6 @@ epoch k replays exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -61,7 +60,7 @@ from waste_cli.model.checkpoint import (
 )
 from waste_cli.model.factory import create_model, freeze_layers, resolve_arch
 from waste_cli.model.heads import FeatureClassifier
-from waste_cli.options import TrainOptions
+from waste_cli.options import TrainOptions, options_record
 from waste_cli.train.distributed import (
     Distributed,
     all_gather_union,
@@ -430,7 +429,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
             "metrics": row,
             "epoch": epoch,
-            "settings": json.loads(self.options.model_dump_json()),
+            "options": options_record(self.options),
             "wastecls_version": __version__,
         }
 
