@@ -387,3 +387,21 @@ def test_keep_freed_memory_keeps_a_freed_block_resident():
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert keep_freed_memory() is False
+
+
+def test_workers_flag_reaches_the_calibration_pass(prepared, tmp_path, monkeypatch):
+    """`train --workers 0` loads in this process everywhere, the end-of-training calibration
+    included (it used to fork its own worker processes whatever the flag said)."""
+    import waste_cli.data.batching as batching
+
+    asked: list[int | None] = []
+    planned = batching.plan_workers
+
+    def recording(on_cpu, workers, *args, **kwargs):
+        asked.append(workers)
+        return planned(on_cpu, workers, *args, **kwargs)
+
+    monkeypatch.setattr(batching, "plan_workers", recording)
+    result = tiny_train(prepared, tmp_path / "runs", epochs=1, workers=0)
+    assert result.calibration is not None
+    assert asked and set(asked) == {0}, asked

@@ -108,7 +108,7 @@ def _calibrate_best(trainer: Trainer) -> FittedCalibration:
     images, and write them into it (the run wrote best.pt: rewriting it loses nothing)."""
     best = trainer.run_dir / "best.pt"
     options = trainer.options
-    fit = FitOptions(options.familiar_share, options.min_confidence)
+    fit = FitOptions(options.familiar_share, options.min_confidence, workers=options.workers)
     return calibrate_checkpoint(best, best, trainer.data.train, trainer.data.val, fit,
                                 trainer.device, trainer.reporter)
 
