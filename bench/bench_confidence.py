@@ -6,7 +6,7 @@ five classes of the default split; the photos of C are then things it never saw 
 white background, same camera). `--other` adds photos of other things (bench/other_photos.py).
 Each score's threshold is chosen on the fold's validation split so that 95% of its photos
 pass, the score alone; then, for the shipped score, the product's own fit
-(`familiarity.fit_calibration`) at several --min-confidence values.
+(`confidence.fit.fit_calibration`) at several --min-confidence values.
 
 Build the folds (about 6 minutes each on 2 cores), then measure:
 

@@ -203,7 +203,7 @@ def test_freeze_layers_keeps_loose_parameters_fixed_across_epochs(prepared, tmp_
 
 
 def test_accuracy_ties_go_to_the_lower_validation_loss():
-    from waste_cli.train.trainer import improved
+    from waste_cli.train.loop import improved
 
     state = {"best": 0.9, "best_val_loss": 0.5}
     assert improved("val_acc", {"val_acc": 0.9, "val_loss": 0.4}, state)
@@ -244,7 +244,7 @@ def test_no_val_folder_holds_out_a_stratified_share(prepared, tmp_path):
     shutil.rmtree(data / "val")
     from waste_cli.core.console import Reporter
     from waste_cli.options import TrainOptions
-    from waste_cli.train.splits import load_train_data
+    from waste_cli.train.inputs import load_train_data
 
     split = load_train_data(TrainOptions(data=data, val_frac=0.25, **TINY), Reporter(quiet=True))
     assert Counter(label for _, label in split.val) == dict.fromkeys(range(6), 2)

@@ -236,7 +236,7 @@ def test_evaluate_out_refuses_a_folder_of_other_files(trained, prepared, tmp_pat
 def test_a_temporary_whose_writer_lives_elsewhere_is_kept(tmp_path):
     """Liveness is the writer's lock, not a PID: a temporary named by a PID that does not run
     here (another PID namespace) survives while its lock is held, and goes once released."""
-    from waste_cli.core import files as fileio
+    from waste_cli.core import files
 
     foreign = tmp_path / ".out.csv.wastecls-999999-abc123"
     foreign.write_text("another container's half-written output")
@@ -246,11 +246,11 @@ def test_a_temporary_whose_writer_lives_elsewhere_is_kept(tmp_path):
          "print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    fileio.atomic_write_text(tmp_path / "mine.csv", "x")
+    files.atomic_write_text(tmp_path / "mine.csv", "x")
     assert foreign.exists()
     holder.communicate("")
-    fileio._CLEANED.discard(tmp_path.resolve())
-    fileio.atomic_write_text(tmp_path / "mine.csv", "y")
+    files._CLEANED.discard(tmp_path.resolve())
+    files.atomic_write_text(tmp_path / "mine.csv", "y")
     assert not foreign.exists()
 
 

@@ -3,7 +3,7 @@
 No machine learning happens here, and torch is imported only inside the commands that need it,
 so `wastecls --help` is instant. Engine errors (WasteclsError) become a one-paragraph message
 and their exit code; flags the user did not type stay None so that environment variables and
-the config file can fill them (see settings.py).
+the config file can fill them (see cli/sources.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`wastecls calibrate`, and the fit at the end of `train`: run a model over a dataset's train and
-validation images, fit its temperature and unfamiliarity threshold (familiarity.py), and write
+validation images, fit its temperature and unfamiliarity threshold (confidence/fit.py), and write
 a calibrated copy of the model (a checkpoint, or an ONNX file that computes the score itself).
 """
 

@@ -28,6 +28,7 @@ __all__ = [
     "fit_calibration",
     "fit_temperature",
     "flag_of",
+    "flags_of",
     "knn_distance",
     "normalized",
 ]
@@ -129,12 +130,19 @@ def fit_calibration(val_logits: np.ndarray, val_targets: np.ndarray,
                               neighbours=min(neighbours, len(bank)),
                               unfamiliar_threshold=min(max(threshold, 0.0), 2.0),
                               familiar_share=familiar_share, min_confidence=min_confidence)
-    flags = [flag_of(c, s, calibration) for c, s in zip(confidence, scores, strict=True)]
+    flags = flags_of(confidence, scores, calibration)
     report = {"train_images": len(train_features), "val_images": len(val_targets),
               "bank_rows": len(bank), "val_nll_before": nll(val_logits, val_targets),
               "val_nll_after": nll(val_logits, val_targets, temperature),
               "val_flagged": sum(bool(f) for f in flags) / max(len(flags), 1)}
     return FittedCalibration(calibration, bank, report)
+
+
+def flags_of(confidence: np.ndarray, unfamiliarity: np.ndarray,
+             calibration: Calibration | None, min_confidence: float | None = None) -> list[str]:
+    """`flag_of` for each row: calibrated top probabilities and unfamiliarity scores."""
+    return [flag_of(float(c), float(s), calibration, min_confidence)
+            for c, s in zip(confidence, unfamiliarity, strict=True)]
 
 
 def flag_of(confidence: float, unfamiliarity: float, calibration: Calibration | None,

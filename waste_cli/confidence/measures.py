@@ -60,9 +60,11 @@ def risk_coverage(probs: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
             "coverage": coverage.tolist(), "risk": risk.tolist()}
 
 
-def scaled_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of `logits / temperature` in float64 (a -inf logit gets 0)."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
+def scaled_softmax(logits: np.ndarray, temperature: float = 1.0,
+                   dtype: type = np.float64) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature` in `dtype` (a -inf logit gets 0): float64 for
+    the measures and fits, float32 where answers are printed (predict)."""
+    scaled = np.asarray(logits, dtype=dtype) / temperature
     shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -38,7 +38,7 @@ class ClassMap:
 
     def target(self, name: str, where: str) -> str | None:
         """The class `name` becomes, checked to be a safe folder name (see
-        `fileio.safe_name`; `where` says where the name came from), or None: dropped."""
+        `core.names.safe_name`; `where` says where the name came from), or None: dropped."""
         found = self(name)
         return None if found is None else safe_name(found, where)
 

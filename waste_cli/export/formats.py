@@ -28,7 +28,7 @@ from waste_cli.core.errors import ConfigError, ModelError, WasteclsError
 from waste_cli.core.files import atomic_path, atomic_write_text, file_sha256
 from waste_cli.core.names import name_problem
 from waste_cli.data.batching import EvalImages
-from waste_cli.data.scan import class_folders, list_images
+from waste_cli.data.scan import class_folders, class_samples, list_images
 from waste_cli.model.backends import OnnxRunner
 from waste_cli.model.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.model.heads import ScoredClassifier, deployable_model
@@ -269,7 +269,7 @@ def _image_folder_samples(folder: Path, classes: list[str]) -> list[tuple[Path, 
     """Labelled samples when `folder` has class folders the model knows, else unlabelled."""
     known = [c for c in class_folders(folder) if c in classes] if folder.is_dir() else []
     if known:
-        return [(p, classes.index(c)) for c in known for p in list_images(folder / c)]
+        return class_samples(folder, {c: classes.index(c) for c in known})
     return [(p, None) for p in list_images(folder)]
 
 

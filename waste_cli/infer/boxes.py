@@ -26,14 +26,14 @@ from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import EvalImages, Speed
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
-from waste_cli.infer.core import Classified, ClassifyOptions, classify, open_model
-from waste_cli.infer.predict import (
+from waste_cli.infer.answers import (
     ANSWER_COLUMNS,
     answer_cells,
     answer_fields,
     classify_options,
     output_format,
 )
+from waste_cli.infer.core import Classified, ClassifyOptions, classify, open_model
 from waste_cli.model.backends import Runner
 from waste_cli.model.builtin import find_model
 from waste_cli.options import PredictOptions

@@ -1,11 +1,11 @@
 """The inference core (Ultralytics' AutoBackend and predictor loop): find and open a model on
 the right backend, expand the inputs, run images or boxes through it in batches, and
 post-process the outputs: calibrated probabilities (the model's temperature) and a flag for
-answers not to trust (`familiarity.flag_of`).
+answers not to trust (`confidence.fit.flag_of`).
 
 predict, evaluate, the detector's second stage and pseudolabel all go through here, each with
 plain options; none of them opens a model or a backend on its own. A checkpoint that is to run
-on onnxruntime is first exported, once, to a verified ONNX twin (`exporter.onnx_twin`).
+on onnxruntime is first exported, once, to a verified ONNX twin (`export.formats.onnx_twin`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from waste_cli.confidence.fit import flag_of
+from waste_cli.confidence.measures import scaled_softmax
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ConfigError
 from waste_cli.core.policy import default_batch_size
@@ -38,7 +39,6 @@ __all__ = [
     "expand_inputs",
     "open_model",
     "predict_stream",
-    "softmax",
     "temperature",
     "top_k",
 ]
@@ -124,7 +124,7 @@ class ClassifyOptions:
 class Classified:
     """One image's or box's answer: the top labels, best first, with their calibrated
     probabilities, how unfamiliar the photo looks (None: the model cannot say) and the flag
-    (`familiarity.flag_of`); or why it has none."""
+    (`confidence.fit.flag_of`); or why it has none."""
 
     labels: list[str] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
@@ -162,19 +162,13 @@ class Classified:
         return text
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32 (a -inf logit gets probability 0)."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def top_k(logits: np.ndarray, excluded: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, class indices) of the top k classes, best first, per row; `excluded`
     classes get probability 0 and are never among them."""
     if excluded:
         logits = logits.copy()
         logits[:, excluded] = -np.inf
-    probs = softmax(logits)
+    probs = scaled_softmax(logits, dtype=np.float32)
     k = min(k, logits.shape[1] - len(excluded))
     best = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower class index
     return np.take_along_axis(probs, best, axis=1), best
@@ -194,7 +188,8 @@ class FlipAveraged:
         outputs = self.runner(images)
         mirrored = self.runner(np.ascontiguousarray(images[..., ::-1]))["logits"]
         scale = temperature(self.runner)
-        both = softmax(outputs["logits"] / scale) + softmax(mirrored / scale)
+        both = (scaled_softmax(outputs["logits"] / scale, dtype=np.float32)
+                + scaled_softmax(mirrored / scale, dtype=np.float32))
         with np.errstate(divide="ignore"):  # a probability that underflowed: -inf, as in torch
             return {**outputs, "logits": np.log(both / 2) * scale}
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from waste_cli.confidence.fit import LOW_CONFIDENCE, UNFAMILIAR, flag_of
-from waste_cli.confidence.measures import auroc, calibration_report, risk_coverage
+from waste_cli.confidence.fit import LOW_CONFIDENCE, UNFAMILIAR, flags_of
+from waste_cli.confidence.measures import auroc, calibration_report, risk_coverage, scaled_softmax
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import DataError, ModelError
 from waste_cli.core.files import atomic_write_text, check_no_overlap, claim_folder, write_json
@@ -43,7 +43,6 @@ from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.infer.core import BROKEN_OUTPUT, open_model, temperature
 from waste_cli.model.backends import Runner
 from waste_cli.model.builtin import find_model
-from waste_cli.model.metadata import Calibration
 from waste_cli.options import EvaluateOptions
 
 EVALUATE_FILES = ("report.json", "per_class.csv", "predictions.csv", "confusion_matrix.png",
@@ -105,7 +104,7 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
                          f"{row['f1']:.4f}", row["support"]])
     atomic_write_text(out / "per_class.csv", buffer.getvalue())
 
-    probs = logits.softmax(1)
+    probs = torch.from_numpy(scaled_softmax(logits.numpy(), dtype=np.float32))
     targets = torch.tensor([label for _, label in samples])
     valid = ~logits.isnan().any(1)
     losses = torch.full((len(samples),), float("nan"))
@@ -149,13 +148,6 @@ def _thumbnail(images: EvalImages, index: int) -> Image.Image:
     return picture
 
 
-def flags_of(probs: np.ndarray, scores: np.ndarray, calibration: Calibration | None,
-             min_confidence: float | None) -> list[str]:
-    """Each row's flag (`familiarity.flag_of`) from calibrated probabilities and scores."""
-    return [flag_of(float(p), float(s), calibration, min_confidence)
-            for p, s in zip(probs.max(axis=1), scores, strict=True)]
-
-
 def _flag_report(flags: list[str], correct: np.ndarray) -> dict[str, Any]:
     flagged = np.array([bool(f) for f in flags], dtype=bool)
     return {"flagged": float(flagged.mean()) if len(flags) else 0.0,
@@ -175,9 +167,9 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     logits, targets = logits[valid], targets[valid]
     cm = confusion_matrix(targets, logits.argmax(1), len(classes))
     rows = cm.sum(1, keepdim=True).clamp(min=1)
-    probs, labels = (logits.double() / scale).softmax(1).numpy(), targets.numpy()
+    probs, labels = scaled_softmax(logits.numpy(), scale), targets.numpy()
     selective = risk_coverage(probs, labels)
-    raw = calibration_report(logits.double().softmax(1).numpy(), labels)
+    raw = calibration_report(scaled_softmax(logits.numpy()), labels)
     kept = [f for f, ok in zip(flags or [""] * len(valid), valid.tolist(), strict=True) if ok]
     return {
         "temperature": scale,
@@ -247,14 +239,14 @@ def _unfamiliar_report(options: EvaluateOptions, runner: Runner, inside: np.ndar
     outputs, bad = run_labelled(runner, [(p, -1) for p in paths], batch_size, options.workers,
                                 reporter, f"unfamiliar photos ({runner.name})")
     valid = np.isfinite(outputs["logits"]).all(axis=1)
-    probs = torch.from_numpy(outputs["logits"][valid]).double().div(temperature(runner)).softmax(1)
+    confidence = scaled_softmax(outputs["logits"][valid], temperature(runner)).max(axis=1)
     scores = _scores(outputs)[valid]
-    flags = flags_of(probs.numpy(), scores, runner.calibration, options.min_confidence)
+    flags = flags_of(confidence, scores, runner.calibration, options.min_confidence)
     return {"folder": str(options.unfamiliar), "images": int(valid.sum()),
             "unreadable": len(bad), "flagged": sum(bool(f) for f in flags) / max(len(flags), 1),
             "unfamiliar": flags.count(UNFAMILIAR), "low_confidence": flags.count(LOW_CONFIDENCE),
             "auroc": auroc(inside, scores) if runner.calibration is not None else float("nan"),
-            "mean_confidence": float(probs.max(1).values.mean()) if len(probs) else float("nan")}
+            "mean_confidence": float(confidence.mean()) if len(confidence) else float("nan")}
 
 
 def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> EvaluateResult:
@@ -290,8 +282,8 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     targets = torch.tensor([label for _, label in samples])
     scale = temperature(runner)
     scores = _scores(outputs)
-    flags = flags_of((logits.double() / scale).softmax(1).numpy(), scores, runner.calibration,
-                     options.min_confidence)
+    flags = flags_of(scaled_softmax(logits.numpy(), scale).max(axis=1), scores,
+                     runner.calibration, options.min_confidence)
     report = build_report(logits, targets, runner.classes, options.top_k,
                           [str(samples[i][0]) for i in bad], scale, flags)
     report |= {"model": str(model_path), "backend": runner.name, "data": str(source),

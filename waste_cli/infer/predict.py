@@ -16,9 +16,14 @@ from waste_cli.core.console import Reporter, printable
 from waste_cli.core.files import atomic_text, check_no_overlap, ensure_file_writable
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import Speed
+from waste_cli.infer.answers import (
+    ANSWER_COLUMNS,
+    answer_cells,
+    answer_fields,
+    classify_options,
+    output_format,
+)
 from waste_cli.infer.core import (
-    Classified,
-    ClassifyOptions,
     Prediction,
     expand_inputs,
     open_model,
@@ -27,9 +32,7 @@ from waste_cli.infer.core import (
 from waste_cli.model.builtin import find_model
 from waste_cli.options import PredictOptions
 
-__all__ = ["ANSWER_COLUMNS", "PredictResult", "answer_cells", "answer_fields",
-           "classify_options", "output_format", "predict"]
-
+__all__ = ["PredictResult", "predict"]
 
 @dataclass
 class PredictResult:
@@ -39,33 +42,6 @@ class PredictResult:
     failed: list[Prediction]
     speed: Speed
     flags: dict[str, int] = field(default_factory=dict)  # flag -> images
-
-
-def classify_options(options: PredictOptions) -> ClassifyOptions:
-    """What the inference core needs of predict's options."""
-    return ClassifyOptions(top_k=options.top_k, exclude_class=tuple(options.exclude_class),
-                           tta=options.tta, min_confidence=options.min_confidence,
-                           batch_size=options.batch_size, workers=options.workers)
-
-
-def answer_fields(item: Classified, abstain: bool) -> dict[str, Any]:
-    """What a row says first: the label to act on, its calibrated confidence, the flag and the
-    unfamiliarity score (None: the model cannot say)."""
-    return {"label": item.answer(abstain), "confidence": round(item.confidence, 6),
-            "flag": item.flag, "unfamiliarity": None if item.unfamiliarity is None
-            else round(item.unfamiliarity, 6)}
-
-
-ANSWER_COLUMNS = ["label", "confidence", "flag", "unfamiliarity"]
-
-
-def answer_cells(item: Classified, abstain: bool) -> list[str]:
-    """answer_fields as CSV cells (empty for an error)."""
-    if item.error:
-        return [""] * len(ANSWER_COLUMNS)
-    fields = answer_fields(item, abstain)
-    return [fields["label"], f"{item.confidence:.6f}", item.flag,
-            "" if item.unfamiliarity is None else f"{item.unfamiliarity:.6f}"]
 
 
 class _Writer:
@@ -93,14 +69,6 @@ class _Writer:
         else:
             self.handle.write(f"{printable(str(item.path))}  "
                               f"{printable(item.shown(self.abstain))}\n")
-
-
-def output_format(options: PredictOptions) -> str:
-    """--format, or the one --output's extension names."""
-    if options.output is None or options.format != "table":
-        return options.format
-    suffix = options.output.suffix.lower()
-    return {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix, "csv")
 
 
 def predict(options: PredictOptions, stdout: IO[str],

@@ -1,6 +1,6 @@
 """Model runners: one interface over a PyTorch checkpoint and an ONNX file (Ultralytics'
 AutoBackend). They only load and run; which one to use, and whether to export a checkpoint
-first, is decided by the inference core (inference.py).
+first, is decided by the inference core (infer/core.py).
 
 Every runner carries the class names, the data config it was trained with and its calibration,
 so callers preprocess exactly as training did and never re-derive anything. Runners take numpy

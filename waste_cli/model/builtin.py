@@ -1,11 +1,10 @@
-"""The inference core (Ultralytics' AutoBackend and predictor loop): find and open a model on
-the right backend, expand the inputs, run images or boxes through it in batches, and
-post-process the outputs: calibrated probabilities (the model's temperature) and a flag for
-answers not to trust (`familiarity.flag_of`).
+"""The waste classifier that ships inside the package, addressed by its name, and the model a
+command uses when none is given.
 
-predict, evaluate, the detector's second stage and pseudolabel all go through here, each with
-plain options; none of them opens a model or a backend on its own. A checkpoint that is to run
-on onnxruntime is first exported, once, to a verified ONNX twin (`exporter.onnx_twin`).
+Two files make it (waste_cli/assets/models/): the ONNX model that predict and evaluate run, and
+a wastecls checkpoint (fp16 weights) that `train --weights` starts from and `export` converts.
+Wherever a model or weights file is asked for, the name `trashnet-lite0` stands for the right
+one of the two.
 """
 
 from __future__ import annotations

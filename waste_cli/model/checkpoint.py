@@ -18,7 +18,8 @@ from waste_cli.core.files import atomic_path
 from waste_cli.model.metadata import ModelMetadata, check_metadata
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "ResumeCheckpoint", "TrainState",
-           "is_wastecls_checkpoint", "load_checkpoint", "load_tensors", "save_checkpoint"]
+           "is_wastecls_checkpoint", "load_checkpoint", "load_tensors", "peek_checkpoint",
+           "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "wastecls-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -75,7 +76,7 @@ class Checkpoint(TypedDict):
     crop: NotRequired[dict[str, Any]]  # how prepare cut the training images: square, zoom, size
     model: dict[str, torch.Tensor]  # state dict (the EMA weights when --ema)
     calibration: NotRequired[dict[str, Any]]  # metadata.Calibration: temperature, threshold...
-    familiar_features: NotRequired[torch.Tensor]  # float16 [rows, features]: familiarity.py
+    familiar_features: NotRequired[torch.Tensor]  # float16 [rows, features]: confidence/fit.py
     metrics: dict[str, Any]  # the epoch's metrics.csv row
     epoch: int
     options: dict[str, Any]  # options.options_record: the run's resolved TrainOptions
@@ -117,6 +118,18 @@ def load_tensors(path: Path, mmap: bool = False) -> Any:
 def is_wastecls_checkpoint(data: Any) -> bool:
     """Whether what a file held is a checkpoint `wastecls train` wrote (the one test)."""
     return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
+
+
+def peek_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A wastecls checkpoint's contents, memory-mapped (reading a field costs no full load), or
+    None for any other file: what `--weights` looks into before the weights are loaded."""
+    if path.suffix == ".safetensors":  # plain weights: never a checkpoint
+        return None
+    try:
+        data = load_tensors(path, mmap=True)
+    except Exception:  # not a zip file torch reads: the weights loader says what it is
+        return None
+    return data if is_wastecls_checkpoint(data) else None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -69,7 +69,7 @@ class FeatureClassifier(nn.Module):
 
 class ScoredClassifier(nn.Module):
     """A classifier that also says how unlike its training photos an image is: (logits,
-    unfamiliarity), the score computed as `familiarity.knn_distance` does, from the training
+    unfamiliarity), the score computed as `confidence.fit.knn_distance` does, from the training
     features the model carries (float16, as stored)."""
 
     output_names = ("logits", "unfamiliarity")

@@ -62,7 +62,7 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     temperature: float = Field(gt=0, le=1000)
-    method: Literal["knn-cosine"]  # the unfamiliarity score (see familiarity.py)
+    method: Literal["knn-cosine"]  # the unfamiliarity score (see confidence/fit.py)
     neighbours: int = Field(ge=1, le=4096)
     unfamiliar_threshold: float = Field(ge=0, le=2)  # a cosine distance
     familiar_share: float = Field(gt=0, le=1)  # of validation photos that pass unflagged

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from waste_cli.core.errors import ModelError
-from waste_cli.model.checkpoint import is_wastecls_checkpoint, load_tensors
+from waste_cli.model.checkpoint import peek_checkpoint
 
 __all__ = ["load_weights", "zero_head"]
 
@@ -65,13 +65,8 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor], model: nn.Module)
 
 def _wastecls_classes(path: Path) -> list[str] | None:
     """The class names of a wastecls checkpoint's classifier rows; None for other files."""
-    if path.suffix == ".safetensors":
-        return None
-    try:
-        data = load_tensors(path, mmap=True)
-    except Exception:  # not a zip file torch reads: timm's loader says what it is
-        return None
-    return list(data["classes"]) if is_wastecls_checkpoint(data) else None
+    data = peek_checkpoint(path)
+    return list(data["classes"]) if data is not None else None
 
 
 def _match_head(state: dict[str, torch.Tensor], head: set[str], source: list[str],

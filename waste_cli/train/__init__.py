@@ -1,2 +1,3 @@
-"""Training: resolve a plan (recipe), wire and run the loop (trainer), the data of a run
-(splits), self-training, distributed helpers, tracking, and `wastecls train` (run)."""
+"""Training: resolve a plan (recipe), the run's data (inputs), the Trainer that wires the plan
+and runs the epoch loop (loop), self-training, distributed helpers, tracking, and
+`wastecls train` (run)."""

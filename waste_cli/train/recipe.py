@@ -27,7 +27,10 @@ import torch
 from waste_cli import __version__
 from waste_cli.core.errors import ConfigError
 from waste_cli.core.policy import default_workers
-from waste_cli.model.checkpoint import ResumeCheckpoint, is_wastecls_checkpoint, load_tensors
+from waste_cli.model.checkpoint import (
+    ResumeCheckpoint,
+    peek_checkpoint,
+)
 from waste_cli.model.factory import resolve_arch
 from waste_cli.options import TrainOptions, flag_name, stored_options, unknown_options
 
@@ -75,15 +78,8 @@ def available_memory() -> int:
 
 def _checkpoint_size(weights: Path | None) -> int | None:
     """The input size a wastecls checkpoint given as --weights was trained at, else None."""
-    if weights is None or weights.suffix not in {".pt", ".pth"}:
-        return None
-    try:
-        data = load_tensors(weights, mmap=True)
-    except Exception:  # not a zip checkpoint: models.load_weights reports what it is
-        return None
-    if is_wastecls_checkpoint(data):
-        return int(data["data_config"]["input_size"][-1])
-    return None
+    data = peek_checkpoint(weights) if weights is not None else None
+    return int(data["data_config"]["input_size"][-1]) if data is not None else None
 
 
 def _own_size(cfg: Any) -> int:

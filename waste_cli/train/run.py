@@ -38,10 +38,10 @@ from waste_cli.train.distributed import (
     init_distributed,
     newest_run,
 )
+from waste_cli.train.inputs import TrainData, load_train_data
+from waste_cli.train.loop import Trainer
 from waste_cli.train.recipe import resolve_run, resumed_options
-from waste_cli.train.splits import TrainData, load_train_data
 from waste_cli.train.tracking import MetricsLog, NeptuneTracker, Tracker
-from waste_cli.train.trainer import Trainer
 
 __all__ = ["TrainResult", "TrainingInterrupted", "build_trainer", "train"]
 

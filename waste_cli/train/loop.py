@@ -67,6 +67,7 @@ from waste_cli.train.distributed import (
     all_reduce_sum,
     shard,
 )
+from waste_cli.train.inputs import TrainData
 from waste_cli.train.recipe import RunPlan
 from waste_cli.train.self_training import (
     PerBatchPseudo,
@@ -76,7 +77,6 @@ from waste_cli.train.self_training import (
     ValidationOutputs,
     load_pool,
 )
-from waste_cli.train.splits import TrainData
 from waste_cli.train.tracking import MetricsLog, Tracker, new_run_dir
 
 __all__ = ["METRIC_COLUMNS", "Trainer", "TrainingDiverged", "improved"]
