@@ -24,7 +24,7 @@ test-fast:  # the in-process tests only: no child processes, no torchrun jobs
 	$(PYTHON) -m pytest -q -m "not subprocess and not distributed"
 
 docs:  # the flag reference, generated from the Typer app (a test fails when it is stale)
-	$(PYTHON) -m typer waste_cli.cli utils docs --name wastecls --output docs/cli.md
+	$(PYTHON) -m typer waste_cli.cli.app utils docs --name wastecls --output docs/cli.md
 
 lint:
 	$(PYTHON) -m ruff check waste_cli tests bench

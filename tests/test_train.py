@@ -355,7 +355,7 @@ def test_resume_of_missing_run_is_an_error(tmp_path):
 
 _FREE_AND_MEASURE = """
 import ctypes, resource, sys
-from waste_cli.runtime import keep_freed_memory
+from waste_cli.core.runtime import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
