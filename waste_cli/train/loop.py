@@ -137,15 +137,27 @@ class Trainer:
 
     def __init__(self, plan: RunPlan, data: TrainData, reporter: Reporter, dist: Distributed,
                  device: torch.device) -> None:
+        """Wire the plan's objects; every choice was made by `recipe.resolve_run`.
+
+        The order is the dependencies': the model first (its data config sets the transforms,
+        and frozen layers must be frozen before the optimizer collects parameters), then the
+        loaders (their length sets the schedule), the optimization, the pseudo-label strategy
+        (it labels with the EMA model), the run folder and the state (restored from last.pt),
+        and last the DDP wrapper (it needs the trainable set fixed).
+        """
         options, last = plan.options, plan.last
         self.options, self.data, self.plan = options, data, plan
         self.reporter, self.dist, self.device = reporter, dist, device
-        self._build_model(pretrained=last is None)
-        self.generator = torch.Generator()
         self.workers = plan.workers
-        self.train_cache = self._cache([p for p, _ in self.data.train])
-        self._build_loaders()
-        self._build_optimization()
+        self.generator = torch.Generator()  # reseeded every epoch: order and augmentation
+        self.model, self.data_config, self.frozen_layers = self._build_model(last is None)
+        self.frozen_params = frozenset(id(p) for p in self.model.parameters()
+                                       if not p.requires_grad)
+        self.train_cache = self._cache([p for p, _ in data.train])
+        self.labelled_sampler = self._labelled_sampler()
+        self.train_loader, self.val_loader = self._build_loaders()
+        self.optimizer, self.scheduler, self.ema, self.scaler = self._build_optimization()
+        self.loss_fn = self._build_loss()
         self.finish = BatchFinish(self.data_config, options.aug)
         self.pseudo = self._pseudo_strategy()
         self.run_dir = self._run_dir()
@@ -154,27 +166,20 @@ class Trainer:
             "skipped": []}
         if last is not None:
             self._restore(last)
-        self.forward_model: nn.Module = self.model
-        if dist.active:  # DDP needs the trainable set fixed before wrapping
-            self.set_trainable(options.freeze_backbone)
-            self.forward_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward_model = self._forward_model()
 
     # --- setup -------------------------------------------------------------------------------
 
-    def _build_model(self, pretrained: bool) -> None:
+    def _build_model(self, pretrained: bool) -> tuple[nn.Module, dict[str, Any], list[nn.Module]]:
+        """(model on the device, its data config, its frozen layer groups)."""
         options = self.options
         model = create_model(options.arch, len(self.data.classes), drop_rate=options.drop_rate,
                              pretrained=options.pretrained and pretrained,
                              weights=options.weights if pretrained else None,
                              classes=self.data.classes)
-        self.data_config = data_config(model, options.img_size)
-        # Before the optimizer is built, so that frozen layers are not even in it.
-        self.frozen_layers = (freeze_layers(model, options.freeze_layers)
-                              if options.freeze_layers else [])
-        self.frozen_params = frozenset(id(p) for p in model.parameters() if not p.requires_grad)
+        frozen = freeze_layers(model, options.freeze_layers) if options.freeze_layers else []
         model.to(self.device, memory_format=memory_format(options.channels_last))
-        self.model = model
+        return model, data_config(model, options.img_size), frozen
 
     def _cache(self, paths: list[Path]) -> list[Any] | None:
         """With --cache ram, every image decoded once at the size the crops are cut from."""
@@ -191,47 +196,57 @@ class Trainer:
         return weighted_sampler([y for _, y in self.data.train], len(self.data.classes),
                                 self.generator)
 
-    def _build_loaders(self) -> None:
+    def _build_loaders(self) -> tuple[DataLoader, DataLoader]:
+        """(training loader, validation loader): this rank's share under torchrun."""
         options, dist = self.options, self.dist
         pin = self.device.type == "cuda"
         train_set = ImageDataset(self.data.train, train_transform(self.data_config, options.aug),
                                  self.train_cache)
-        self.labelled_sampler = self._labelled_sampler()
         order = self.labelled_sampler or (
             RandomSampler(train_set, generator=self.generator) if dist.active else None)
-        self.train_loader = build_loader(
+        train_loader = build_loader(
             train_set, options.batch_size, workers=self.workers, generator=self.generator,
             shuffle=True, sampler=shard(order, dist),
             drop_last=len(train_set) > options.batch_size, pin_memory=pin)
         val_set = ImageDataset(self.data.val, eval_transform(self.data_config),
                                self._cache([p for p, _ in self.data.val]))
-        self.val_loader = build_loader(
+        val_loader = build_loader(
             val_set, options.batch_size, workers=self.workers, pin_memory=pin,
             sampler=shard(range(len(val_set)), dist, even=False) if dist.active else None)
+        return train_loader, val_loader
 
-    def _build_optimization(self) -> None:
+    def _build_optimization(self) -> tuple[torch.optim.Optimizer, Any, ModelEmaV3 | None,
+                                           torch.amp.GradScaler]:
+        """(optimizer, the plan's timm schedule over the loader's updates per epoch or None,
+        EMA or None, gradient scaler): timm's factories, fed by the plan."""
         options = self.options
         layer_decay = {"layer_decay": options.layer_decay} if options.layer_decay else {}
-        self.optimizer = create_optimizer_v2(self.model, opt=options.opt, lr=options.lr,
-                                             weight_decay=options.weight_decay, **layer_decay)
-        self.scheduler = self._scheduler(len(self.train_loader))
-        self.ema = (ModelEmaV3(self.model, decay=options.ema_decay, use_warmup=True)
-                    if options.ema else None)
+        optimizer = create_optimizer_v2(self.model, opt=options.opt, lr=options.lr,
+                                        weight_decay=options.weight_decay, **layer_decay)
+        scheduler = (create_scheduler_v2(optimizer, updates_per_epoch=len(self.train_loader),
+                                         **self.plan.schedule)[0]
+                     if self.plan.schedule is not None else None)
+        ema = (ModelEmaV3(self.model, decay=options.ema_decay, use_warmup=True)
+               if options.ema else None)
         fp16 = bool(options.amp) and amp_dtype(self.device) == torch.float16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        return optimizer, scheduler, ema, torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+    def _build_loss(self) -> nn.Module:
+        options = self.options
         weight = (inverse_frequency([y for _, y in self.data.train], len(self.data.classes))
                   .float() if options.class_weights else None)
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight,
-                                           label_smoothing=options.label_smoothing)
-        self.loss_fn.to(self.device)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=options.label_smoothing
+                                   ).to(self.device)
 
-    def _scheduler(self, steps: int) -> Any:
-        """The plan's timm schedule over `steps` updates per epoch (None: a constant rate)."""
-        if self.plan.schedule is None:
-            return None
-        scheduler, _ = create_scheduler_v2(self.optimizer, updates_per_epoch=steps,
-                                           **self.plan.schedule)
-        return scheduler
+    def _forward_model(self) -> nn.Module:
+        """What the step calls: the model, or its DDP wrapper under torchrun (DDP needs the
+        trainable set fixed before wrapping)."""
+        if not self.dist.active:
+            return self.model
+        self.set_trainable(self.options.freeze_backbone)
+        device = self.device
+        return DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def _pseudo_strategy(self) -> PseudoStrategy | None:
         options = self.options
