@@ -17,7 +17,7 @@ install:
 
 test:  # installs first when wastecls or its test tools are missing (a fresh clone)
 	@$(PYTHON) -c "import waste_cli, timm, pytest, psutil" 2>/dev/null || $(MAKE) install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 test-fast:  # the in-process tests only: no child processes, no torchrun jobs
 	@$(PYTHON) -c "import waste_cli, timm, pytest, psutil" 2>/dev/null || $(MAKE) install
