@@ -181,8 +181,13 @@ def test_calibrate_a_checkpoint_and_an_onnx_file_alike(model, prepared, tmp_path
     assert result.exit_code == 0, result.output
     calibrated = old.with_name("best.calibrated.pt")
     assert "temperature" in result.stdout and calibrated.is_file()
-    again = run_cli("calibrate", old, "--data", prepared)
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    again = run_cli("calibrate", old, "--data", prepared)  # its own file: replaced
+    assert again.exit_code == 0, again.output
+    mine = old.with_name("mine.pt")
+    mine.write_bytes(b"a file the user wrote")
+    refused = run_cli("calibrate", old, "--data", prepared, "--out", mine)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    assert mine.read_bytes() == b"a file the user wrote"
     assert run_cli("calibrate", old, "--data", prepared, "--out", old).exit_code == 2
     assert run_cli("export", "-m", old, "-q").exit_code == 0
     onnx_file = old.with_suffix(".onnx")

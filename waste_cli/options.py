@@ -377,8 +377,8 @@ class PredictOptions(InferenceOptions, BoxFields, FlagFields):
         None, description="--boxes: draw the labelled boxes on each photo into this folder."
     )
     overwrite: bool = Field(
-        False, description="Write into a --save-images folder holding files predict did not "
-        "write."
+        False, description="Replace an --output file, or write into a --save-images folder, "
+        "that predict did not write."
     )
     top_k: int = Field(1, ge=1, description="Labels per image (or box).")
     format: Literal["table", "json", "csv"] = Field(
@@ -422,8 +422,11 @@ class ExportOptions(Options):
     )
     torchscript: bool = Field(False, description="Write a traced TorchScript module.")
     out: Path | None = Field(
-        None, description="Output file, or an existing folder to write into (default: beside "
-        "the checkpoint, e.g. best.onnx)."
+        None, description="Output file (ending in the format's suffix: .onnx, .torchscript), "
+        "or an existing folder to write into (default: beside the checkpoint, e.g. best.onnx)."
+    )
+    overwrite: bool = Field(
+        False, description="Replace an exported file that export did not write."
     )
     opset: int = Field(18, ge=1, description="ONNX opset version (18 up to the newest the "
                        "installed torch exports).")
@@ -471,6 +474,9 @@ class PseudolabelOptions(InferenceOptions):
         "images are never accepted."
     )
     out: Path = Field(Path("pseudolabels.csv"), description="Manifest CSV to write.")
+    overwrite: bool = Field(
+        False, description="Replace an --out file that pseudolabel did not write."
+    )
     copy_to: Path | None = Field(
         None, description="Copy accepted images into DIR/<label>/."
     )
@@ -495,7 +501,9 @@ class CalibrateOptions(ModelRunOptions, FitFields):
         None, description="The calibrated copy (default: beside the model, e.g. "
         "best.calibrated.pt); never the model itself."
     )
-    overwrite: bool = Field(False, description="Replace an existing --out file.")
+    overwrite: bool = Field(
+        False, description="Replace an --out file that calibrate did not write."
+    )
     batch_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="Images per batch (default: the fastest for the backend)."
     )

@@ -311,7 +311,6 @@ def pseudolabel(options: PseudolabelOptions) -> None:
 def evaluate(options: EvaluateOptions) -> None:
     """Accuracy, balanced accuracy, macro-F1, per-class report and confusion matrix."""
     from waste_cli.core.formats import json_text
-    from waste_cli.infer.evaluate import EVALUATE_FILES
     from waste_cli.infer.evaluate import evaluate as run_evaluate
 
     if options.json_output:
@@ -362,9 +361,7 @@ def evaluate(options: EvaluateOptions) -> None:
                           f"{other['flagged']:.1%} flagged, AUROC {other['auroc']:.3f}")
     out_console.print(result.speed.summary())
     if result.out:
-        out_console.print(f"Wrote report.json, per_class.csv, predictions.csv and "
-                          f"{', '.join(n for n in EVALUATE_FILES if n.endswith('.png'))} to "
-                          f"{shown(result.out)}")
+        out_console.print(f"Wrote {', '.join(result.written)} to {shown(result.out)}")
 
 
 @settings_command(

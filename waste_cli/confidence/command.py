@@ -11,7 +11,7 @@ from waste_cli.confidence.calibrate import FitOptions, calibrate_checkpoint, cal
 from waste_cli.confidence.fit import FittedCalibration
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ConfigError, DataError
-from waste_cli.core.files import check_no_overlap
+from waste_cli.core.files import check_no_overlap, claim_file, record_written
 from waste_cli.data.scan import class_folders, class_samples
 from waste_cli.model.backends import OnnxRunner
 from waste_cli.options import CalibrateOptions
@@ -54,10 +54,8 @@ def calibrate(options: CalibrateOptions, reporter: Reporter | None = None) -> Ca
     if target.resolve() == source.resolve():
         raise ConfigError(f"--out {target} is the model itself: calibrate writes a copy, never "
                           "over the model. Choose another --out.")
-    if target.exists() and not options.overwrite:
-        raise ConfigError(f"{target} exists. Choose another --out, or add --overwrite to "
-                          "replace it.")
     check_no_overlap([("--out", target)], [("data", options.data)])
+    claim_file(target, "calibrate", options.overwrite, "--out")
     is_onnx = source.suffix.lower() == ".onnx"
     classes = OnnxRunner(source).classes if is_onnx else _checkpoint_classes(source)
     train, val = (_split(options.data, split, classes) for split in ("train", "val"))
@@ -73,6 +71,7 @@ def calibrate(options: CalibrateOptions, reporter: Reporter | None = None) -> Ca
 
         fitted = calibrate_checkpoint(source, target, train, val, fit,
                                       resolve_device(options.device), reporter)
+    record_written(target, "calibrate")
     return CalibrateResult(source, target, fitted)
 
 

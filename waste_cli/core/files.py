@@ -31,6 +31,7 @@ __all__ = [
     "atomic_text",
     "atomic_write_text",
     "check_no_overlap",
+    "claim_file",
     "claim_folder",
     "describe_os_error",
     "ensure_file_writable",
@@ -38,6 +39,8 @@ __all__ = [
     "file_sha256",
     "hold_lock",
     "is_stream",
+    "owned_by",
+    "record_written",
     "remove_stale_temporaries",
     "temporary_name",
     "write_error",
@@ -108,14 +111,35 @@ def remove_stale_temporaries(path: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+def _names_a_descriptor(path: Path) -> bool:
+    """Whether `path` leads, through any chain of symlinks, to an open file descriptor
+    (/dev/stdout -> /proc/self/fd/1, /dev/fd/N): whatever that descriptor is (a file the
+    shell opened with `>`, a pipe), it is written into, never replaced."""
+    hop = path
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if not hop.is_symlink():
+            return False
+        try:
+            target = Path(os.readlink(hop))
+        except OSError:
+            return False
+        hop = Path(os.path.normpath(hop.parent / target))
+        parts = hop.parts
+        if (parts[:2] == ("/", "proc") and "fd" in parts[2:4]) or parts[:3] == ("/", "dev", "fd"):
+            return True
+    return False
+
+
 def is_stream(path: Path) -> bool:
-    """Whether `path` is a FIFO or a character device (/dev/null, a terminal): an output that
-    is written as a stream, never replaced."""
+    """Whether `path` is written as a stream, never replaced: a FIFO, a character device
+    (/dev/null, a terminal) or a socket, also behind symlinks (the check follows them, as
+    opening does), or a link to an open descriptor such as /dev/stdout."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+    return (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+            or _names_a_descriptor(path))
 
 
 def _umask_mode() -> int:
@@ -159,8 +183,9 @@ def atomic_text(path: Path) -> Iterator[IO[str]]:
     File names that are not UTF-8 (copied from another system) reach Python as surrogate
     escapes (PEP 383); they are written back as the same bytes, so a listed name is the file's
     own name, as the shell shows it."""
-    if is_stream(path):  # a pipe or a device: written as a stream, never replaced
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
+    if is_stream(path):  # a pipe, a device or a descriptor: written into, never replaced
+        # Appending: a descriptor the shell opened (`>` or `>>`) keeps its place and contents.
+        with open(path, "a", encoding="utf-8", errors="surrogateescape") as handle:
             yield handle
         return
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8",
@@ -267,15 +292,51 @@ def describe_os_error(exc: OSError) -> str:
 OUTPUT_MARKER = ".wastecls-output.json"  # which command wrote which entries of a folder
 
 
-def _claimed(folder: Path, command: str) -> set[str]:
-    """The entries of `folder` that `command` recorded as its own."""
+def _claims(folder: Path) -> dict[str, str]:
+    """Entry name -> the command that recorded it as its own in `folder`'s marker."""
     try:
         marker = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
-        return set()
-    if not isinstance(marker, dict) or marker.get("command") != command:
-        return set()
-    return {str(name) for name in marker.get("entries", []) if isinstance(name, str)}
+        return {}
+    if not isinstance(marker, dict):
+        return {}
+    entries = marker.get("entries")
+    if isinstance(entries, list):  # the first form: one command for every entry
+        command = marker.get("command")
+        return {str(n): command for n in entries if isinstance(n, str) and isinstance(command, str)}
+    if isinstance(entries, dict):
+        return {str(n): c for n, c in entries.items() if isinstance(c, str)}
+    return {}
+
+
+def owned_by(folder: Path, command: str) -> set[str]:
+    """The entries of `folder` that `command` recorded as its own."""
+    return {name for name, owner in _claims(folder).items() if owner == command}
+
+
+def _record_claims(folder: Path, command: str, entries: Iterable[str]) -> None:
+    claims = _claims(folder) | dict.fromkeys(entries, command)
+    atomic_write_text(folder / OUTPUT_MARKER,
+                      json_text({"entries": dict(sorted(claims.items()))}, indent=2) + "\n")
+
+
+def claim_file(path: Path, command: str, overwrite: bool, what: str) -> None:
+    """Before `command` writes the file `path`: the one rule for file outputs. A pipe, device
+    or descriptor is streamed into; a file that `command` did not write there (a user's own,
+    another command's) is refused unless `overwrite`. Once written, `record_written` notes it
+    in the folder's marker, so that running the same command again replaces its own file."""
+    if is_stream(path):
+        return
+    ensure_file_writable(path, what)
+    if path.exists() and not overwrite and path.name not in owned_by(path.parent, command):
+        raise ConfigError(f"{what} {path} exists and `wastecls {command}` did not write it. "
+                          "Choose another name, or add --overwrite to replace it.")
+
+
+def record_written(path: Path, command: str) -> None:
+    """Note in the folder's marker that `command` wrote the file `path` (see claim_file)."""
+    if not is_stream(path) and path.is_file():
+        _record_claims(path.parent, command, [path.name])
 
 
 def claim_folder(folder: Path, command: str, entries: Iterable[str], overwrite: bool,
@@ -284,13 +345,11 @@ def claim_folder(folder: Path, command: str, entries: Iterable[str], overwrite: 
     holding anything that this command did not write there (another run's pictures, a
     training run's files, a user's own), then record the claim in the folder's marker."""
     found = {e.name for e in folder.iterdir()} - {OUTPUT_MARKER} if folder.is_dir() else set()
-    foreign = sorted(found - _claimed(folder, command))
+    foreign = sorted(found - owned_by(folder, command))
     if foreign and not overwrite:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise ConfigError(f"The {what} {folder} holds files that `wastecls {command}` did not "
                           f"write ({shown}). Choose a new or empty folder, or add --overwrite "
                           "to write into it anyway.")
     ensure_writable(folder, what)
-    owned = sorted(_claimed(folder, command) | set(entries))
-    atomic_write_text(folder / OUTPUT_MARKER,
-                      json_text({"command": command, "entries": owned}, indent=2) + "\n")
+    _record_claims(folder, command, entries)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ConfigError
-from waste_cli.core.files import check_no_overlap, ensure_writable
+from waste_cli.core.files import check_no_overlap, claim_file, is_stream, record_written
 from waste_cli.export.formats import (
     FORMATS,
     MIN_OPSET,
@@ -21,17 +21,31 @@ from waste_cli.options import ExportOptions
 __all__ = ["export"]
 
 
-def _target(options: ExportOptions, source: Path, suffix: str) -> Path:
-    """--out (inside it, named as the checkpoint, when it is a folder), or the checkpoint's path
-    (the current folder for the built-in model, whose folder belongs to the installation), with
-    the format's suffix."""
-    if options.out is not None:
-        base = options.out / source.stem if options.out.is_dir() else options.out
+def _target(options: ExportOptions, source: Path, suffix: str, formats: int) -> Path:
+    """--out as given (inside it, named as the checkpoint, when it is a folder), or the
+    checkpoint's path with the format's suffix (the current folder for the built-in model,
+    whose folder belongs to the installation)."""
+    out = options.out
+    if out is not None and not out.is_dir():
+        if is_stream(out):
+            raise ConfigError(f"--out {out} is a pipe or a device: an exported model is a "
+                              "binary file, written whole and verified before it takes its "
+                              "name. Give a file name or a folder.")
+        if formats > 1:
+            raise ConfigError(f"--out {out} names one file, but {formats} formats were asked "
+                              "for: give a folder (each file is named after the checkpoint).")
+        if out.suffix != suffix:  # wastecls tells a file's format by its suffix
+            raise ConfigError(f"--out {out} does not end in {suffix}, the suffix that tells "
+                              f"predict and evaluate what the file is: use --out "
+                              f"{out.with_name(out.name + suffix)}.")
+        return out
+    if out is not None:
+        base = out / source.stem
     elif is_builtin(source):
         base = Path(source.stem)
     else:
         base = source.with_suffix("")
-    return base if base.suffix == suffix else base.with_suffix(suffix)
+    return base.with_suffix(suffix)
 
 
 def export(options: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
@@ -40,17 +54,22 @@ def export(options: ExportOptions, reporter: Reporter | None = None) -> ExportRe
     if options.onnx and not MIN_OPSET <= options.opset <= max_opset():
         raise ConfigError(f"--opset {options.opset} is outside what can be exported here: "
                           f"choose {MIN_OPSET} to {max_opset()} (default {MIN_OPSET}).")
-    source = find_model(options.model, reporter)
+    source = find_model(options.model, reporter, kind=".pt")
     if source.suffix.lower() == ".onnx":
-        raise ConfigError(f"{source} is already exported; export takes a .pt checkpoint.")
-    targets = {name: _target(options, source, FORMATS[name].suffix)
-               for name in FORMATS if getattr(options, name)}
+        raise ConfigError(f"{source} is already exported: export takes the .pt checkpoint it "
+                          "came from (e.g. --model runs/train/exp/best.pt).")
+    names = [name for name in FORMATS if getattr(options, name)]
+    targets = {name: _target(options, source, FORMATS[name].suffix, len(names))
+               for name in names}
     check_no_overlap([("--out", path) for path in targets.values()],
                      [("model", source), ("--verify-data", options.verify_data),
                       ("--calib-data", options.calib_data)])
     for path in targets.values():
-        ensure_writable(path.parent, "export folder")
+        claim_file(path, "export", options.overwrite, "--out")
     write = WriteOptions(opset=options.opset, batch=options.batch, half=options.half,
                          int8=options.int8, max_drop=options.max_drop)
-    return export_checkpoint(source, targets, write, reporter, verify=options.verify,
-                             verify_data=options.verify_data, calib_data=options.calib_data)
+    result = export_checkpoint(source, targets, write, reporter, verify=options.verify,
+                               verify_data=options.verify_data, calib_data=options.calib_data)
+    for path in result.files.values():
+        record_written(path, "export")
+    return result

@@ -19,8 +19,9 @@ from waste_cli.core.files import (
     atomic_path,
     atomic_text,
     check_no_overlap,
+    claim_file,
     claim_folder,
-    ensure_file_writable,
+    record_written,
 )
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import EvalImages, Speed
@@ -213,7 +214,7 @@ def predict_boxes(options: PredictOptions, stdout: IO[str],
     check_no_overlap([("--output", options.output), ("--save-images", options.save_images)],
                      inputs)
     if options.output is not None:
-        ensure_file_writable(options.output, "--output")
+        claim_file(options.output, "predict", options.overwrite, "--output")
     detections, skipped, below = load_boxes(options)
     if options.save_images is not None:
         claim_folder(options.save_images, "predict",
@@ -229,6 +230,7 @@ def predict_boxes(options: PredictOptions, stdout: IO[str],
         with atomic_text(options.output) as handle:
             done = write_boxes(stream, fmt, handle, options.top_k, runner.classes,
                                options.abstain)
+        record_written(options.output, "predict")
     if options.save_images is not None:
         save_pictures(done, options.images, options.save_images, reporter, options.abstain)
     failed = [item for item in done if item.error]

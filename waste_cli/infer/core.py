@@ -25,6 +25,7 @@ from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import EvalImages, Speed, iterate_batches
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.model.backends import Outputs, Runner, open_runner
+from waste_cli.model.builtin import builtin_file, is_builtin
 
 __all__ = [
     "ABSTAIN_LABEL",
@@ -72,6 +73,8 @@ def open_model(path: Path, device: str, backend: str, reporter: Reporter) -> Run
     If the ONNX twin of a checkpoint cannot be written under `auto`, PyTorch runs it instead and
     the user is told why; under `onnxruntime` that is an error.
     """
+    if backend == "torch" and path.suffix.lower() == ".onnx" and is_builtin(path):
+        path = builtin_file(".pt") or path  # the built-in model's checkpoint runs on PyTorch
     torch_device = None
     if path.suffix.lower() != ".onnx" or device not in ("auto", "cpu"):
         from waste_cli.core.runtime import resolve_device

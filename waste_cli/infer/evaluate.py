@@ -21,7 +21,13 @@ from waste_cli.confidence.fit import LOW_CONFIDENCE, UNFAMILIAR, flags_of
 from waste_cli.confidence.measures import auroc, calibration_report, risk_coverage, scaled_softmax
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import DataError, ModelError
-from waste_cli.core.files import atomic_write_text, check_no_overlap, claim_folder, write_json
+from waste_cli.core.files import (
+    atomic_write_text,
+    check_no_overlap,
+    claim_folder,
+    owned_by,
+    write_json,
+)
 from waste_cli.core.formats import csv_writer
 from waste_cli.core.metrics import (
     classification_report,
@@ -46,7 +52,8 @@ from waste_cli.model.builtin import find_model
 from waste_cli.options import EvaluateOptions
 
 EVALUATE_FILES = ("report.json", "per_class.csv", "predictions.csv", "confusion_matrix.png",
-                  "top_losses.png", "reliability.png", "risk_coverage.png")
+                  "reliability.png", "risk_coverage.png")  # always written
+TOP_LOSSES = "top_losses.png"  # written when there are mistakes to show
 
 __all__ = ["EvaluateResult", "build_report", "evaluate", "labelled_folder"]
 
@@ -58,6 +65,7 @@ class EvaluateResult:
     backend: str
     out: Path | None
     speed: Speed
+    written: list[str]  # the files written into `out`
 
 
 def labelled_folder(data: Path, split: str) -> Path:
@@ -91,8 +99,9 @@ def _match_classes(model_classes: list[str], data_classes: list[str], folder: Pa
 
 def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
                    logits: torch.Tensor, flags: list[str], classes: list[str],
-                   top_losses: int) -> None:
-    """The files of --out; `logits` already divided by the model's temperature."""
+                   top_losses: int) -> list[str]:
+    """Write the files of --out (`logits` already divided by the model's temperature); the
+    names written. A top_losses.png of an earlier run is removed when there is no mistake."""
     samples = images.samples
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -137,8 +146,13 @@ def _write_outputs(out: Path, report: dict[str, Any], images: EvalImages,
         pictures = [np.asarray(_thumbnail(images, i)) for i in picks]
         captions = [f"true {classes[samples[i][1]]}\npred {classes[int(probs[i].argmax())]} "
                     f"({float(probs[i].max()):.0%})\n{samples[i][0].name}" for i in picks]
-        plot_image_grid(pictures, captions, out / "top_losses.png",
+        plot_image_grid(pictures, captions, out / TOP_LOSSES,
                         "Most confident mistakes (check these labels first)")
+        claim_folder(out, "evaluate", [TOP_LOSSES], overwrite=True, what="--out folder")
+        return [*EVALUATE_FILES, TOP_LOSSES]
+    if TOP_LOSSES in owned_by(out, "evaluate"):  # an earlier run's picture, not this one's
+        (out / TOP_LOSSES).unlink(missing_ok=True)
+    return list(EVALUATE_FILES)
 
 
 def _thumbnail(images: EvalImages, index: int) -> Image.Image:
@@ -292,7 +306,7 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
         valid = np.isfinite(outputs["logits"]).all(axis=1)
         report["unfamiliar"] = _unfamiliar_report(options, runner, scores[valid], batch_size,
                                                   reporter)
-    if options.out is not None:
-        _write_outputs(options.out, report, images, logits / scale, flags, runner.classes,
-                       options.top_losses)
-    return EvaluateResult(report, model_path, runner.name, options.out, speed)
+    written = (_write_outputs(options.out, report, images, logits / scale, flags,
+                              runner.classes, options.top_losses)
+               if options.out is not None else [])
+    return EvaluateResult(report, model_path, runner.name, options.out, speed, written)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from waste_cli.core.console import Reporter, printable
-from waste_cli.core.files import atomic_text, check_no_overlap, ensure_file_writable
+from waste_cli.core.files import atomic_text, check_no_overlap, claim_file, record_written
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import Speed
 from waste_cli.infer.answers import (
@@ -82,7 +82,7 @@ def predict(options: PredictOptions, stdout: IO[str],
                          [("model", model_path),
                           *(("input", Path(i)) for i in options.inputs if Path(i).exists()),
                           *(("input", p) for p in paths)])
-        ensure_file_writable(options.output, "--output")
+        claim_file(options.output, "predict", options.overwrite, "--output")
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt = output_format(options)
     count, speed, flags = 0, Speed(), Counter[str]()
@@ -105,5 +105,6 @@ def predict(options: PredictOptions, stdout: IO[str],
     else:
         with atomic_text(options.output) as handle:
             run(handle)
+        record_written(options.output, "predict")
     return PredictResult(model_path, runner.name, count, failed, speed,
                          {flag: n for flag, n in flags.items() if n})

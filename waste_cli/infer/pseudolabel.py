@@ -18,8 +18,9 @@ from waste_cli.core.files import (
     atomic_path,
     atomic_write_text,
     check_no_overlap,
-    ensure_file_writable,
+    claim_file,
     ensure_writable,
+    record_written,
 )
 from waste_cli.core.formats import csv_writer
 from waste_cli.core.names import safe_name
@@ -69,7 +70,7 @@ def pseudolabel(options: PseudolabelOptions, reporter: Reporter | None = None
     folder = options.data or _default_pool(model_path)
     check_no_overlap([("--out", options.out), ("--copy-to", options.copy_to)],
                      [("model", model_path), ("data", folder)])
-    ensure_file_writable(options.out, "--out")
+    claim_file(options.out, "pseudolabel", options.overwrite, "--out")
     runner = open_model(model_path, options.device, options.backend, reporter)
     # Class names come from the model file: each must be a safe folder name before any copy.
     folders = {name: options.copy_to / safe_name(name, f"a class of {model_path}")
@@ -99,4 +100,5 @@ def pseudolabel(options: PseudolabelOptions, reporter: Reporter | None = None
     buffer = io.StringIO()
     csv_writer(buffer).writerows(rows)
     atomic_write_text(options.out, buffer.getvalue())
+    record_written(options.out, "pseudolabel")
     return PseudolabelResult(options.out, model_path, len(rows) - 1, dict(accepted), failed)

@@ -132,7 +132,11 @@ class OnnxRunner:
                             if info.get("calibration") else None)
         self.metadata = info
         self.input_name = probe.get_inputs()[0].name
-        self.dynamic_batch = not isinstance(probe.get_inputs()[0].shape[0], int)
+        batch = probe.get_inputs()[0].shape[0]
+        self.dynamic_batch = not isinstance(batch, int)
+        # A file exported with a fixed batch (`export --batch N`) takes exactly N images: any
+        # other count is run in chunks of N, the last one padded.
+        self.fixed_batch: int | None = None if self.dynamic_batch else int(batch)
         self._session: Any = None
 
     def _open(self, optimize: bool = True) -> Any:
@@ -157,6 +161,15 @@ class OnnxRunner:
         if self._session is None:
             self._session = self._open()
         array = np.ascontiguousarray(images, dtype=np.float32)
+        if self.fixed_batch is None or len(array) == self.fixed_batch:
+            return self._run(array)
+        size, count = self.fixed_batch, len(array)
+        padded = np.zeros((-(-count // size) * size, *array.shape[1:]), np.float32)
+        padded[:count] = array
+        chunks = [self._run(padded[i:i + size]) for i in range(0, len(padded), size)]
+        return {name: np.concatenate([c[name] for c in chunks])[:count] for name in chunks[0]}
+
+    def _run(self, array: np.ndarray) -> Outputs:
         outputs = self._session.run(None, {self.input_name: array})
         return {name: out.astype(np.float32, copy=False)
                 for name, out in zip(self.output_names, outputs, strict=True)}

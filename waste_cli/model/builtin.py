@@ -18,31 +18,6 @@ from waste_cli.model.backends import OnnxRunner
 
 __all__ = ["BUILTIN_MODEL", "builtin_file", "find_model", "is_builtin", "model_name", "named_file"]
 
-def find_model(model: Path | None, reporter: Reporter) -> Path:
-    """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
-    built-in one."""
-    if model is not None:
-        if not model.is_file():
-            what = "is a folder" if model.is_dir() else "does not exist"
-            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
-                             ".onnx from `wastecls export`.")
-        return model
-    candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    builtin = builtin_file(".onnx")
-    if not candidates and builtin is not None:
-        classes = OnnxRunner(builtin).classes
-        reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "
-                      f"{', '.join(classes)}); give --model to use your own")
-        return builtin
-    if not candidates:
-        raise ModelError(
-            "No model given and no runs/train/*/best.pt under the current folder. Pass "
-            "--model FILE (a best.pt or an exported .onnx) or set WASTECLS_MODEL."
-        )
-    reporter.info(f"using the newest trained model: {candidates[-1]}")
-    return candidates[-1]
-
-
 BUILTIN_MODEL = "trashnet-lite0"
 
 
@@ -72,3 +47,28 @@ def named_file(path: Path | None, suffix: str) -> Path | None:
 def model_name(path: Path) -> str:
     """How a model file is named to the user: the built-in model by its name, others by path."""
     return f"built-in {BUILTIN_MODEL}" if is_builtin(path) else str(path)
+
+
+def find_model(model: Path | None, reporter: Reporter, kind: str = ".onnx") -> Path:
+    """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
+    built-in one's `kind` file (.onnx to run it, .pt where a checkpoint is needed)."""
+    if model is not None:
+        if not model.is_file():
+            what = "is a folder" if model.is_dir() else "does not exist"
+            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
+                             ".onnx from `wastecls export`.")
+        return model
+    candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    builtin = builtin_file(kind)
+    if not candidates and builtin is not None:
+        classes = OnnxRunner(builtin_file(".onnx") or builtin).classes
+        reporter.info(f"model: built-in {BUILTIN_MODEL} ({len(classes)} classes: "
+                      f"{', '.join(classes)}); give --model to use your own")
+        return builtin
+    if not candidates:
+        raise ModelError(
+            "No model given and no runs/train/*/best.pt under the current folder. Pass "
+            "--model FILE (a best.pt or an exported .onnx) or set WASTECLS_MODEL."
+        )
+    reporter.info(f"using the newest trained model: {candidates[-1]}")
+    return candidates[-1]

@@ -1,0 +1,133 @@
+"""The defects a new user hit by following the docs (issue 32), one test each, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE, run_cli
+
+from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.builtin import BUILTIN_MODEL, builtin_file
+
+PHOTOS = [SAMPLE / "glass" / "glass1.jpg", SAMPLE / "metal" / "metal1.jpg"]
+
+
+def _wastecls(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "waste_cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.subprocess
+def test_output_through_a_link_to_a_descriptor_fifo_or_device_is_written_into(tmp_path):
+    """Item 1: a link to /proc/self/fd/1 (what /dev/stdout is), to a FIFO or to a character
+    device stays a link, and what it leads to receives the output."""
+    stdout_link = tmp_path / "stdout"
+    stdout_link.symlink_to("/proc/self/fd/1")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as handle:  # `> log.txt`
+        done = subprocess.run([sys.executable, "-m", "waste_cli", "predict", "-q", "--format",
+                               "csv", "--output", str(stdout_link), *map(str, PHOTOS)],
+                              stdout=handle, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert stdout_link.is_symlink() and os.readlink(stdout_link) == "/proc/self/fd/1"
+    assert log.read_text().startswith("path,label,confidence")
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fifo_link = tmp_path / "to-fifo"
+    fifo_link.symlink_to(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    done = _wastecls("predict", "-q", "--format", "csv", "--output", fifo_link, *PHOTOS)
+    reader.join(timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert fifo_link.is_symlink() and received and received[0].count("\n") == 3
+
+    null_link = tmp_path / "to-null"
+    null_link.symlink_to(os.devnull)
+    done = _wastecls("predict", "-q", "--output", null_link, *PHOTOS)
+    assert done.returncode == 0, done.stderr
+    assert null_link.is_symlink() and Path(os.devnull).is_char_device()
+
+
+def test_outputs_replace_only_what_their_command_wrote(tmp_path, monkeypatch):
+    """Item 2: one rule for every file output: a file the command did not write is refused
+    without --overwrite; its own file from an earlier run is replaced."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("my own notes\n")
+    for command in (["predict", *PHOTOS, "--output"], ["pseudolabel", "--data", SAMPLE / "glass",
+                                                        "--out"]):
+        refused = run_cli(*command, mine)
+        assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+        assert mine.read_text() == "my own notes\n"
+        own = tmp_path / f"{command[0]}.csv"
+        for _ in range(2):  # the second run replaces the first run's file
+            result = run_cli(*command, own, "-q")
+            assert result.exit_code == 0, result.output
+    result = run_cli("predict", *PHOTOS, "--output", mine, "--overwrite", "-q")
+    assert result.exit_code == 0 and mine.read_text().startswith("path,label")
+
+
+def test_a_fixed_batch_export_runs_on_any_number_of_images(model, prepared, tmp_path):
+    """Item 5: `export --batch 4` writes a file that predict and evaluate run on 2 images."""
+    fixed = tmp_path / "b4.onnx"
+    assert run_cli("export", "-m", model, "--batch", "4", "--out", fixed, "-q").exit_code == 0
+    assert OnnxRunner(fixed).fixed_batch == 4
+    out = {}
+    for name, path in (("fixed", fixed), ("dynamic", model)):
+        csv = tmp_path / f"{name}.csv"
+        result = run_cli("predict", "-m", path, *PHOTOS, "--format", "csv", "--output", csv,
+                         "-q")
+        assert result.exit_code == 0, result.output
+        out[name] = [line.split(",")[1] for line in csv.read_text().splitlines()[1:]]
+    assert out["fixed"] == out["dynamic"] and len(out["fixed"]) == 2
+    result = run_cli("evaluate", fixed, "--data", prepared)
+    assert result.exit_code == 0, result.output
+
+
+def test_export_and_torch_without_a_model_use_the_builtin_checkpoint(tmp_path, monkeypatch):
+    """Item 6: no trained run here: export and `predict --backend torch` take the built-in
+    model's checkpoint instead of failing on its ONNX file."""
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export", "-q")
+    assert result.exit_code == 0, result.output
+    assert OnnxRunner(tmp_path / f"{BUILTIN_MODEL}.onnx").classes == \
+        OnnxRunner(builtin_file(".onnx")).classes
+    result = run_cli("predict", "--backend", "torch", *PHOTOS, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert len([json.loads(line) for line in result.stdout.splitlines()]) == 2  # JSON lines
+
+
+def test_export_out_must_be_a_file_with_the_formats_suffix(model, tmp_path):
+    """Item 7: --out to a FIFO or a device is refused (no `fifo.onnx` beside it), and an --out
+    without the format's suffix is refused with the name to use, not silently changed."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, Path(os.devnull)):
+        result = run_cli("export", "-m", model, "--out", target)
+        assert result.exit_code == 2 and "pipe or a device" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "run"]
+    result = run_cli("export", "-m", model, "--out", tmp_path / "plain")
+    assert result.exit_code == 2 and "plain.onnx" in result.output, result.output
+
+
+def test_evaluate_lists_only_the_pictures_it_wrote(model, prepared, tmp_path):
+    """Item 8: without a top-losses picture, evaluate neither claims nor announces one, and an
+    earlier run's picture in its own folder goes."""
+    out = tmp_path / "eval"
+    first = run_cli("evaluate", model, "--data", prepared, "--out", out)
+    assert first.exit_code == 0, first.output
+    had = (out / "top_losses.png").exists()
+    assert ("top_losses.png" in first.output) == had
+    result = run_cli("evaluate", model, "--data", prepared, "--out", out, "--top-losses", "0")
+    assert result.exit_code == 0, result.output
+    assert "top_losses.png" not in result.output and not (out / "top_losses.png").exists()
+    assert "reliability.png" in result.output
