@@ -205,8 +205,11 @@ def build_loader(
 
     With a generator (training), every sample carries its own augmentation seed. Workers are
     persistent: forking a new one every epoch makes the training process pay copy-on-write
-    page faults on its own memory for the next seconds.
+    page faults on its own memory for the next seconds. `drop_last` drops a partial last batch
+    only when a full one remains: the count is what this loader yields (a torchrun rank's
+    share), so a small dataset still gives every rank a step.
     """
+    drop_last = drop_last and len(sampler if sampler is not None else dataset) > batch_size
     if generator is not None:
         if sampler is None:
             sampler = (RandomSampler(dataset, generator=generator) if shuffle

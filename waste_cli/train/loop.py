@@ -207,7 +207,7 @@ class Trainer:
         train_loader = build_loader(
             train_set, options.batch_size, workers=self.workers, generator=self.generator,
             shuffle=True, sampler=shard(order, dist),
-            drop_last=len(train_set) > options.batch_size, pin_memory=pin)
+            drop_last=True, pin_memory=pin)
         val_set = ImageDataset(self.data.val, eval_transform(self.data_config),
                                self._cache([p for p, _ in self.data.val]))
         val_loader = build_loader(

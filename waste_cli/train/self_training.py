@@ -378,7 +378,7 @@ class PerBatchPseudo(_PoolStrategy):
                               generator=ctx.generator, shuffle=True,
                               sampler=shard(RandomSampler(pool_set, generator=ctx.generator),
                                             ctx.dist) if ctx.dist.active else None,
-                              drop_last=len(self.pool.paths) > options.batch_size)
+                              drop_last=True)
         self.unlabelled = _cycle(loader)
         return None
 
