@@ -305,6 +305,32 @@ def test_ctrl_c_predict_exits_130(onnx_model, many_images, tmp_path):
 
 
 @pytest.mark.subprocess
+@pytest.mark.parametrize("gap", [0.05, 0.1, 0.2])
+def test_repeated_ctrl_c_ends_predict_within_a_second(onnx_model, many_images, tmp_path, gap):
+    """A second and a third Ctrl-C while the first is being handled: exit 130 within a second
+    of the first, no traceback, no "Exception ignored", no worker left behind."""
+    proc = _wastecls("predict", "-m", onnx_model, *[many_images] * 5, "--workers", "2",
+                     "--batch-size", "1", "--output", tmp_path / "out.csv",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(psutil.Process(proc.pid).children()) < 2:
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    first = time.time()
+    for _ in range(2):
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    took = time.time() - first
+    assert proc.returncode == 130 and took < 1.5, (took, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    psutil.wait_procs(workers, timeout=5)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.subprocess
 def test_a_reader_that_leaves_early_stops_predict_quietly(onnx_model, many_images):
     reader = subprocess.Popen(["head", "-n", "2"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)

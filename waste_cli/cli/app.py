@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, get_args, get_origin
@@ -130,6 +131,7 @@ def settings_command(
             except WasteclsError as exc:
                 fail(str(exc), exc.exit_code)
             except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # further Ctrl-C: already ending
                 fail("Interrupted. Files completed before this were kept; nothing "
                       "half-written carries a final name.", 130)
             except BrokenPipeError:  # the reader left early (`| head`): stop quietly

@@ -228,24 +228,42 @@ def _in_processes(count: int, threads: int, images: EvalImages, runner: Runner |
     """Run `_work` on `tasks` in `count` processes; results in order, two tasks per worker
     ahead."""
     pending: deque[Future[list[Done]]] = deque()
-    with ProcessPoolExecutor(count, initializer=_start_worker,
-                             initargs=(images, runner, threads, os.getpid())) as pool:
-        try:
-            for task in tasks:
-                with interrupts_held():  # the first submit forks the workers
-                    pending.append(pool.submit(_work, task))
-                if len(pending) >= 2 * count:
-                    yield from pending.popleft().result()
-            while pending:
+    pool = ProcessPoolExecutor(count, initializer=_start_worker,
+                               initargs=(images, runner, threads, os.getpid()))
+    finished = False
+    try:
+        for task in tasks:
+            with interrupts_held():  # the first submit forks the workers
+                pending.append(pool.submit(_work, task))
+            if len(pending) >= 2 * count:
                 yield from pending.popleft().result()
-        except BrokenProcessPool:
-            raise WasteclsError(
-                "An inference worker process died (out of memory?). Try a smaller --batch-size, "
-                "fewer --workers, or --workers 0 to run in one process."
-            ) from None
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield from pending.popleft().result()
+        finished = True
+    except BrokenProcessPool:
+        raise WasteclsError(
+            "An inference worker process died (out of memory?). Try a smaller --batch-size, "
+            "fewer --workers, or --workers 0 to run in one process."
+        ) from None
+    finally:
+        with interrupts_held():  # a second Ctrl-C must not cut the clean-up in two
+            _close(pool, abandon=not finished)
+
+
+def _close(pool: ProcessPoolExecutor, abandon: bool) -> None:
+    """Shut the pool down; when its work is abandoned (Ctrl-C, an error, a reader that left),
+    without waiting: its workers are killed, since one blocked writing a result nobody reads
+    would hold the shutdown, and the interpreter's exit, forever."""
+    if not abandon:
+        pool.shutdown(wait=True)
+        return
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+    else:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def batch_tasks(images: int, batch_size: int, workers: int) -> Iterator[list[list[int]]]:
