@@ -131,3 +131,45 @@ def test_evaluate_lists_only_the_pictures_it_wrote(model, prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "top_losses.png" not in result.output and not (out / "top_losses.png").exists()
     assert "reliability.png" in result.output
+
+
+def test_prepare_config_repeats_the_run(tmp_path, monkeypatch):
+    """Item 9: the config.yaml prepare writes repeats the run, its SOURCE included."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("prepare", SAMPLE, "--out", "first", "-q").exit_code == 0
+    result = run_cli("prepare", "--config", tmp_path / "first" / "config.yaml", "--out",
+                     "again", "-q")
+    assert result.exit_code == 0, result.output
+    listing = {p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.jpg")}
+    assert listing == {p.relative_to(tmp_path / "first")
+                       for p in (tmp_path / "first").rglob("*.jpg")}
+    result = run_cli("prepare", "--out", "none")  # no config: SOURCE is still required
+    assert result.exit_code == 2 and "SOURCE" in result.output
+
+
+def test_every_folder_a_command_writes_has_its_config(model, prepared, tmp_path):
+    """Item 10: evaluate --out, predict --save-images and pseudolabel --copy-to folders hold
+    the resolved settings as config.yaml; and a second pseudolabel run into the same sorted
+    folder adds no second copies (item 16)."""
+    out = tmp_path / "eval"
+    assert run_cli("evaluate", model, "--data", prepared, "--out", out).exit_code == 0
+    assert "evaluate:" in (out / "config.yaml").read_text()
+    from conftest import build_coco
+
+    ann, images = build_coco(tmp_path / "coco", scenes=2)
+    pictures = tmp_path / "pictures"
+    boxes = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 0.9, "category_id": 1}
+             for a in json.loads(ann.read_text())["annotations"]]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    result = run_cli("predict", "--boxes", tmp_path / "boxes.json", "--coco-images", ann,
+                     "--images", images, "--save-images", pictures, "-q")
+    assert result.exit_code == 0, result.output
+    assert "predict:" in (pictures / "config.yaml").read_text()
+    sorted_dir = tmp_path / "sorted"
+    args = ["pseudolabel", "--data", SAMPLE / "glass", "--threshold", "0.5", "--copy-to",
+            sorted_dir, "--out", tmp_path / "manifest.csv", "-q"]
+    assert run_cli(*args).exit_code == 0
+    first = sorted(p.relative_to(sorted_dir) for p in sorted_dir.rglob("*.jpg"))
+    assert first and "pseudolabel:" in (sorted_dir / "config.yaml").read_text()
+    assert run_cli(*args).exit_code == 0
+    assert sorted(p.relative_to(sorted_dir) for p in sorted_dir.rglob("*.jpg")) == first

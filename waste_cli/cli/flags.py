@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -10,6 +11,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typer
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+from waste_cli.cli.sources import ENV_PREFIX
 
 __all__ = ["PANELS", "ConfigOption"]
 
@@ -28,7 +31,22 @@ class _FlagsWithoutType:
 
 
 class Command(_FlagsWithoutType, typer.core.TyperCommand):
-    pass
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """With a config file (--config or WASTECLS_CONFIG), a required argument may come from
+        it (`prepare --config OUT/config.yaml` repeats a run): Click does not insist on it
+        then, and the options model says what is still missing."""
+        configured = os.environ.get(f"{ENV_PREFIX}CONFIG") or any(
+            a in ("--config", "-c") or a.startswith("--config=") for a in args)
+        arguments = [p for p in self.params if p.param_type_name == "argument" and p.required]
+        if not configured:
+            return super().parse_args(ctx, args)
+        for param in arguments:
+            param.required = False
+        try:
+            return super().parse_args(ctx, args)
+        finally:
+            for param in arguments:
+                param.required = True
 
 
 class Group(_FlagsWithoutType, typer.core.TyperGroup):

@@ -37,7 +37,7 @@ from waste_cli.infer.answers import (
 from waste_cli.infer.core import Classified, ClassifyOptions, classify, open_model
 from waste_cli.model.backends import Runner
 from waste_cli.model.builtin import find_model
-from waste_cli.options import PredictOptions
+from waste_cli.options import PredictOptions, write_config
 
 __all__ = ["BoxPrediction", "BoxesResult", "classify_boxes", "load_boxes", "predict_boxes",
            "save_pictures", "write_boxes"]
@@ -218,8 +218,9 @@ def predict_boxes(options: PredictOptions, stdout: IO[str],
     detections, skipped, below = load_boxes(options)
     if options.save_images is not None:
         claim_folder(options.save_images, "predict",
-                     {_picture(d.image, options.images).parts[0] for d in detections},
-                     options.overwrite, "--save-images folder")
+                     {_picture(d.image, options.images).parts[0] for d in detections}
+                     | {"config.yaml"}, options.overwrite, "--save-images folder")
+        write_config(options, options.save_images / "config.yaml")
     reporter.warn_some([f"skipped {entry}" for entry in skipped])
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt, speed = output_format(options), Speed()

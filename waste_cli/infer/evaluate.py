@@ -49,7 +49,7 @@ from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.infer.core import BROKEN_OUTPUT, open_model, temperature
 from waste_cli.model.backends import Runner
 from waste_cli.model.builtin import find_model
-from waste_cli.options import EvaluateOptions
+from waste_cli.options import EvaluateOptions, write_config
 
 EVALUATE_FILES = ("report.json", "per_class.csv", "predictions.csv", "confusion_matrix.png",
                   "reliability.png", "risk_coverage.png")  # always written
@@ -272,8 +272,9 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
         data = options.data or options.images
         check_no_overlap([("--out", options.out)], [("model", model_path), ("data", data),
                                                      ("--boxes", options.boxes)])
-        claim_folder(options.out, "evaluate", EVALUATE_FILES, options.overwrite,
-                     "--out folder")
+        claim_folder(options.out, "evaluate", [*EVALUATE_FILES, "config.yaml"],
+                     options.overwrite, "--out folder")
+        write_config(options, options.out / "config.yaml")
     # A wrong --data fails here, before the model is loaded.
     folder = labelled_folder(options.data, options.split) if options.data else None
     runner = open_model(model_path, options.device, options.backend, reporter)
@@ -306,7 +307,7 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
         valid = np.isfinite(outputs["logits"]).all(axis=1)
         report["unfamiliar"] = _unfamiliar_report(options, runner, scores[valid], batch_size,
                                                   reporter)
-    written = (_write_outputs(options.out, report, images, logits / scale, flags,
-                              runner.classes, options.top_losses)
+    written = ([*_write_outputs(options.out, report, images, logits / scale, flags,
+                                runner.classes, options.top_losses), "config.yaml"]
                if options.out is not None else [])
     return EvaluateResult(report, model_path, runner.name, options.out, speed, written)

@@ -20,6 +20,7 @@ from waste_cli.core.files import (
     check_no_overlap,
     claim_file,
     ensure_writable,
+    file_sha256,
     record_written,
 )
 from waste_cli.core.formats import csv_writer
@@ -28,7 +29,7 @@ from waste_cli.data.scan import PSEUDO_SPLIT
 from waste_cli.infer.core import ClassifyOptions, expand_inputs, open_model, predict_stream
 from waste_cli.model.builtin import find_model
 from waste_cli.model.checkpoint import load_checkpoint
-from waste_cli.options import PseudolabelOptions, stored_options
+from waste_cli.options import PseudolabelOptions, stored_options, write_config
 
 __all__ = ["PseudolabelResult", "pseudolabel"]
 
@@ -52,14 +53,27 @@ def _default_pool(model_path: Path) -> Path:
                       "has no pseudolabel/ folder).")
 
 
-def _free_name(folder: Path, image: Path, taken: set[Path]) -> Path:
-    """folder/<image's name>, or NAME-1, NAME-2 ... when this run or anyone else has it."""
+def _copy_target(folder: Path, image: Path, taken: set[Path]) -> Path | None:
+    """Where to copy `image`: folder/<its name>, or NAME-1, NAME-2 ... when this run or anyone
+    else has that name; None when the folder already holds this very photo (an earlier run
+    sorted it), so that running again adds no second copy."""
     target, counter = folder / image.name, 0
     while target in taken or target.exists() or target.is_symlink():
+        if target not in taken and _same_file_contents(target, image):
+            taken.add(target)
+            return None
         counter += 1
         target = folder / f"{image.stem}-{counter}{image.suffix}"
     taken.add(target)
     return target
+
+
+def _same_file_contents(a: Path, b: Path) -> bool:
+    try:
+        return (a.is_file() and not a.is_symlink() and a.stat().st_size == b.stat().st_size
+                and file_sha256(a) == file_sha256(b))
+    except OSError:
+        return False
 
 
 def pseudolabel(options: PseudolabelOptions, reporter: Reporter | None = None
@@ -77,6 +91,7 @@ def pseudolabel(options: PseudolabelOptions, reporter: Reporter | None = None
                for name in runner.classes} if options.copy_to is not None else {}
     if options.copy_to is not None:
         ensure_writable(options.copy_to, "--copy-to folder")
+        write_config(options, options.copy_to / "config.yaml")
     paths, failed = expand_inputs([str(folder)])
     classify = ClassifyOptions(top_k=2, exclude_class=tuple(options.exclude_class),
                               batch_size=options.batch_size, workers=options.workers)
@@ -94,9 +109,10 @@ def pseudolabel(options: PseudolabelOptions, reporter: Reporter | None = None
         if ok:
             accepted[item.labels[0]].append(confidence)
             if options.copy_to is not None:
-                target = _free_name(folders[item.labels[0]], item.path, names)
-                with atomic_path(target) as tmp:  # a killed run leaves no half-copied image
-                    shutil.copy2(item.path, tmp)
+                target = _copy_target(folders[item.labels[0]], item.path, names)
+                if target is not None:
+                    with atomic_path(target) as tmp:  # a killed run leaves no half-copy
+                        shutil.copy2(item.path, tmp)
     buffer = io.StringIO()
     csv_writer(buffer).writerows(rows)
     atomic_write_text(options.out, buffer.getvalue())
