@@ -173,3 +173,25 @@ def test_every_folder_a_command_writes_has_its_config(model, prepared, tmp_path)
     assert first and "pseudolabel:" in (sorted_dir / "config.yaml").read_text()
     assert run_cli(*args).exit_code == 0
     assert sorted(p.relative_to(sorted_dir) for p in sorted_dir.rglob("*.jpg")) == first
+
+
+@pytest.mark.subprocess
+def test_a_reader_that_left_ends_every_command_with_141(prepared, tmp_path):
+    """Item 11: evaluate, prepare and --help, like predict, end with 141 (SIGPIPE's status)
+    when their reader is gone, and prepare prints only its results on stdout."""
+    commands = [["train", "--help"], ["prepare", SAMPLE, "--out", tmp_path / "a"],
+                ["evaluate", BUILTIN_MODEL, "--data", prepared]]
+    for command in commands:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line
+        try:
+            done = subprocess.run([sys.executable, "-m", "waste_cli", *map(str, command)],
+                                  stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+        finally:
+            os.close(write)
+        assert done.returncode == 141, (command, done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr and "error" not in done.stderr, done.stderr
+    done = _wastecls("prepare", SAMPLE, "--out", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    assert "warning:" not in done.stdout and "decode" not in done.stdout, done.stdout
+    assert "Prepared" in done.stdout and "warning:" in done.stderr

@@ -29,6 +29,7 @@ from waste_cli.cli.flags import (
     type_metavar,
 )
 from waste_cli.cli.render import (
+    READER_GONE,
     calibration_table,
     counted,
     err_console,
@@ -317,7 +318,7 @@ def evaluate(options: EvaluateOptions) -> None:
 
     if options.json_output:
         options = options.model_copy(update={"quiet": True})
-    result = run_evaluate(options, reporter_for(options, stderr=True))
+    result = run_evaluate(options, reporter_for(options))
     report = result.report
     if options.json_output:
         print(json_text(report, indent=2))
@@ -385,7 +386,7 @@ def predict(options: PredictOptions) -> None:
         return
     from waste_cli.infer.predict import predict as run_predict
 
-    result = run_predict(options, sys.stdout, reporter_for(options, stderr=True))
+    result = run_predict(options, sys.stdout, reporter_for(options))
     for item in result.failed:
         err_console.print(f"[yellow]failed:[/] {shown(item.path)}: {shown(item.error)}",
                           soft_wrap=True)
@@ -402,7 +403,7 @@ def predict(options: PredictOptions) -> None:
 def _predict_boxes(options: PredictOptions) -> None:
     from waste_cli.infer.boxes import predict_boxes
 
-    result = predict_boxes(options, sys.stdout, reporter_for(options, stderr=True))
+    result = predict_boxes(options, sys.stdout, reporter_for(options))
     for item in result.failed:
         err_console.print(f"[yellow]failed:[/] {shown(item.detection.image)} box "
                           f"{list(item.detection.region.box)}: {shown(item.error)}",
@@ -455,5 +456,27 @@ def export(options: ExportOptions) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A reader that left early (`| head`) ends every command,
+    --help included, as it ends Unix tools: exit 141 and no message. Click turns a broken pipe
+    it meets into exit 1 (and pacifies stdout); output still buffered at the end is flushed
+    here, where a broken pipe is caught too."""
+    stdout = os.fstat(sys.stdout.fileno())
+    try:
+        app()
+    except SystemExit as done:
+        if done.code == 1 and _now_devnull(stdout):  # rich's console met the broken pipe
+            raise SystemExit(READER_GONE) from None
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(READER_GONE) from None
+        raise
+
+
+def _now_devnull(before: os.stat_result) -> bool:
+    """Whether standard output, `before` something else, was pointed at /dev/null since: what
+    rich (and click) do when the reader of a pipe left."""
+    now, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    return (now.st_rdev, now.st_ino) == (null.st_rdev, null.st_ino) and \
+        (before.st_rdev, before.st_ino) != (null.st_rdev, null.st_ino)

@@ -1,5 +1,4 @@
-"""What the CLI prints: consoles, tables and the one-paragraph error with its exit code.
-"""
+"""What the CLI prints: consoles, tables and the one-paragraph error with its exit code."""
 
 from __future__ import annotations
 
@@ -12,16 +11,24 @@ from rich.console import Console
 from rich.table import Table
 
 from waste_cli.core.console import terminal_text as shown
-from waste_cli.options import (
-    Options,
-)
+from waste_cli.options import Options
 
-__all__ = ["err_console", "out_console"]
+__all__ = ["READER_GONE", "err_console", "out_console"]
 
-err_console = Console(stderr=True, highlight=False)
+READER_GONE = 141  # the status of a process stopped by SIGPIPE, as `| head` leaves Unix tools
 
 
-out_console = Console(highlight=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Rich's own handling, but the exit status of a Unix tool whose reader left (rich
+        exits 1)."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(READER_GONE)
+
+
+err_console = _Console(stderr=True, highlight=False)
+out_console = _Console(highlight=False)
 
 
 def counted(number: int, noun: str, plural: str = "") -> str:
@@ -33,7 +40,7 @@ def reader_gone() -> NoReturn:
     """Exit as Unix tools do when the pipe they write to closes: no message, the status of a
     process stopped by SIGPIPE (141), and no second error when Python flushes stdout at exit."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    raise typer.Exit(141)
+    raise typer.Exit(READER_GONE)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -42,11 +49,12 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def reporter_for(options: Options, stderr: bool = False) -> Any:
-    """Progress and messages for the engine; on stderr when stdout carries the results."""
+def reporter_for(options: Options) -> Any:
+    """Progress and messages for the engine, on stderr: stdout carries only results (tables,
+    predictions, reports), so that a pipe gets nothing else."""
     from waste_cli.core.console import Reporter
 
-    return Reporter(options.quiet, err_console if stderr else out_console)
+    return Reporter(options.quiet, err_console)
 
 
 def calibration_table(fitted: Any, title: str) -> Table:
