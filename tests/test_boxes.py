@@ -158,7 +158,8 @@ def test_outputs_scores_exclusion_and_pictures(trained, scenes, tmp_path):
         assert record["category_id"] == CLASSES.index(record["category_name"]) + 1
         assert record["classifier_score"] == record["top_k"][0]["score"]
     drawn = sorted(p.name for p in pictures.iterdir() if not p.name.startswith("."))
-    assert drawn == sorted(f"scene{s}.jpg" for s in range(len(coco["images"])))
+    assert drawn == sorted([*(f"scene{s}.jpg" for s in range(len(coco["images"]))),
+                            "config.yaml"])
     picture = Image.open(pictures / "scene0.jpg")
     assert picture.size == Image.open(images / "scene0.jpg").size
 

@@ -499,6 +499,11 @@ def test_a_file_size_limit_fails_prepare_instead_of_keeping_truncated_images(tmp
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "dataset.json").exists()
+    message = " ".join(done.stderr.split())
+    # The message names the file that could not be written and says what was kept: nothing.
+    assert ".jpg" in message and "File too large" in message, message
+    assert "Nothing was written" in message and "kept" not in message, message
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
 
 def test_empty_class_folders_and_unusable_file_names_are_reported(tmp_path):

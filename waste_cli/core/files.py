@@ -273,12 +273,14 @@ _ADVICE = {
 }
 
 
-def write_error(exc: OSError, path: Path | str | None, what: str = "output") -> WasteclsError:
-    """A one-paragraph message for a failed write: which file, what happened, what to do."""
+def write_error(exc: OSError, path: Path | str | None, what: str = "output",
+                kept: str = "Files completed before this were kept.") -> WasteclsError:
+    """A one-paragraph message for a failed write: which file, what happened, what to do, and
+    (`kept`) what is left of the work."""
     where = path or exc.filename or "a file"
     advice = _ADVICE.get(exc.errno or 0, "Check the path and the disk, then run again.")
     return WasteclsError(f"Cannot write the {what} {where}: {exc.strerror or exc}. {advice} "
-                         "Files completed before this were kept.")
+                         f"{kept}")
 
 
 def describe_os_error(exc: OSError) -> str:

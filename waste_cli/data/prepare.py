@@ -28,6 +28,7 @@ from waste_cli.core.files import (
     hold_lock,
     remove_stale_temporaries,
     temporary_name,
+    write_error,
 )
 from waste_cli.core.formats import csv_writer
 from waste_cli.core.names import NAME_MAX
@@ -296,6 +297,11 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
                                _degenerate(wanted, counts, options))
         _write_metadata(tmp, options, result, kind, truth)
         _swap_into_place(tmp, _real_out(options.out))
+    except OSError as exc:
+        raise write_error(exc, exc.filename, "dataset file", kept=(
+            f"Nothing was written: the dataset is built in a temporary folder beside "
+            f"{options.out} and takes that name only when complete, so {options.out} is as it "
+            "was.")) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)

@@ -306,7 +306,10 @@ def process_source(
         target = staging / f"{index}_{k}.jpg"
         encoded = io.BytesIO()  # in memory, then one write that raises if it falls short
         crop.save(encoded, "JPEG", quality=quality)
-        target.write_bytes(encoded.getbuffer())
+        try:
+            target.write_bytes(encoded.getbuffer())
+        except OSError as exc:  # a failed write names no file on its own
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         results.append(CropResult(job, target))
     return SourceResult(source, digest, tuple(results))
 
