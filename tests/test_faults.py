@@ -24,6 +24,7 @@ import pytest
 from conftest import SAMPLE, TINY, build_coco, run_cli
 from PIL import Image
 
+from waste_cli.core.files import OUTPUT_MARKER
 from waste_cli.data.sources import open_image
 
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
@@ -254,7 +255,8 @@ def test_kill_9_predict_leaves_no_workers_and_no_partial_output(onnx_model, many
     assert [p.name for p in tmp_path.iterdir()]  # the partial file, under a temporary name
     result = _run(*args, "-q")
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
+    # The output, and the marker that says predict wrote it (so a new run may replace it).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [OUTPUT_MARKER, "predictions.csv"]
     assert len(output.read_text().splitlines()) == 601
 
 
@@ -284,7 +286,8 @@ def test_kill_9_export_writes_no_final_file(trained, tmp_path):
     result = _run("export", "-m", model, "--onnx", "--torchscript", "-q")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.onnx", "best.onnx.json", "best.pt", "best.torchscript", "best.torchscript.json"]
+        OUTPUT_MARKER, "best.onnx", "best.onnx.json", "best.pt", "best.torchscript",
+        "best.torchscript.json"]
 
 
 @pytest.mark.subprocess
