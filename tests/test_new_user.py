@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,79 @@ def test_a_reader_that_left_ends_every_command_with_141(prepared, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "warning:" not in done.stdout and "decode" not in done.stdout, done.stdout
     assert "Prepared" in done.stdout and "warning:" in done.stderr
+
+
+def test_predict_quiet_still_prints_the_final_summary():
+    """Item 13: -q is "only warnings, errors and the final summary": the summary stays."""
+    result = run_cli("predict", *PHOTOS, "-q")
+    assert result.exit_code == 0, result.output
+    assert "2 images predicted" in result.stderr and "Speed" not in result.stderr
+
+
+def test_prepare_explains_loose_images_and_reads_every_format_pillow_does(tmp_path):
+    """Item 14: a folder of images without class folders gets the layout it needs; .jfif and
+    .ppm photos are read like the others."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for photo in PHOTOS:
+        (loose / photo.name).write_bytes(photo.read_bytes())
+    result = run_cli("prepare", loose, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and "no class folders" in result.output, result.output
+    assert f"{loose}/glass/1.jpg" in " ".join(result.output.split())
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    for name in ("glass", "metal"):
+        (raw / name).mkdir(parents=True)
+        for i, photo in enumerate(sorted((SAMPLE / name).glob("*.jpg"))[:4]):
+            (raw / name / photo.name).write_bytes(photo.read_bytes())
+            if i == 0:
+                Image.open(photo).save(raw / name / "extra.ppm")
+                (raw / name / "extra2.jfif").write_bytes(photo.read_bytes())
+    result = run_cli("prepare", raw, "--out", tmp_path / "formats", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "formats").rglob("*.jpg"))) == 12
+
+
+def test_messages_carry_no_library_text(tmp_path):
+    """Item 15: skipped files are `file …: reason` lines, not Python dicts; a damaged HEIC photo
+    and an image declaring too many pixels are one reason each, with no Pillow internals."""
+    raw = tmp_path / "raw"
+    for name in ("glass", "metal"):
+        (raw / name).mkdir(parents=True)
+        for photo in sorted((SAMPLE / name).glob("*.jpg"))[:4]:
+            (raw / name / photo.name).write_bytes(photo.read_bytes())
+    (raw / "glass" / "broken.jpg").write_bytes(b"not a jpeg")
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    (raw / "glass" / "damaged.heic").write_bytes(heic)
+    from PIL import Image
+
+    Image.new("1", (9500, 9500)).save(raw / "metal" / "huge.png")  # 90 MP, a small file
+    with warnings.catch_warnings(record=True) as caught:  # in this process: --workers 1
+        warnings.simplefilter("always")
+        result = run_cli("prepare", raw, "--out", tmp_path / "out", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    text = " ".join(result.output.split())
+    assert "skipped file" in text and "{'" not in text, text
+    assert "damaged HEIC" in text and "BytesIO" not in text, text
+    assert "would decode to" in text and "DecompressionBombWarning" not in text, text
+
+
+def test_a_url_is_named_as_typed():
+    """Item 16: a URL given to predict is reported as typed (https://, not https:/)."""
+    url = "https://example.com/a.jpg"
+    result = run_cli("predict", url, PHOTOS[0], "--format", "csv")
+    assert result.exit_code == 1
+    rows = [line.split(",")[0] for line in result.stdout.splitlines()[1:]]
+    assert url in rows and f"failed: {url}" in " ".join(result.stderr.split())
+
+
+def test_onnxruntime_keeps_its_notes_to_itself(prepared, tmp_path, capfd):
+    """Item 15: calibrating an ONNX file prints no "[W:onnxruntime…]" lines (they go to the
+    process's stderr directly, hence capfd)."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(builtin_file(".onnx").read_bytes())
+    result = run_cli("calibrate", model, "--data", prepared, "-q")
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime:" not in capfd.readouterr().err

@@ -293,7 +293,7 @@ def pseudolabel(options: PseudolabelOptions) -> None:
                       f"{sum(confidences) / len(confidences):.3f}")
     out_console.print(table)
     for item in result.failed:
-        err_console.print(f"[yellow]failed:[/] {shown(item.path)}: {shown(item.error)}",
+        err_console.print(f"[yellow]failed:[/] {shown(item.where)}: {shown(item.error)}",
                           soft_wrap=True)
     out_console.print(f"Manifest: {shown(result.manifest)}"
                       + (f"; accepted images copied to {shown(options.copy_to)}"
@@ -388,13 +388,14 @@ def predict(options: PredictOptions) -> None:
 
     result = run_predict(options, sys.stdout, reporter_for(options))
     for item in result.failed:
-        err_console.print(f"[yellow]failed:[/] {shown(item.path)}: {shown(item.error)}",
+        err_console.print(f"[yellow]failed:[/] {shown(item.where)}: {shown(item.error)}",
                           soft_wrap=True)
+    # The final summary, also under -q ("only warnings, errors and the final summary").
+    err_console.print(f"{counted(result.predicted, 'image')} predicted, "
+                      f"{len(result.failed)} failed{flag_summary(result.flags)} "
+                      f"({shown(model_name(result.model))}, {result.backend})"
+                      + (f"; results in {shown(options.output)}" if options.output else ""))
     if not options.quiet:
-        err_console.print(f"{counted(result.predicted, 'image')} predicted, "
-                          f"{len(result.failed)} failed{flag_summary(result.flags)} "
-                          f"({shown(model_name(result.model))}, {result.backend})"
-                          + (f"; results in {shown(options.output)}" if options.output else ""))
         err_console.print(result.speed.summary())
     if result.failed:
         raise typer.Exit(1)
@@ -408,15 +409,15 @@ def _predict_boxes(options: PredictOptions) -> None:
         err_console.print(f"[yellow]failed:[/] {shown(item.detection.image)} box "
                           f"{list(item.detection.region.box)}: {shown(item.error)}",
                           soft_wrap=True)
+    err_console.print(  # the final summary, also under -q
+        f"{counted(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed"
+        f"{flag_summary(result.flags)}, "
+        f"{counted(len(result.skipped), 'entry', 'entries')} of {shown(options.boxes)} "
+        f"skipped, {result.below_score} under --min-score "
+        f"({shown(model_name(result.model))}, {result.backend})"
+        + (f"; results in {shown(options.output)}" if options.output else "")
+        + (f"; pictures in {shown(options.save_images)}" if options.save_images else ""))
     if not options.quiet:
-        err_console.print(
-            f"{counted(result.boxes, 'box', 'boxes')} classified, {len(result.failed)} failed"
-            f"{flag_summary(result.flags)}, "
-            f"{counted(len(result.skipped), 'entry', 'entries')} of {shown(options.boxes)} "
-            f"skipped, {result.below_score} under --min-score "
-            f"({shown(model_name(result.model))}, {result.backend})"
-            + (f"; results in {shown(options.output)}" if options.output else "")
-            + (f"; pictures in {shown(options.save_images)}" if options.save_images else ""))
         err_console.print(result.speed.summary().replace("per image", "per box"))
     if result.failed or result.skipped:
         raise typer.Exit(1)

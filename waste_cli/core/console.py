@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,10 +24,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["Bar", "Reporter", "printable", "terminal_text"]
+__all__ = ["Bar", "Reporter", "entry_text", "printable", "terminal_text"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def entry_text(entry: object) -> str:
+    """A skipped entry of a report (`{"file": "a.jpg", "reason": "..."}`) as a line a person
+    reads: `file a.jpg: reason`."""
+    if not isinstance(entry, Mapping):
+        return str(entry)
+    where = ", ".join(f"{str(key).replace('_', ' ')} {value}" for key, value in entry.items()
+                      if key != "reason")
+    reason = entry.get("reason")
+    return f"{where}: {reason}" if reason is not None and where else str(reason or where)
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from waste_cli import __version__
-from waste_cli.core.console import Reporter
+from waste_cli.core.console import Reporter, entry_text
 from waste_cli.core.errors import ConfigError, DataError
 from waste_cli.core.files import (
     check_no_overlap,
@@ -37,6 +37,7 @@ from waste_cli.data.coco import coco_sources
 from waste_cli.data.scan import (
     DATASET_FORMAT,
     DATASET_JSON,
+    IMAGE_EXTENSIONS,
     PSEUDO_SPLIT,
     REPORT_JSON,
     SPLITS,
@@ -270,14 +271,25 @@ def _nothing_usable(options: PrepareOptions, skipped: list[dict[str, Any]]) -> D
                      + "\n".join(f"  {s}" for s in skipped[:10]))
 
 
+def _no_images(source: Path) -> DataError:
+    loose = list_images(source, recursive=False) if source.is_dir() else []
+    if loose:
+        return DataError(
+            f"{source} holds {len(loose)} images but no class folders: prepare learns each "
+            f"image's class from its folder. Sort them into one subfolder per class "
+            f"({source}/glass/1.jpg, {source}/metal/2.jpg, ...), or give a COCO annotation "
+            "file with --images.")
+    return DataError(f"No images found in {source} (looked for "
+                     f"{', '.join(sorted(IMAGE_EXTENSIONS))} files in its class folders).")
+
+
 def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> PrepareResult:
     """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
     reporter = reporter or Reporter(options.quiet)
     class_map = choose_class_map(options.map, options.taxonomy)
     sources, skipped, kind = _collect_sources(options, class_map)
     if not sources:
-        raise _nothing_usable(options, skipped) if skipped else DataError(
-            f"No images found in {options.source}.")
+        raise _nothing_usable(options, skipped) if skipped else _no_images(options.source)
     tmp = _prepare_output(options)
     lock = hold_lock(tmp)  # the staging folder is alive while this run is
     try:
@@ -305,7 +317,7 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(lock)
-    reporter.warn_some([f"skipped {item}" for item in result.skipped])
+    reporter.warn_some([f"skipped {entry_text(item)}" for item in result.skipped])
     for message in result.warnings:
         reporter.warn(message)
     return result

@@ -27,8 +27,9 @@ __all__ = [
     "read_dataset_json",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
-                              ".heic", ".heif", ".avif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif",
+                              ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif",
+                              ".avif"})
 SPLITS = ("train", "val", "test")
 # The files and folders of a prepared dataset besides the splits.
 DATASET_JSON = "dataset.json"

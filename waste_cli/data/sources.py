@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,9 @@ def _open(data: bytes) -> Image.Image:
     of Image.open: it may decode reduced, so `decode_image` judges the pixels it will make."""
     if data.startswith(_JPEG_START):
         return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-    return Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():  # decode_image's own limit decides, and says why
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def decode_image(data: bytes, reduce: int | Reduction = 0
@@ -183,7 +186,11 @@ def decode_image(data: bytes, reduce: int | Reduction = 0
     except UnidentifiedImageError:
         if not (_is_heif(data) and _register_heif()):
             raise UnidentifiedImageError(_unreadable(data)) from None
-        image = _open(data)
+        try:
+            image = _open(data)
+        except UnidentifiedImageError:  # Pillow's text names an in-memory buffer, not the file
+            raise UnidentifiedImageError("a damaged HEIC/HEIF photo: pillow-heif cannot "
+                                         "read it") from None
     reducible = bool(reduce) and image.format == "JPEG"
     # Before anything reads further (a PNG's EXIF lies after its pixels): the fewest pixels the
     # decoder can produce, then, after the JPEG decoder's reduction, the pixels it will produce.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from waste_cli.core.console import Reporter, printable
+from waste_cli.core.console import Reporter, entry_text, printable
 from waste_cli.core.files import (
     atomic_path,
     atomic_text,
@@ -221,7 +221,7 @@ def predict_boxes(options: PredictOptions, stdout: IO[str],
                      {_picture(d.image, options.images).parts[0] for d in detections}
                      | {"config.yaml"}, options.overwrite, "--save-images folder")
         write_config(options, options.save_images / "config.yaml")
-    reporter.warn_some([f"skipped {entry}" for entry in skipped])
+    reporter.warn_some([f"skipped {entry_text(entry)}" for entry in skipped])
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt, speed = output_format(options), Speed()
     stream = classify_boxes(runner, detections, classify_options(options), reporter, speed)

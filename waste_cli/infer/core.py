@@ -252,6 +252,12 @@ class Prediction(Classified):
     """The answer for one image file."""
 
     path: Path = field(default_factory=Path)
+    given: str | None = None  # the input as typed, where it is no path (a URL keeps its //)
+
+    @property
+    def where(self) -> str:
+        """The input as the user knows it: in outputs and messages."""
+        return self.given if self.given is not None else str(self.path)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
@@ -263,8 +269,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[Prediction]]:
     failed: list[Prediction] = []
     for item in inputs:
         if item == "-" or "://" in item:
-            failed.append(Prediction(path=Path(item), error="URLs and standard input are not "
-                                     "supported: save the image to a file and give its path"))
+            failed.append(Prediction(path=Path(item), given=item,
+                                     error="URLs and standard input are not supported: save "
+                                     "the image to a file and give its path"))
             continue
         literal = Path(item).exists() or not glob.has_magic(item)  # `a[1].jpg` that exists
         matches = [Path(item)] if literal else [Path(m) for m in sorted(glob.glob(item,

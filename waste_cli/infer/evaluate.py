@@ -19,7 +19,7 @@ from PIL import Image
 
 from waste_cli.confidence.fit import LOW_CONFIDENCE, UNFAMILIAR, flags_of
 from waste_cli.confidence.measures import auroc, calibration_report, risk_coverage, scaled_softmax
-from waste_cli.core.console import Reporter
+from waste_cli.core.console import Reporter, entry_text
 from waste_cli.core.errors import DataError, ModelError
 from waste_cli.core.files import (
     atomic_write_text,
@@ -221,7 +221,7 @@ def _box_images(options: EvaluateOptions, runner: Runner, reporter: Reporter
     assert options.boxes is not None and options.images is not None  # settings checked
     class_map = choose_class_map(options.map, options.taxonomy)
     found, skipped = read_detections(options.boxes, options.images)
-    reporter.warn_some([f"skipped {entry}" for entry in skipped])
+    reporter.warn_some([f"skipped {entry_text(entry)}" for entry in skipped])
     labelled = [(d, class_map(d.category)) for d in found if d.category is not None]
     labelled = [(d, label) for d, label in labelled if label is not None]
     shared = _match_classes(runner.classes, sorted({label for _, label in labelled}),

@@ -56,7 +56,7 @@ class _Writer:
 
     def write(self, item: Prediction) -> None:
         if self.fmt == "json":
-            record: dict[str, Any] = {"path": str(item.path)}
+            record: dict[str, Any] = {"path": item.where}
             if item.error:
                 record["error"] = item.error
             else:
@@ -64,10 +64,10 @@ class _Writer:
                     "labels": item.labels, "probs": [round(p, 6) for p in item.probs]}
             self.handle.write(json_text(record) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([str(item.path), *answer_cells(item, self.abstain),
+            self.csv.writerow([item.where, *answer_cells(item, self.abstain),
                                *item.cells(self.top_k), item.error])
         else:
-            self.handle.write(f"{printable(str(item.path))}  "
+            self.handle.write(f"{printable(item.where)}  "
                               f"{printable(item.shown(self.abstain))}\n")
 
 

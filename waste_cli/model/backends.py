@@ -144,6 +144,7 @@ class OnnxRunner:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+        options.log_severity_level = 3  # errors only: its warnings are notes for developers
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         # Idle intra-op threads must not spin: the workers decoding the next batch need the cores.
