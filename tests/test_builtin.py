@@ -64,8 +64,8 @@ def test_training_can_start_from_it(prepared, tmp_path):
 
 @needs_checkpoint
 def test_export_writes_it_here_not_into_the_package(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    result = run_cli("export", "--model", BUILTIN_MODEL, "--onnx", "-q")
+    monkeypatch.chdir(tmp_path)  # no trained run here: export takes the built-in checkpoint
+    result = run_cli("export", "--onnx", "-q")
     assert result.exit_code == 0, result.output
     exported = OnnxRunner(tmp_path / f"{BUILTIN_MODEL}.onnx")
     assert exported.classes == OnnxRunner(builtin_file(".onnx")).classes

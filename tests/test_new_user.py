@@ -94,14 +94,10 @@ def test_a_fixed_batch_export_runs_on_any_number_of_images(model, prepared, tmp_
     assert result.exit_code == 0, result.output
 
 
-def test_export_and_torch_without_a_model_use_the_builtin_checkpoint(tmp_path, monkeypatch):
-    """Item 6: no trained run here: export and `predict --backend torch` take the built-in
-    model's checkpoint instead of failing on its ONNX file."""
+def test_torch_without_a_model_uses_the_builtin_checkpoint(tmp_path, monkeypatch):
+    """Item 6: no trained run here: `predict --backend torch` takes the built-in model's
+    checkpoint instead of failing on its ONNX file (export without --model: test_builtin)."""
     monkeypatch.chdir(tmp_path)
-    result = run_cli("export", "-q")
-    assert result.exit_code == 0, result.output
-    assert OnnxRunner(tmp_path / f"{BUILTIN_MODEL}.onnx").classes == \
-        OnnxRunner(builtin_file(".onnx")).classes
     result = run_cli("predict", "--backend", "torch", *PHOTOS, "--format", "json")
     assert result.exit_code == 0, result.output
     assert len([json.loads(line) for line in result.stdout.splitlines()]) == 2  # JSON lines
