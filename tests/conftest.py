@@ -100,8 +100,8 @@ def tiny_trainer(data: Path, project: Path, **overrides):
     from waste_cli.train.distributed import Distributed
     from waste_cli.train.run import build_trainer
 
-    settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
-    return build_trainer(settings, Reporter(quiet=True), Distributed(), torch.device("cpu"))
+    options = TrainOptions(data=data, project=project, **{**TINY, **overrides})
+    return build_trainer(options, Reporter(quiet=True), Distributed(), torch.device("cpu"))
 
 
 def tiny_train(data: Path, project: Path, **overrides):
@@ -110,8 +110,8 @@ def tiny_train(data: Path, project: Path, **overrides):
     from waste_cli.options import TrainOptions
     from waste_cli.train.run import train
 
-    settings = TrainOptions(data=data, project=project, **{**TINY, **overrides})
-    return train(settings, Reporter(quiet=True))
+    options = TrainOptions(data=data, project=project, **{**TINY, **overrides})
+    return train(options, Reporter(quiet=True))
 
 
 @pytest.fixture

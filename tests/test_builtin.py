@@ -52,9 +52,9 @@ def test_training_can_start_from_it(prepared, tmp_path):
     from waste_cli.options import TrainOptions
     from waste_cli.train.recipe import resolve_auto
 
-    settings = TrainOptions(data=prepared, weights=BUILTIN_MODEL)
-    assert settings.weights == builtin_file(".pt")
-    assert resolve_auto(settings, torch.device("cpu"), [])[0].img_size == 288  # its own size
+    options = TrainOptions(data=prepared, weights=BUILTIN_MODEL)
+    assert options.weights == builtin_file(".pt")
+    assert resolve_auto(options, torch.device("cpu"), [])[0].img_size == 288  # its own size
     result = run_cli("train", "--data", prepared, "--weights", BUILTIN_MODEL, "--img-size", "64",
                      "--epochs", "1", "--workers", "0", "--project", tmp_path, "-q")
     assert result.exit_code == 0, result.output

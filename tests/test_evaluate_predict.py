@@ -126,9 +126,9 @@ def test_predict_reports_where_the_time_went(trained, inputs):
     from waste_cli.options import PredictOptions
 
     for workers, processes in ((0, 1), (2, 2)):
-        settings = PredictOptions(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
+        options = PredictOptions(model=trained.run_dir / "best.pt", inputs=[str(inputs)],
                                    backend="torch", workers=workers, batch_size=1, quiet=True)
-        result = predict(settings, io.StringIO())
+        result = predict(options, io.StringIO())
         speed = result.speed
         assert speed.images == result.predicted == 3 and speed.processes == processes
         assert speed.decode > 0 and speed.resize > 0 and speed.inference > 0

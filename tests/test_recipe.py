@@ -17,16 +17,16 @@ CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps
 
 
 def _resolve(data, device=CPU, **fields):
-    settings = TrainOptions(data=data, **fields)
+    options = TrainOptions(data=data, **fields)
     paths = [p for split in ("train", "val") for p in (data / split).rglob("*.jpg")]
-    resolved, choices = resolve_auto(settings, device, paths)
+    resolved, choices = resolve_auto(options, device, paths)
     return resolved, {c.name: c for c in choices}
 
 
 def test_cpu_defaults_are_the_measured_recipe(prepared):
-    settings, choices = _resolve(prepared)
-    assert (settings.img_size, settings.freeze_layers, settings.aug, settings.cache,
-            settings.amp) == (288, 6, "light", "ram", False)
+    options, choices = _resolve(prepared)
+    assert (options.img_size, options.freeze_layers, options.aug, options.cache,
+            options.amp) == (288, 6, "light", "ram", False)
     assert set(choices) == {"img_size", "freeze_layers", "aug", "cache", "amp"}
     assert str(choices["freeze_layers"]).startswith("freeze-layers auto -> 6 (cpu")
     assert str(choices["amp"]).startswith("amp auto -> off")
@@ -35,9 +35,9 @@ def test_cpu_defaults_are_the_measured_recipe(prepared):
 @pytest.mark.parametrize("device", [CUDA, MPS])
 def test_gpu_defaults_train_every_layer(prepared, device):
     """Resolution needs no GPU: the device decides, so a mocked one is enough."""
-    settings, choices = _resolve(prepared, device)
-    assert (settings.img_size, settings.freeze_layers, settings.aug) == (288, 0, "strong")
-    assert settings.amp is (device.type == "cuda")
+    options, choices = _resolve(prepared, device)
+    assert (options.img_size, options.freeze_layers, options.aug) == (288, 0, "strong")
+    assert options.amp is (device.type == "cuda")
     assert str(choices["freeze_layers"]) == f"freeze-layers auto -> 0 ({device.type}: every " \
                                             "layer trains)"
 
@@ -48,33 +48,33 @@ def test_gpu_defaults_train_every_layer(prepared, device):
     ("vit_small_patch16_224", 224, 11),  # fixed input size
 ])
 def test_rules_follow_the_architecture(prepared, arch, img_size, frozen):
-    settings, _ = _resolve(prepared, arch=arch)
-    assert (settings.img_size, settings.freeze_layers) == (img_size, frozen)
+    options, _ = _resolve(prepared, arch=arch)
+    assert (options.img_size, options.freeze_layers) == (img_size, frozen)
 
 
 def test_random_weights_train_everything_at_the_models_size(prepared):
-    settings, choices = _resolve(prepared, pretrained=False)
-    assert (settings.img_size, settings.freeze_layers) == (224, 0)
+    options, choices = _resolve(prepared, pretrained=False)
+    assert (options.img_size, options.freeze_layers) == (224, 0)
     assert "random weights" in choices["freeze_layers"].reason
 
 
 def test_cache_stays_off_when_memory_is_short(prepared, monkeypatch):
     monkeypatch.setattr(recipe, "available_memory", lambda: 2**20)
-    settings, choices = _resolve(prepared)
-    assert settings.cache == "none" and "too large" in choices["cache"].reason
+    options, choices = _resolve(prepared)
+    assert options.cache == "none" and "too large" in choices["cache"].reason
 
 
 def test_explicit_values_win(prepared):
-    settings, choices = _resolve(prepared, img_size=64, freeze_layers=2, aug="strong",
+    options, choices = _resolve(prepared, img_size=64, freeze_layers=2, aug="strong",
                                  cache="none", amp=True)
     assert choices == {}
-    assert (settings.img_size, settings.freeze_layers, settings.aug, settings.cache,
-            settings.amp) == (64, 2, "strong", "none", True)
+    assert (options.img_size, options.freeze_layers, options.aug, options.cache,
+            options.amp) == (64, 2, "strong", "none", True)
 
 
 def test_a_wastecls_checkpoint_keeps_its_size(prepared, trained):
-    settings, choices = _resolve(prepared, weights=trained.run_dir / "best.pt")
-    assert settings.img_size == 32 and "trained at" in choices["img_size"].reason
+    options, choices = _resolve(prepared, weights=trained.run_dir / "best.pt")
+    assert options.img_size == 32 and "trained at" in choices["img_size"].reason
 
 
 def test_choices_are_printed_once_and_written_to_config(prepared, tmp_path):
