@@ -258,3 +258,21 @@ def test_cli_prepare_errors_are_messages(sample_dir, tmp_path, args, message):
     result = run_cli("prepare", *args)
     assert result.exit_code in (1, 2)
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_folders_behind_symlinks_are_read_once_even_in_a_loop(sample_dir, tmp_path):
+    """A class folder that is a symbolic link is read by predict as by prepare; a link back to
+    an ancestor is a loop, not followed twice."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "glass").symlink_to(sample_dir / "glass", target_is_directory=True)
+    shutil.copytree(sample_dir / "metal", raw / "metal")
+    (raw / "metal" / "again").symlink_to(raw, target_is_directory=True)  # a loop
+    expected = len(list((sample_dir / "glass").glob("*.jpg"))) + len(
+        list((sample_dir / "metal").glob("*.jpg")))
+    result = run_cli("predict", raw, "--format", "csv", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == expected + 1
+    result = run_cli("prepare", raw, "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == expected

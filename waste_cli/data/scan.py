@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,30 @@ def list_images(folder: Path, recursive: bool = True) -> list[Path]:
 
     Hidden files and folders are left out, as a shell's `*` leaves them: a camera card's
     `.thumbnails/`, the `._IMG_0001.jpg` copies macOS leaves on other disks, and wastecls's own
-    temporaries carry image suffixes but are not the user's photos."""
-    pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if p.is_file() and is_image_path(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    temporaries carry image suffixes but are not the user's photos. Folders reached through
+    symbolic links are read, as torchvision's ImageFolder reads them, each real folder once; a
+    link up to an ancestor (a loop) is not followed."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir()
+                      if not p.name.startswith(".") and p.is_file() and is_image_path(p))
+    found: list[Path] = []
+    real = Path(os.path.realpath(folder))
+    # The folder's own ancestors count as seen: a link up to one of them is a loop.
+    seen = {(s.st_dev, s.st_ino) for s in map(os.stat, real.parents)}
+    for top, folders, files in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(top)
+        except OSError:
+            folders[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # a loop, or a folder linked twice
+            folders[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        found += [path for name in files if not name.startswith(".")
+                  and is_image_path(path := Path(top) / name) and path.is_file()]
+    return sorted(found)
 
 
 def class_folders(root: Path) -> list[str]:
