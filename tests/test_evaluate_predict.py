@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import SAMPLE, run_cli
 
 from waste_cli.infer.evaluate import build_report
+
+CLASSES = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
 
 
 def test_metrics_match_hand_computed_values():
@@ -170,3 +173,35 @@ def test_default_model_discovery(trained, inputs, tmp_path, monkeypatch):
     result = run_cli("predict", single, "--backend", "torch",
                      env={"WASTECLS_MODEL": str(trained.run_dir / "best.pt")})
     assert result.exit_code == 0 and str(trained.run_dir / "best.pt") in result.output
+
+
+def test_predict_answers_in_a_taxonomy_by_summing_probabilities(tmp_path):
+    """--taxonomy and --map answer in coarser classes: each target's probability is the sum of
+    its model classes', the model's own label and confidence stay beside, and the flag is the
+    model's own."""
+    from waste_cli.data.taxonomy import builtin_taxonomy
+
+    photos = [SAMPLE / c / sorted(os.listdir(SAMPLE / c))[0] for c in CLASSES]
+    fine = run_cli("predict", *photos, "--format", "csv", "--top-k", str(len(CLASSES)))
+    coarse = run_cli("predict", *photos, "--format", "csv", "--taxonomy", "detect-waste",
+                     "--top-k", "3")
+    assert fine.exit_code == 0 and coarse.exit_code == 0, coarse.output
+    taxonomy = builtin_taxonomy("detect-waste")
+    for a, b in zip(csv.DictReader(io.StringIO(fine.stdout)),
+                    csv.DictReader(io.StringIO(coarse.stdout)), strict=True):
+        probs = {a[f"label{k}"]: float(a[f"prob{k}"]) for k in range(1, len(CLASSES) + 1)}
+        summed: dict[str, float] = {}
+        for name, p in probs.items():
+            summed[taxonomy(name)] = summed.get(taxonomy(name), 0.0) + p
+        assert b["label"] == max(summed, key=summed.get)
+        assert float(b["confidence"]) == pytest.approx(summed[b["label"]], abs=2e-6)
+        assert (b["fine_label"], b["fine_confidence"]) == (a["label"], a["confidence"])
+        assert b["flag"] == a["flag"]
+    bins = tmp_path / "bins.yaml"
+    bins.write_text("recyclable: [cardboard, paper, glass, metal, plastic]\nignore: [trash]\n")
+    result = run_cli("predict", *photos, "--format", "json", "--map", bins, "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["label"] for r in records} == {"recyclable"}  # trash is never an answer
+    assert all(r["confidence"] == pytest.approx(1.0, abs=1e-5) for r in records)
+    assert {r["fine_label"] for r in records} <= set(CLASSES) - {"trash"}

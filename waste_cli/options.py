@@ -356,7 +356,7 @@ class EvaluateOptions(InferenceOptions, BoxFields, ClassMapFields, FlagFields):
         return self
 
 
-class PredictOptions(InferenceOptions, BoxFields, FlagFields):
+class PredictOptions(InferenceOptions, BoxFields, FlagFields, ClassMapFields):
     """`wastecls predict`: classify images, folders and globs."""
 
     command: ClassVar[str] = "predict"
@@ -364,6 +364,14 @@ class PredictOptions(InferenceOptions, BoxFields, FlagFields):
 
     inputs: list[str] = Field(
         default_factory=list, description="Image files, folders (recursive) and globs."
+    )
+    map: Path | None = Field(
+        None, description="Answer in coarser classes: a YAML/JSON map of target class -> the "
+        "model's classes (e.g. a region's bins); their probabilities are summed."
+    )
+    taxonomy: Literal["detect-waste"] | None = Field(
+        None, description="Answer in a built-in taxonomy's classes (detect-waste: 7), "
+        "probabilities summed; the model's own label is kept beside."
     )
     boxes: Path | None = Field(
         None, description="Classify a detector's boxes instead: a COCO annotation or results "

@@ -28,8 +28,9 @@ from waste_cli.data.batching import EvalImages, Speed
 from waste_cli.data.detections import Detection, read_detections
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
 from waste_cli.infer.answers import (
-    ANSWER_COLUMNS,
+    FINE_COLUMNS,
     answer_cells,
+    answer_columns,
     answer_fields,
     classify_options,
     output_format,
@@ -80,8 +81,7 @@ def classify_boxes(runner: Runner, detections: list[Detection], options: Classif
     images = EvalImages([(d.image, -1) for d in detections], runner.data_config,
                         [d.region for d in detections], runner.crop)
     for i, answer in classify(runner, images, options, reporter, speed, "classify boxes"):
-        yield BoxPrediction(answer.labels, answer.probs, answer.error, answer.unfamiliarity,
-                            answer.flag, detections[i])
+        yield BoxPrediction(**vars(answer), detection=detections[i])
 
 
 def _box_columns(detection: Detection) -> list[str]:
@@ -100,14 +100,16 @@ class _BoxWriter:
     """COCO results (a JSON list, the detector's fields kept), CSV rows, or a table."""
 
     def __init__(self, fmt: str, handle: IO[str], top_k: int, classes: list[str],
-                 abstain: bool) -> None:
+                 abstain: bool, grouped: bool) -> None:
+        """`classes`: the classes answered in (the grouping's targets, with --taxonomy or
+        --map): COCO category ids are their index + 1."""
         self.fmt, self.handle, self.top_k, self.classes = fmt, handle, top_k, classes
-        self.abstain, self.first = abstain, True
+        self.abstain, self.grouped, self.first = abstain, grouped, True
         if fmt == "csv":
             self.csv = csv_writer(handle)
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
             self.csv.writerow(["image", "x", "y", "w", "h", "box_format", "detector_score",
-                               *ANSWER_COLUMNS, *columns, "error"])
+                               *answer_columns(grouped), *columns, "error"])
         elif fmt == "json":
             handle.write("[")
 
@@ -123,6 +125,7 @@ class _BoxWriter:
                            "category_name": answer["label"],
                            "classifier_score": answer["confidence"],
                            "flag": answer["flag"], "unfamiliarity": answer["unfamiliarity"],
+                           **{k: answer[k] for k in FINE_COLUMNS if k in answer},
                            "top_k": [{"category_name": label, "score": round(p, 6)}
                                      for label, p in zip(item.labels, item.probs, strict=True)]}
             self.handle.write(("\n" if self.first else ",\n") + json_text(record))
@@ -130,7 +133,8 @@ class _BoxWriter:
         elif self.fmt == "csv":
             score = "" if detection.score is None else f"{detection.score:g}"
             self.csv.writerow([str(detection.image), *_box_columns(detection), score,
-                               *answer_cells(item, self.abstain), *item.cells(self.top_k),
+                               *answer_cells(item, self.abstain, self.grouped),
+                               *item.cells(self.top_k),
                                item.error])
         else:
             box = " ".join(_box_columns(detection)[:4])
@@ -143,9 +147,10 @@ class _BoxWriter:
 
 
 def write_boxes(predictions: Iterator[BoxPrediction], fmt: str, handle: IO[str], top_k: int,
-                classes: list[str], abstain: bool = False) -> list[BoxPrediction]:
+                classes: list[str], abstain: bool = False, grouped: bool = False
+                ) -> list[BoxPrediction]:
     """Write every prediction as it comes; return them all (for the pictures and the count)."""
-    writer = _BoxWriter(fmt, handle, top_k, classes, abstain)
+    writer = _BoxWriter(fmt, handle, top_k, classes, abstain, grouped)
     done = []
     for item in predictions:
         writer.write(item)
@@ -224,13 +229,17 @@ def predict_boxes(options: PredictOptions, stdout: IO[str],
     reporter.warn_some([f"skipped {entry_text(entry)}" for entry in skipped])
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt, speed = output_format(options), Speed()
-    stream = classify_boxes(runner, detections, classify_options(options), reporter, speed)
+    classify = classify_options(options, runner.classes)
+    grouping = classify.grouping
+    answers = list(grouping.classes) if grouping is not None else runner.classes
+    stream = classify_boxes(runner, detections, classify, reporter, speed)
     if options.output is None:
-        done = write_boxes(stream, fmt, stdout, options.top_k, runner.classes, options.abstain)
+        done = write_boxes(stream, fmt, stdout, options.top_k, answers, options.abstain,
+                           grouping is not None)
     else:
         with atomic_text(options.output) as handle:
-            done = write_boxes(stream, fmt, handle, options.top_k, runner.classes,
-                               options.abstain)
+            done = write_boxes(stream, fmt, handle, options.top_k, answers, options.abstain,
+                               grouping is not None)
         record_written(options.output, "predict")
     if options.save_images is not None:
         save_pictures(done, options.images, options.save_images, reporter, options.abstain)

@@ -24,6 +24,7 @@ from waste_cli.core.errors import ConfigError
 from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import EvalImages, Speed, iterate_batches
 from waste_cli.data.scan import is_image_path, list_images
+from waste_cli.data.taxonomy import ClassMap
 from waste_cli.model.backends import Outputs, Runner, open_runner
 from waste_cli.model.builtin import builtin_file, is_builtin
 
@@ -110,6 +111,31 @@ def temperature(runner: Runner) -> float:
 
 
 @dataclass(frozen=True)
+class Grouping:
+    """The model's classes summed into coarser target classes (`predict --taxonomy`, `--map`):
+    a target's calibrated probability is the sum of its model classes'; a model class mapped to
+    `ignore` is never answered, like --exclude-class."""
+
+    classes: tuple[str, ...]  # the target classes, in the order the map first names them
+    members: np.ndarray  # [model classes, target classes], 1 where a class belongs to a target
+    dropped: tuple[int, ...]  # model classes mapped to `ignore`
+
+    @classmethod
+    def of(cls, model_classes: list[str], class_map: ClassMap, where: str) -> Grouping:
+        targets = [class_map.target(name, where) for name in model_classes]
+        classes = tuple(dict.fromkeys(t for t in targets if t is not None))
+        if not classes:
+            raise ConfigError(f"{where} maps every class of the model to ignore: nothing is "
+                              "left to answer.")
+        members = np.zeros((len(model_classes), len(classes)), np.float32)
+        for i, target in enumerate(targets):
+            if target is not None:
+                members[i, classes.index(target)] = 1.0
+        return cls(classes, members,
+                   tuple(i for i, t in enumerate(targets) if t is None))
+
+
+@dataclass(frozen=True)
 class ClassifyOptions:
     """How images are classified: labels kept, classes never predicted, flip averaging, the
     confidence under which an answer is flagged (None: the model's own), and how the batches
@@ -121,6 +147,7 @@ class ClassifyOptions:
     min_confidence: float | None = None
     batch_size: int | None = None
     workers: int | None = None
+    grouping: Grouping | None = None  # answer in coarser classes (the flag stays the model's)
 
 
 @dataclass
@@ -134,6 +161,8 @@ class Classified:
     error: str = ""
     unfamiliarity: float | None = None
     flag: str = ""
+    fine_label: str = ""  # with a grouping: the model's own top class and its probability
+    fine_confidence: float | None = None
 
     @property
     def confidence(self) -> float:
@@ -160,19 +189,25 @@ class Classified:
             return "ERROR " + self.error
         text = "  ".join(f"{label} {p:.1%}" for label, p in zip(self.labels, self.probs,
                                                                  strict=True))
+        if self.fine_confidence is not None:  # answered in coarser classes: the model's own
+            text += f"  ({self.fine_label} {self.fine_confidence:.1%})"
         if self.flag:
             text = (f"{ABSTAIN_LABEL} (guess: {text})" if abstain else text) + f"  [{self.flag}]"
         return text
 
 
-def top_k(logits: np.ndarray, excluded: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k(logits: np.ndarray, excluded: list[int], k: int, grouping: Grouping | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, class indices) of the top k classes, best first, per row; `excluded`
-    classes get probability 0 and are never among them."""
+    classes get probability 0 and are never among them. With a grouping, the classes are its
+    targets and each probability the sum of its members'."""
     if excluded:
         logits = logits.copy()
         logits[:, excluded] = -np.inf
     probs = scaled_softmax(logits, dtype=np.float32)
-    k = min(k, logits.shape[1] - len(excluded))
+    if grouping is not None:
+        probs = probs @ grouping.members
+    k = min(k, probs.shape[1] - (0 if grouping is not None else len(excluded)))
     best = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower class index
     return np.take_along_axis(probs, best, axis=1), best
 
@@ -219,7 +254,10 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
              ) -> Iterator[tuple[int, Classified]]:
     """(sample index, its answer) for every sample of `images`, in sample order, batch by batch
     (memory does not grow with the number of samples)."""
-    excluded = excluded_indices(runner, options.exclude_class)
+    grouping = options.grouping
+    excluded = sorted({*excluded_indices(runner, options.exclude_class),
+                       *(grouping.dropped if grouping is not None else ())})
+    answers = list(grouping.classes) if grouping is not None else runner.classes
     model = FlipAveraged(runner) if options.tta else runner
     batch_size = options.batch_size or default_batch_size(runner.name, runner.on_cpu)
     batches = iterate_batches(model, images, batch_size, options.workers, speed=speed)
@@ -229,22 +267,32 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
             results = {i: Classified(error=images.reason(i)) for i in bad}
             if len(indices):
                 logits = outputs["logits"]
-                probs, labels = top_k(logits / scale, excluded, options.top_k)
+                probs, labels = top_k(logits / scale, excluded, options.top_k, grouping)
+                fine_probs, fine_labels = (top_k(logits / scale, excluded, 1)
+                                           if grouping is not None else (probs, labels))
                 finite = np.isfinite(logits).all(axis=1).tolist()
                 scores = outputs.get("unfamiliarity", np.full(len(indices), np.nan)).tolist()
-                for i, p, y, score, ok in zip(indices.tolist(), probs.tolist(), labels.tolist(),
-                                              scores, finite, strict=True):
-                    results[i] = (_answer(runner, [runner.classes[k] for k in y], p, score,
-                                          options) if ok else Classified(error=BROKEN_OUTPUT))
+                for row, (i, score, ok) in enumerate(zip(indices.tolist(), scores, finite,
+                                                         strict=True)):
+                    fine = (runner.classes[int(fine_labels[row, 0])],
+                            float(fine_probs[row, 0]))
+                    results[i] = (_answer(runner, [answers[k] for k in labels[row].tolist()],
+                                          probs[row].tolist(), fine, score, options)
+                                  if ok else Classified(error=BROKEN_OUTPUT))
             for i in sorted(results):
                 yield i, results[i]
             bar.advance(len(results))
 
 
-def _answer(runner: Runner, labels: list[str], probs: list[float], score: float,
-            options: ClassifyOptions) -> Classified:
-    flag = flag_of(probs[0], score, runner.calibration, options.min_confidence)
-    return Classified(labels, probs, unfamiliarity=None if np.isnan(score) else score, flag=flag)
+def _answer(runner: Runner, labels: list[str], probs: list[float], fine: tuple[str, float],
+            score: float, options: ClassifyOptions) -> Classified:
+    """The answer; its flag is the model's own (from its top class), grouped or not."""
+    flag = flag_of(fine[1], score, runner.calibration, options.min_confidence)
+    answer = Classified(labels, probs, unfamiliarity=None if np.isnan(score) else score,
+                        flag=flag)
+    if options.grouping is not None:
+        answer.fine_label, answer.fine_confidence = fine
+    return answer
 
 
 @dataclass
@@ -299,5 +347,4 @@ def predict_stream(runner: Runner, paths: list[Path], options: ClassifyOptions,
     """Yield one Prediction per path, in input order, batch by batch."""
     images = EvalImages([(p, -1) for p in paths], runner.data_config)
     for i, answer in classify(runner, images, options, reporter, speed):
-        yield Prediction(answer.labels, answer.probs, answer.error, answer.unfamiliarity,
-                         answer.flag, paths[i])
+        yield Prediction(**vars(answer), path=paths[i])

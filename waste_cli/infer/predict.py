@@ -17,8 +17,8 @@ from waste_cli.core.files import atomic_text, check_no_overlap, claim_file, reco
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import Speed
 from waste_cli.infer.answers import (
-    ANSWER_COLUMNS,
     answer_cells,
+    answer_columns,
     answer_fields,
     classify_options,
     output_format,
@@ -47,12 +47,14 @@ class PredictResult:
 class _Writer:
     """Streams predictions as a table (screen), JSON lines or CSV rows."""
 
-    def __init__(self, fmt: str, handle: IO[str], top_k: int, abstain: bool) -> None:
+    def __init__(self, fmt: str, handle: IO[str], top_k: int, abstain: bool,
+                 grouped: bool) -> None:
         self.fmt, self.handle, self.top_k, self.abstain = fmt, handle, top_k, abstain
+        self.grouped = grouped
         self.csv = csv_writer(handle) if fmt == "csv" else None
         if self.csv is not None:
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
-            self.csv.writerow(["path", *ANSWER_COLUMNS, *columns, "error"])
+            self.csv.writerow(["path", *answer_columns(grouped), *columns, "error"])
 
     def write(self, item: Prediction) -> None:
         if self.fmt == "json":
@@ -64,7 +66,7 @@ class _Writer:
                     "labels": item.labels, "probs": [round(p, 6) for p in item.probs]}
             self.handle.write(json_text(record) + "\n")
         elif self.csv is not None:
-            self.csv.writerow([item.where, *answer_cells(item, self.abstain),
+            self.csv.writerow([item.where, *answer_cells(item, self.abstain, self.grouped),
                                *item.cells(self.top_k), item.error])
         else:
             self.handle.write(f"{printable(item.where)}  "
@@ -86,13 +88,15 @@ def predict(options: PredictOptions, stdout: IO[str],
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt = output_format(options)
     count, speed, flags = 0, Speed(), Counter[str]()
+    classify = classify_options(options, runner.classes)
 
     def run(handle: IO[str]) -> None:
         nonlocal count
-        writer = _Writer(fmt, handle, options.top_k, options.abstain)
+        writer = _Writer(fmt, handle, options.top_k, options.abstain,
+                         classify.grouping is not None)
         for item in failed:
             writer.write(item)
-        for item in predict_stream(runner, paths, classify_options(options), reporter, speed):
+        for item in predict_stream(runner, paths, classify, reporter, speed):
             writer.write(item)
             if item.error:
                 failed.append(item)
