@@ -276,3 +276,54 @@ def test_folders_behind_symlinks_are_read_once_even_in_a_loop(sample_dir, tmp_pa
     result = run_cli("prepare", raw, "--out", tmp_path / "out", "-q")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == expected
+
+
+def _two_sources(sample_dir: Path, root: Path) -> tuple[Path, Path]:
+    """Two class-folder sources with different photos: `studio` (glass, metal) and `web`
+    (glass, paper), the web photos re-encoded so that no file is a copy of another."""
+    from PIL import Image
+
+    studio, web = root / "studio", root / "web"
+    for source, classes in ((studio, ("glass", "metal")), (web, ("glass", "paper"))):
+        for name in classes:
+            (source / name).mkdir(parents=True)
+            for photo in sorted((sample_dir / name).glob("*.jpg")):
+                if source is web:
+                    Image.open(photo).rotate(3).save(source / name / photo.name, quality=80)
+                else:
+                    shutil.copy(photo, source / name / photo.name)
+    return studio, web
+
+
+def test_several_sources_merge_into_one_dataset_split_per_source(sample_dir, tmp_path):
+    studio, web = _two_sources(sample_dir, tmp_path)
+    result = run_cli("prepare", studio, web, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "Sources" in result.stdout and "studio" in result.stdout and "web" in result.stdout
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["classes"] == ["glass", "metal", "paper"]
+    assert set(meta["sources"]) == {"studio", "web"}
+    with open(tmp_path / "out" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["source"] for r in rows} == {"studio", "web"}
+    per = Counter((r["source"], r["label"], r["split"]) for r in rows)
+    for source, label in (("studio", "glass"), ("web", "glass")):
+        # Stratified by class and source: each source's glass photos reach every split.
+        assert all(per[(source, label, split)] for split in ("train", "val", "test")), per
+    assert all((tmp_path / "out" / r["file"]).is_file() for r in rows)
+
+
+def test_a_sources_file_gives_each_source_its_own_map(sample_dir, tmp_path):
+    _two_sources(sample_dir, tmp_path)
+    (tmp_path / "web-map.yaml").write_text("recyclable: [glass, paper]\n")
+    (tmp_path / "sources.yaml").write_text(
+        "sources:\n  - path: studio\n    name: lab\n  - path: web\n    map: web-map.yaml\n")
+    result = run_cli("prepare", "--sources", tmp_path / "sources.yaml", "--out",
+                     tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["classes"] == ["glass", "metal", "recyclable"]  # the web map only: lab's glass
+    assert set(meta["sources"]) == {"lab", "web"}
+    (tmp_path / "bad.yaml").write_text("sources:\n  - path: studio\n    colour: red\n")
+    result = run_cli("prepare", "--sources", tmp_path / "bad.yaml", "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "colour" in result.output, result.output

@@ -125,8 +125,13 @@ class PrepareOptions(Options, ClassMapFields):
     arguments: ClassVar[tuple[str, ...]] = ("source",)
 
     seed: int = Field(0, description="Random seed of the split; the same seed, the same split.")
-    source: Path = Field(
-        description="A class-folder dataset (SRC/<class>/*.jpg) or a COCO annotations .json."
+    source: list[Path] = Field(
+        default_factory=list, description="Class-folder datasets (SRC/<class>/*.jpg) and COCO "
+        "annotation .json files; several are merged into one dataset."
+    )
+    sources: Path | None = Field(
+        None, description="YAML/JSON list of sources, each with its own path and, where "
+        "needed, images folder, map, taxonomy and name (see docs/data.md)."
     )
     out: Path = Field(description="Output folder for the prepared dataset.")
     images: Path | None = Field(
@@ -151,8 +156,15 @@ class PrepareOptions(Options, ClassMapFields):
     workers: int = Field(0, ge=0, description="Decoding processes (0 = all cores).")
     overwrite: bool = Field(False, description="Replace a non-empty output folder.")
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str | Path) else value  # a config from before
+
     @model_validator(mode="after")
     def _check_fractions(self) -> PrepareOptions:
+        if not self.source and self.sources is None:
+            raise ValueError("give SOURCE (one or more) or --sources FILE")
         if self.val_frac + self.test_frac >= 1:
             raise ValueError("val_frac + test_frac must be below 1 to leave training images")
         return self

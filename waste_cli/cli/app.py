@@ -181,10 +181,12 @@ def _root(
         "wastecls prepare annotations.json --images raw/ --out data/ --taxonomy detect-waste "
         "--square --background 1",
         "wastecls prepare raw/ --out data/ --unlabeled-frac 0.8 --size 224",
+        "wastecls prepare raw/trashnet raw/garbage-v2 --out data/   # merged, split per source",
+        "wastecls prepare --sources sources.yaml --out data/",
     ],
 )
 def prepare(options: PrepareOptions) -> None:
-    """Split a class-folder dataset, or crop a COCO dataset, into train/val/test folders."""
+    """Split class-folder datasets, or crop COCO datasets, into train/val/test folders."""
     from waste_cli.data.prepare import prepare as run_prepare
 
     result = run_prepare(options, reporter_for(options))
@@ -196,6 +198,15 @@ def prepare(options: PrepareOptions) -> None:
     for name in result.classes:
         table.add_row(shown(name), *(str(result.counts[s][name]) for s in splits))
     out_console.print(table)
+    if len(result.sources) > 1:  # a merge: where the images came from, split by split
+        table = Table(title="Sources", show_footer=True)
+        table.add_column("source", footer="total")
+        for split in splits:
+            table.add_column(split, justify="right",
+                             footer=str(sum(result.counts[split].values())))
+        for name, per_split in result.sources.items():
+            table.add_row(shown(name), *(str(per_split.get(s, 0)) for s in splits))
+        out_console.print(table)
     out_console.print(
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
         f"{result.imbalance:.1f}x, {counted(result.duplicates, 'exact duplicate')} kept "

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,12 @@ from waste_cli.core.formats import csv_writer
 from waste_cli.core.names import NAME_MAX
 from waste_cli.core.processes import die_with_parent
 from waste_cli.data.coco import coco_sources
+from waste_cli.data.origins import Origin, read_origins
 from waste_cli.data.scan import (
     DATASET_FORMAT,
     DATASET_JSON,
     IMAGE_EXTENSIONS,
+    MANIFEST_CSV,
     PSEUDO_SPLIT,
     REPORT_JSON,
     SPLITS,
@@ -47,7 +49,7 @@ from waste_cli.data.scan import (
 )
 from waste_cli.data.sources import SourceImage, SourceResult, folder_sources, process_source
 from waste_cli.data.split import split_groups
-from waste_cli.data.taxonomy import ClassMap, choose_class_map
+from waste_cli.data.taxonomy import choose_class_map
 from waste_cli.options import PrepareOptions, write_config
 
 __all__ = ["PrepareResult", "prepare"]
@@ -62,6 +64,7 @@ class PrepareResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     warnings: list[str] = field(default_factory=list)  # what a user must know about the data
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> images
 
     @property
     def imbalance(self) -> float:
@@ -71,18 +74,37 @@ class PrepareResult:
 
 
 def _collect_sources(
-    options: PrepareOptions, class_map: ClassMap
+    options: PrepareOptions, origins: list[Origin]
+) -> tuple[list[SourceImage], list[dict[str, Any]], dict[str, str]]:
+    """Every source image of every origin, tagged with its origin's name; what was skipped;
+    each origin's kind (folders, coco)."""
+    images: list[SourceImage] = []
+    skipped: list[dict[str, Any]] = []
+    kinds: dict[str, str] = {}
+    for origin in origins:
+        found, dropped, kinds[origin.name] = _collect_origin(options, origin)
+        if not found and not dropped:
+            raise _no_images(origin.path)
+        images += [replace(image, origin=origin.name) for image in found]
+        skipped += [entry | {"source": origin.name} for entry in dropped] \
+            if len(origins) > 1 else dropped
+    return images, skipped, kinds
+
+
+def _collect_origin(
+    options: PrepareOptions, origin: Origin
 ) -> tuple[list[SourceImage], list[dict[str, Any]], str]:
-    src = options.source
+    src, class_map = origin.path, origin.class_map
     if src.is_file() and src.suffix.lower() == ".json":
-        if options.images is None:
+        if origin.images is None:
             raise ConfigError(
-                f"{src} is a COCO annotation file: say where its images are with --images DIR."
+                f"{src} is a COCO annotation file: say where its images are with --images DIR "
+                "(or, for several COCO files, an `images:` per entry of --sources FILE)."
             )
-        if not options.images.is_dir():
-            raise DataError(f"Image folder {options.images} does not exist.")
+        if not origin.images.is_dir():
+            raise DataError(f"Image folder {origin.images} does not exist.")
         sources, skipped = coco_sources(
-            src, options.images, class_map, square=options.square, zoom=options.zoom,
+            src, origin.images, class_map, square=options.square, zoom=options.zoom,
             background=options.background, min_size=options.min_size, seed=options.seed,
         )
         return sources, skipped, "coco"
@@ -97,6 +119,11 @@ def _collect_sources(
     skipped += [{"class_folder": name, "reason": "holds no images: not a class of the dataset"}
                 for name in empty]
     return sources, skipped, "folders"
+
+
+def _origins(options: PrepareOptions) -> list[Origin]:
+    return read_origins(options.source, options.images,
+                        choose_class_map(options.map, options.taxonomy), options.sources)
 
 
 def _process_all(
@@ -137,12 +164,27 @@ def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path
     return path
 
 
-def _place(
-    results: list[SourceResult], options: PrepareOptions, tmp: Path
-) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]], int, list[list[str]]]:
-    """Split by group and move each staged crop into tmp/<split>/<class>/."""
+@dataclass
+class _Placed:
+    """What `_place` did: counts per split and class, and per source and split; the crops it
+    skipped; exact duplicates grouped; the pseudolabel truth and the manifest rows."""
+
+    counts: dict[str, dict[str, int]]
+    by_source: dict[str, dict[str, int]]
+    skipped: list[dict[str, Any]]
+    duplicates: int
+    truth: list[list[str]]
+    manifest: list[list[str]]
+
+
+def _place(results: list[SourceResult], options: PrepareOptions, tmp: Path,
+           merged: bool) -> _Placed:
+    """Split by group and move each staged crop into tmp/<split>/<class>/. Groups are
+    stratified by class and, for a merge of several sources, by source too (a group's source
+    is its first image's)."""
     skipped: list[dict[str, Any]] = []
     group_labels: dict[str, Counter[str]] = defaultdict(Counter)
+    group_origin: dict[str, str] = {}
     members: Counter[str] = Counter()
     for result in results:
         kept = [c for c in result.crops if c.staged is not None]
@@ -153,8 +195,11 @@ def _place(
         if kept:
             members[result.sha256] += 1
             group_labels[result.sha256].update(c.job.label for c in kept)
+            group_origin.setdefault(result.sha256, result.source.origin)
     # A group is labelled by its most frequent class (ties by name) for stratification.
     groups = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in group_labels.items()}
+    if merged:  # strata of (class, source): each source is split as it would be alone
+        groups = {g: f"{label}\x00{group_origin[g]}" for g, label in groups.items()}
     split_of = split_groups(groups, {"test": options.test_frac, "val": options.val_frac},
                             options.seed)
     if options.unlabeled_frac:
@@ -163,7 +208,9 @@ def _place(
         split_of.update(moved)
 
     counts: dict[str, dict[str, int]] = defaultdict(Counter)
+    by_source: dict[str, dict[str, int]] = defaultdict(Counter)
     truth: list[list[str]] = []
+    manifest: list[list[str]] = [["file", "split", "label", "source", "original"]]
     taken: set[Path] = set()
     for result in results:
         for k, crop in enumerate(c for c in result.crops if c.staged is not None):
@@ -178,8 +225,13 @@ def _place(
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(crop.staged, target)
             counts[split][crop.job.label] += 1
+            by_source[result.source.origin][split] += 1
+            manifest.append([target.relative_to(tmp).as_posix(), split, crop.job.label,
+                             result.source.origin, str(result.source.path)])
     duplicates = sum(n - 1 for n in members.values() if n > 1)
-    return {s: dict(c) for s, c in counts.items()}, skipped, duplicates, truth
+    return _Placed({s: dict(c) for s, c in counts.items()},
+                   {o: dict(c) for o, c in by_source.items()}, skipped, duplicates, truth,
+                   manifest)
 
 
 def _is_prepared_dataset(folder: Path) -> bool:
@@ -191,12 +243,13 @@ def _is_prepared_dataset(folder: Path) -> bool:
     return bool(meta) and meta.get("format") == DATASET_FORMAT
 
 
-def _prepare_output(options: PrepareOptions) -> Path:
+def _prepare_output(options: PrepareOptions, origins: list[Origin]) -> Path:
     """A fresh staging folder beside OUT, after checking that OUT may be (re)written."""
     out = _real_out(options.out)
-    check_no_overlap([("--out", out)], [("source", options.source),
-                                        ("--images folder", options.images),
-                                        ("--map file", options.map)])
+    check_no_overlap([("--out", out)], [*(("source", o.path) for o in origins),
+                                        *(("images folder", o.images) for o in origins),
+                                        ("--map file", options.map),
+                                        ("--sources file", options.sources)])
     if out.exists() and not out.is_dir():
         raise DataError(f"Output {out} exists and is not a folder. Choose another --out.")
     if out.is_dir() and any(out.iterdir()):
@@ -215,7 +268,8 @@ def _prepare_output(options: PrepareOptions) -> Path:
 
 
 # What a prepared dataset consists of: the only entries --overwrite replaces.
-_OWN_ENTRIES = {DATASET_JSON, REPORT_JSON, TRUTH_CSV, "config.yaml", PSEUDO_SPLIT, *SPLITS}
+_OWN_ENTRIES = {DATASET_JSON, REPORT_JSON, TRUTH_CSV, MANIFEST_CSV, "config.yaml", PSEUDO_SPLIT,
+                *SPLITS}
 
 
 def _real_out(out: Path) -> Path:
@@ -243,17 +297,22 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.close(lock)
 
 
-def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult, kind: str,
-                    truth: list[list[str]]) -> None:
+def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult,
+                    origins: list[Origin], kinds: dict[str, str], placed: _Placed) -> None:
+    first = origins[0]
     dataset = {
         "format": DATASET_FORMAT,
         "version": 1,
         "classes": result.classes,
         "counts": result.counts,
-        "source": {"kind": kind, "path": str(options.source)},
+        "source": ({"kind": kinds[first.name], "path": str(first.path)} if len(origins) == 1
+                   else {"kind": "merged", "paths": [str(o.path) for o in origins]}),
+        "sources": {o.name: {"kind": kinds[o.name], "path": str(o.path),
+                             "images": result.sources.get(o.name, {})} for o in origins},
         "created_by": f"wastecls {__version__}",
         "settings": json.loads(options.model_dump_json()),
     }
+    truth = placed.truth
     (tmp / DATASET_JSON).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates,
               "warnings": result.warnings}
@@ -263,12 +322,16 @@ def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult, k
         buffer = io.StringIO()
         csv_writer(buffer).writerows([["file", "label"], *truth])
         (tmp / TRUTH_CSV).write_text(buffer.getvalue(), encoding="utf-8")
+    buffer = io.StringIO()
+    csv_writer(buffer).writerows(placed.manifest)
+    (tmp / MANIFEST_CSV).write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _nothing_usable(options: PrepareOptions, skipped: list[dict[str, Any]]) -> DataError:
-    """The error for a source whose every image or box was skipped, with the first reasons."""
-    return DataError(f"No usable images in {options.source}: see the reasons below.\n"
-                     + "\n".join(f"  {s}" for s in skipped[:10]))
+def _nothing_usable(origins: list[Origin], skipped: list[dict[str, Any]]) -> DataError:
+    """The error for sources whose every image or box was skipped, with the first reasons."""
+    where = ", ".join(str(o.path) for o in origins)
+    return DataError(f"No usable images in {where}: see the reasons below.\n"
+                     + "\n".join(f"  {entry_text(s)}" for s in skipped[:10]))
 
 
 def _no_images(source: Path) -> DataError:
@@ -284,30 +347,33 @@ def _no_images(source: Path) -> DataError:
 
 
 def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> PrepareResult:
-    """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read."""
+    """Build the dataset layout that `train`, `evaluate` and `pseudolabel` read, from one
+    source or several merged into one class list."""
     reporter = reporter or Reporter(options.quiet)
-    class_map = choose_class_map(options.map, options.taxonomy)
-    sources, skipped, kind = _collect_sources(options, class_map)
+    origins = _origins(options)
+    sources, skipped, kinds = _collect_sources(options, origins)
     if not sources:
-        raise _nothing_usable(options, skipped) if skipped else _no_images(options.source)
-    tmp = _prepare_output(options)
+        raise _nothing_usable(origins, skipped)
+    tmp = _prepare_output(options, origins)
     lock = hold_lock(tmp)  # the staging folder is alive while this run is
     try:
         results = _process_all(sources, tmp / ".staging", options, reporter)
-        counts, bad, duplicates, truth = _place(results, options, tmp)
+        placed = _place(results, options, tmp, merged=len(origins) > 1)
         shutil.rmtree(tmp / ".staging")
+        counts = placed.counts
         labelled = [s for s in SPLITS if s in counts]
         classes = sorted({c for s in labelled for c in counts[s]} | {
             c for c in counts.get(PSEUDO_SPLIT, {})})
         if not classes:
-            raise _nothing_usable(options, skipped + bad)
+            raise _nothing_usable(origins, skipped + placed.skipped)
         for split in (*SPLITS, PSEUDO_SPLIT):
             counts.setdefault(split, {})
             counts[split] = {c: counts[split].get(c, 0) for c in classes}
         wanted = sorted({job.label for source in sources for job in source.jobs})
-        result = PrepareResult(options.out, classes, counts, skipped + bad, duplicates,
-                               _degenerate(wanted, counts, options))
-        _write_metadata(tmp, options, result, kind, truth)
+        result = PrepareResult(options.out, classes, counts, skipped + placed.skipped,
+                               placed.duplicates, _degenerate(wanted, counts, options),
+                               {o.name: placed.by_source.get(o.name, {}) for o in origins})
+        _write_metadata(tmp, options, result, origins, kinds, placed)
         _swap_into_place(tmp, _real_out(options.out))
     except OSError as exc:
         raise write_error(exc, exc.filename, "dataset file", kept=(

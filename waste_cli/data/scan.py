@@ -14,6 +14,7 @@ __all__ = [
     "DATASET_FORMAT",
     "DATASET_JSON",
     "IMAGE_EXTENSIONS",
+    "MANIFEST_CSV",
     "PSEUDO_SPLIT",
     "REPORT_JSON",
     "SPLITS",
@@ -38,6 +39,7 @@ DATASET_FORMAT = "wastecls-dataset"  # its "format": what marks a folder as prep
 REPORT_JSON = "prepare_report.json"
 PSEUDO_SPLIT = "pseudolabel"  # unlabelled images (prepare --unlabeled-frac)
 TRUTH_CSV = "pseudolabel_truth.csv"  # their hidden labels, to measure pseudo-label precision
+MANIFEST_CSV = "manifest.csv"  # every image: its split, label, source and original file
 
 
 def is_image_path(path: Path) -> bool:

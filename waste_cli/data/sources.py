@@ -57,6 +57,7 @@ class CropJob:
 class SourceImage:
     path: Path
     jobs: tuple[CropJob, ...]
+    origin: str = ""  # the name of the source it comes from (prepare of several sources)
 
 
 @dataclass(frozen=True)
