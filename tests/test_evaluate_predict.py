@@ -205,3 +205,26 @@ def test_predict_answers_in_a_taxonomy_by_summing_probabilities(tmp_path):
     assert {r["label"] for r in records} == {"recyclable"}  # trash is never an answer
     assert all(r["confidence"] == pytest.approx(1.0, abs=1e-5) for r in records)
     assert {r["fine_label"] for r in records} <= set(CLASSES) - {"trash"}
+
+
+def test_evaluate_with_a_map_scores_renamed_classes_and_reports_unseen_ones(tmp_path):
+    """`evaluate --map`: data whose class names differ from the model's is scored once both
+    are mapped into one space (here as if the names were the model's own); a data class the
+    model cannot know is reported as unseen, with the share of it flagged."""
+    plain, renamed = tmp_path / "plain", tmp_path / "renamed"
+    for model_name, data_name in (("glass", "bottle"), ("metal", "can")):
+        shutil.copytree(SAMPLE / model_name, plain / model_name)
+        shutil.copytree(SAMPLE / model_name, renamed / data_name)
+    shutil.copytree(SAMPLE / "trash", renamed / "battery")  # no class of the model's maps here
+    space = tmp_path / "space.yaml"
+    space.write_text("glass: [glass, bottle]\nmetal: [metal, can]\n")
+    reference = json.loads(run_cli("evaluate", "trashnet-lite0", "--data", plain, "--json",
+                                   "--allow-subset").stdout)
+    result = run_cli("evaluate", "trashnet-lite0", "--data", renamed, "--map", space, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == reference["images"]
+    assert report["accuracy"] == pytest.approx(reference["accuracy"])
+    assert report["unseen"]["classes"] == ["battery"]
+    assert report["unseen"]["images"] == len(list((SAMPLE / "trash").glob("*.jpg")))
+    assert 0.0 <= report["unseen"]["flagged"] <= 1.0

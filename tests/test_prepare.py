@@ -327,3 +327,18 @@ def test_a_sources_file_gives_each_source_its_own_map(sample_dir, tmp_path):
     (tmp_path / "bad.yaml").write_text("sources:\n  - path: studio\n    colour: red\n")
     result = run_cli("prepare", "--sources", tmp_path / "bad.yaml", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "colour" in result.output, result.output
+
+
+def test_evaluate_reports_accuracy_per_source(sample_dir, tmp_path):
+    """A merged dataset's test split: evaluate says how the model does on each source."""
+    studio, web = _two_sources(sample_dir, tmp_path)
+    assert run_cli("prepare", studio, web, "--out", tmp_path / "out", "-q").exit_code == 0
+    result = run_cli("evaluate", "trashnet-lite0", "--data", tmp_path / "out", "--json",
+                     "--allow-subset")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    per_source = report["per_source"]
+    assert set(per_source) == {"studio", "web"}
+    assert sum(row["images"] for row in per_source.values()) == report["images"]
+    weighted = sum(row["accuracy"] * row["images"] for row in per_source.values())
+    assert weighted / report["images"] == pytest.approx(report["accuracy"])

@@ -41,7 +41,7 @@ def test_written_config_repeats_the_run(sample_dir, tmp_path):
     assert run_cli("prepare", sample_dir, "--out", out, "--size", "48", "--seed", "3",
                    "-q").exit_code == 0
     again = load_settings(PrepareOptions, {"out": tmp_path / "b"}, out / "config.yaml")
-    assert (again.size, again.seed, again.source) == (48, 3, sample_dir)
+    assert (again.size, again.seed, again.source) == (48, 3, [sample_dir])
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,15 @@ def evaluate(options: EvaluateOptions) -> None:
     out_console.print(f"Flagged: {flags['flagged']:.1%} of the images ({flags['unfamiliar']} "
                       f"unfamiliar, {flags['low_confidence']} low-confidence)"
                       + (f"; accuracy {rest:.2%} on the others" if rest == rest else ""))
+    if "unseen" in report:
+        unseen = report["unseen"]
+        out_console.print(f"Unseen classes (the model cannot know them): "
+                          f"{shown(', '.join(unseen['classes'])) or '-'}, {unseen['images']} "
+                          f"images, {unseen['flagged']:.1%} flagged")
+    if "per_source" in report:
+        out_console.print("Per source: " + ", ".join(
+            f"{shown(name)} {row['accuracy']:.2%} of {row['images']}"
+            for name, row in report["per_source"].items()))
     if "unfamiliar" in report:
         other = report["unfamiliar"]
         out_console.print(f"Unfamiliar photos ({other['images']} in {shown(other['folder'])}): "

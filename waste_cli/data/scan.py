@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
 
 from waste_cli.core.errors import DataError
-from waste_cli.core.formats import read_structured
+from waste_cli.core.formats import plain_cell, read_structured
 from waste_cli.core.names import safe_name
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "class_samples",
     "crop_settings",
     "dataset_classes",
+    "image_sources",
     "is_image_path",
     "labeled_samples",
     "list_images",
@@ -162,3 +164,15 @@ def class_samples(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[Path
     found = make_dataset(str(folder), class_to_idx, is_valid_file=lambda p: is_image_path(Path(p)),
                          allow_empty=True)
     return [(Path(path), index) for path, index in found]
+
+
+def image_sources(root: Path) -> dict[str, str]:
+    """Each image's source (normalised path -> source name) from the manifest.csv that
+    `prepare` wrote into `root`; {} for a folder it did not make or a manifest it cannot read."""
+    path = root / MANIFEST_CSV
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return {os.path.normpath(root / plain_cell(row["file"])): plain_cell(row["source"])
+                    for row in csv.DictReader(handle) if row.get("file") and row.get("source")}
+    except (OSError, KeyError, ValueError, csv.Error):
+        return {}

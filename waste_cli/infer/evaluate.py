@@ -8,6 +8,8 @@ own (from the checkpoint or the ONNX metadata).
 from __future__ import annotations
 
 import io
+import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,9 @@ from waste_cli.core.plots import (
 from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import EvalImages, Speed, run_labelled
 from waste_cli.data.detections import read_detections
-from waste_cli.data.scan import SPLITS, class_folders, class_samples, list_images
+from waste_cli.data.scan import SPLITS, class_folders, class_samples, image_sources, list_images
 from waste_cli.data.taxonomy import choose_class_map
-from waste_cli.infer.core import BROKEN_OUTPUT, open_model, temperature
+from waste_cli.infer.core import BROKEN_OUTPUT, Grouping, open_model, temperature
 from waste_cli.model.backends import Runner
 from waste_cli.model.builtin import find_model
 from waste_cli.options import EvaluateOptions, write_config
@@ -203,15 +205,80 @@ def build_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
     }
 
 
+def _per_source(logits: torch.Tensor, targets: torch.Tensor, samples: list[tuple[Path, int]],
+                origins: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Accuracy on each source's images (a merged dataset's manifest names them)."""
+    valid = ~logits.isnan().any(1)
+    correct = (logits.argmax(1) == targets) & valid
+    seen: dict[str, list[int]] = defaultdict(list)
+    for i, (path, _) in enumerate(samples):
+        if valid[i]:
+            seen[origins.get(os.path.normpath(path), "?")].append(i)
+    return {name: {"images": len(rows), "accuracy": float(correct[rows].float().mean())}
+            for name, rows in sorted(seen.items())}
+
+
+@dataclass(frozen=True)
+class _Space:
+    """The classes an evaluation is scored in: the model's own, or, with --map or --taxonomy
+    on class folders, the map's targets, both the model's classes and the data's mapped."""
+
+    classes: list[str]
+    grouping: Grouping | None = None
+    unseen: tuple[str, ...] = ()  # data classes whose target the model cannot answer
+
+
+UNSEEN = -1  # the label of an image whose class the model cannot know
+
+
 def _folder_images(options: EvaluateOptions, runner: Runner, folder: Path
-                   ) -> tuple[EvalImages, Path]:
-    """The labelled images of a class-folder split."""
-    shared = _match_classes(runner.classes, class_folders(folder), folder,
-                            options.allow_subset)
-    samples = class_samples(folder, {c: runner.classes.index(c) for c in shared})
+                   ) -> tuple[EvalImages, Path, _Space]:
+    """The labelled images of a class-folder split, and the classes they are scored in."""
+    if options.map is None and options.taxonomy is None:
+        shared = _match_classes(runner.classes, class_folders(folder), folder,
+                                options.allow_subset)
+        labels = {c: runner.classes.index(c) for c in shared}
+        space = _Space(runner.classes)
+    else:
+        class_map = choose_class_map(options.map, options.taxonomy)
+        grouping = Grouping.of(runner.classes, class_map,
+                               str(options.map or f"--taxonomy {options.taxonomy}"))
+        targets = list(grouping.classes)
+        labels, unseen = {}, []
+        for name in class_folders(folder):
+            target = class_map.target(name, f"class folder {folder / name}")
+            if target is None:
+                continue
+            labels[name] = targets.index(target) if target in targets else UNSEEN
+            if target not in targets:
+                unseen.append(name)
+        space = _Space(targets, grouping, tuple(unseen))
+    samples = class_samples(folder, labels)
     if not samples:
         raise DataError(f"No images in the class folders of {folder}.")
-    return EvalImages(samples, runner.data_config), folder
+    return EvalImages(samples, runner.data_config), folder, space
+
+
+def _in_space(space: _Space, logits: torch.Tensor, targets: torch.Tensor, flags: list[str],
+              images: EvalImages, scale: float, data_config: dict[str, Any]
+              ) -> tuple[torch.Tensor, torch.Tensor, list[str], EvalImages, dict[str, Any]]:
+    """The evaluation in the map's space: the images of classes the model can know, their
+    logits summed into the targets' (as log-probabilities times the temperature, so that the
+    calibrated probabilities are the sums); and what the model did with the unseen ones."""
+    assert space.grouping is not None
+    valid = ~logits.isnan().any(1)
+    known = targets != UNSEEN
+    unseen_flags = [f for f, k, v in zip(flags, known.tolist(), valid.tolist(), strict=True)
+                    if v and not k]
+    unseen = {"classes": list(space.unseen), "images": len(unseen_flags),
+              "flagged": (sum(bool(f) for f in unseen_flags) / len(unseen_flags)
+                          if unseen_flags else float("nan"))}
+    summed = scaled_softmax(logits.numpy(), scale) @ space.grouping.members
+    with np.errstate(divide="ignore"):  # a target of excluded classes only: -inf, never chosen
+        grouped = torch.from_numpy((np.log(summed) * scale).astype(np.float32))
+    rows = known.nonzero().flatten().tolist()
+    kept = EvalImages([images.samples[i] for i in rows], data_config)
+    return (grouped[rows], targets[rows], [flags[i] for i in rows], kept, unseen)
 
 
 def _box_images(options: EvaluateOptions, runner: Runner, reporter: Reporter
@@ -278,8 +345,9 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     # A wrong --data fails here, before the model is loaded.
     folder = labelled_folder(options.data, options.split) if options.data else None
     runner = open_model(model_path, options.device, options.backend, reporter)
-    images, source = (_folder_images(options, runner, folder) if folder is not None
-                      else _box_images(options, runner, reporter))
+    images, source, space = (_folder_images(options, runner, folder) if folder is not None
+                             else (*_box_images(options, runner, reporter),
+                                   _Space(runner.classes)))
     samples = images.samples
     speed = Speed()
     batch_size = options.batch_size or default_batch_size(runner.name, runner.on_cpu)
@@ -299,15 +367,26 @@ def evaluate(options: EvaluateOptions, reporter: Reporter | None = None) -> Eval
     scores = _scores(outputs)
     flags = flags_of(scaled_softmax(logits.numpy(), scale).max(axis=1), scores,
                      runner.calibration, options.min_confidence)
-    report = build_report(logits, targets, runner.classes, options.top_k,
-                          [str(samples[i][0]) for i in bad], scale, flags)
+    unreadable_names = [str(samples[i][0]) for i in bad]
+    unseen = None
+    if space.grouping is not None:
+        logits, targets, flags, images, unseen = _in_space(space, logits, targets, flags,
+                                                           images, scale, runner.data_config)
+        samples = images.samples
+    report = build_report(logits, targets, space.classes, options.top_k, unreadable_names,
+                          scale, flags)
+    if unseen is not None:
+        report["unseen"] = unseen
     report |= {"model": str(model_path), "backend": runner.name, "data": str(source),
                "speed_ms_per_image": speed.per_image_ms()}
+    origins = image_sources(folder.parent) if folder is not None else {}
+    if len(set(origins.values())) > 1:  # a merge of sources: how the model does on each
+        report["per_source"] = _per_source(logits, targets, samples, origins)
     if options.unfamiliar is not None:
         valid = np.isfinite(outputs["logits"]).all(axis=1)
         report["unfamiliar"] = _unfamiliar_report(options, runner, scores[valid], batch_size,
                                                   reporter)
     written = ([*_write_outputs(options.out, report, images, logits / scale, flags,
-                                runner.classes, options.top_losses), "config.yaml"]
+                                space.classes, options.top_losses), "config.yaml"]
                if options.out is not None else [])
     return EvaluateResult(report, model_path, runner.name, options.out, speed, written)
