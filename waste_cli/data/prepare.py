@@ -177,11 +177,22 @@ class _Placed:
     manifest: list[list[str]]
 
 
+def _split(groups: dict[str, str], options: PrepareOptions) -> dict[str, str]:
+    """Groups (-> their class) into test, val, train and, with --unlabeled-frac, pseudolabel."""
+    split_of = split_groups(groups, {"test": options.test_frac, "val": options.val_frac},
+                            options.seed)
+    if options.unlabeled_frac:
+        train = {g: label for g, label in groups.items() if split_of[g] == "train"}
+        split_of.update(split_groups(train, {PSEUDO_SPLIT: options.unlabeled_frac},
+                                     options.seed))
+    return split_of
+
+
 def _place(results: list[SourceResult], options: PrepareOptions, tmp: Path,
            merged: bool) -> _Placed:
     """Split by group and move each staged crop into tmp/<split>/<class>/. Groups are
-    stratified by class and, for a merge of several sources, by source too (a group's source
-    is its first image's)."""
+    stratified by class; in a merge of several sources each source is split on its own (a
+    group's source is its first image's)."""
     skipped: list[dict[str, Any]] = []
     group_labels: dict[str, Counter[str]] = defaultdict(Counter)
     group_origin: dict[str, str] = {}
@@ -198,14 +209,13 @@ def _place(results: list[SourceResult], options: PrepareOptions, tmp: Path,
             group_origin.setdefault(result.sha256, result.source.origin)
     # A group is labelled by its most frequent class (ties by name) for stratification.
     groups = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in group_labels.items()}
-    if merged:  # strata of (class, source): each source is split as it would be alone
-        groups = {g: f"{label}\x00{group_origin[g]}" for g, label in groups.items()}
-    split_of = split_groups(groups, {"test": options.test_frac, "val": options.val_frac},
-                            options.seed)
-    if options.unlabeled_frac:
-        train = {g: label for g, label in groups.items() if split_of[g] == "train"}
-        moved = split_groups(train, {PSEUDO_SPLIT: options.unlabeled_frac}, options.seed)
-        split_of.update(moved)
+    # Each source is split on its own, by class, exactly as it would be alone: a model trained
+    # on one source's split never saw the test photos of that source in a merge.
+    split_of: dict[str, str] = {}
+    for origin in sorted(set(group_origin.values())) if merged else [None]:
+        mine = {g: label for g, label in groups.items()
+                if origin is None or group_origin[g] == origin}
+        split_of |= _split(mine, options)
 
     counts: dict[str, dict[str, int]] = defaultdict(Counter)
     by_source: dict[str, dict[str, int]] = defaultdict(Counter)
