@@ -5,6 +5,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO ?= demo
 TRASHNET ?= ../shared/data/trashnet
+GARBAGE ?= ../shared/data/garbage-v2
 SHARED_WEIGHTS ?= ../shared/weights/tf_efficientnet_lite0.in1k.safetensors
 
 export HF_HUB_OFFLINE ?= 1
@@ -40,7 +41,7 @@ model:
 
 BENCH_DATA ?= bench/out/data
 
-# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 3 hours on 2 cores).
+# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 4 hours on 2 cores).
 bench:
 	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)
 	wastecls prepare $(TRASHNET) --out $(BENCH_DATA) --overwrite -q
@@ -59,3 +60,4 @@ bench:
 	$(PYTHON) bench/bench_flag.py --model bench/out/train_run/seed0/best.pt \
 		--images $(TRASHNET)/glass
 	$(PYTHON) bench/bench_evaluate.py --data $(BENCH_DATA)
+	$(PYTHON) bench/bench_transfer.py $(TRASHNET) $(GARBAGE) --weights $(SHARED_WEIGHTS)

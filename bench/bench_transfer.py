@@ -68,10 +68,11 @@ def main() -> None:
         inside = ", ".join(f"{k} {v['accuracy']:.2%} of {v['images']}"
                            for k, v in report["per_source"].items() if k != name)
         out = report["per_source"].get(name, {"accuracy": float("nan"), "images": 0})
+        unseen = report["unseen"]  # `flagged` is null (JSON) when the model knows every class
+        flagged = ("-" if unseen["flagged"] is None
+                   else f"{unseen['flagged']:.1%} of {unseen['images']}")
         print(f"| {', '.join(row['trained_on'])} | {name} | {seconds:.0f} s | {inside} | "
-              f"{out['accuracy']:.2%} of {out['images']} | "
-              f"{report['unseen']['flagged']:.1%} of {report['unseen']['images']} |",
-              flush=True)
+              f"{out['accuracy']:.2%} of {out['images']} | {flagged} |", flush=True)
     (args.out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
