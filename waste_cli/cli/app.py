@@ -448,7 +448,7 @@ def _predict_boxes(options: PredictOptions) -> None:
     short={"model": ("--model", "-m"), "out": ("--out", "-o")},
     examples=[
         "wastecls export --onnx",
-        "wastecls export --model runs/train/exp/best.pt --onnx --torchscript --out model.onnx",
+        "wastecls export --model runs/train/exp/best.pt --onnx --torchscript   # beside it",
         "wastecls export --onnx --int8 --calib-data data/train --out model-int8.onnx",
     ],
 )
