@@ -112,10 +112,84 @@ def test_exact_duplicates_stay_in_one_split(sample_copy, tmp_path):
     for src in sorted((sample_copy / "glass").glob("*.jpg")):
         shutil.copy(src, sample_copy / "glass" / f"copy_{src.name}")
     result = _run(source=sample_copy, out=tmp_path / "out")
-    assert result.duplicates == 12
+    assert result.copies.exact == 12
     for split in ("train", "val", "test"):
         for f in (tmp_path / "out" / split / "glass").glob("copy_*"):
             assert (f.parent / f.name.removeprefix("copy_")).exists()
+
+
+def _plant_copies(sample_dir: Path, folder: Path) -> dict[str, str]:
+    """A second source of copies of sample photos, each made as copying does (flip, turn,
+    crop, letterbox, shrink + recompress); one flipped glass photo is filed under metal.
+    Returns copy file name -> the original's path."""
+    originals = sorted((sample_dir / "glass").glob("*.jpg"))[:5] + sorted(
+        (sample_dir / "paper").glob("*.jpg"))[:1]
+    planted = {}
+    for k, original in enumerate(originals):
+        with Image.open(original) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            copy = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                    image.transpose(Image.Transpose.ROTATE_90),
+                    image.crop((w // 20, h // 12, w - w // 10, h - h // 25)),
+                    _letterbox(image),
+                    image.resize((w // 2, h // 2)),
+                    image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)][k]
+        label = "metal" if k == 5 else original.parent.name
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        copy.save(folder / label / f"copy{k}.jpg", quality=40 if k == 4 else 90)
+        planted[f"copy{k}.jpg"] = str(original)
+    return planted
+
+
+def _letterbox(image: Image.Image) -> Image.Image:
+    side = max(image.size)
+    padded = Image.new("RGB", (side, side), (0, 0, 0))
+    padded.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return padded.resize((side * 3 // 4, side * 3 // 4))
+
+
+def test_near_duplicates_across_sources_stay_in_one_split(sample_dir, tmp_path):
+    planted = _plant_copies(sample_dir, tmp_path / "copies")
+    result = run_cli("prepare", sample_dir, tmp_path / "copies", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "6 near-duplicates kept together" in " ".join(result.stdout.split())
+    assert "carry different classes" in result.output  # the glass photo filed under metal
+    with open(tmp_path / "out" / "manifest.csv", newline="") as handle:
+        split_of = {r["original"]: r["split"] for r in csv.DictReader(handle)}
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    groups = report["copy_groups"]
+    # Every planted copy found, each with its original only: no other photo is called a copy.
+    assert sorted(sorted(Path(p["file"]).name for p in g["photos"]) for g in groups) == sorted(
+        sorted([name, Path(original).name]) for name, original in planted.items())
+    for name, original in planted.items():
+        copy = next(path for path in split_of if Path(path).name == name)
+        assert split_of[copy] == split_of[original]
+    assert report["near_duplicates_grouped"] == 6 and report["duplicates_dropped"] == 0
+
+
+def test_drop_duplicates_keeps_the_largest_photo_of_each_group(sample_dir, tmp_path):
+    planted = _plant_copies(sample_dir, tmp_path / "copies")
+    result = run_cli("prepare", sample_dir, tmp_path / "copies", "--out", tmp_path / "out",
+                     "--drop-duplicates")
+    assert result.exit_code == 0, result.output
+    assert "6 near-duplicates found (6 dropped)" in " ".join(result.stdout.split())
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert report["duplicates_dropped"] == 6
+    for group in report["copy_groups"]:
+        kept = [p for p in group["photos"] if p["kept"]]
+        assert len(kept) == 1
+        pixels = [p["size"][0] * p["size"][1] for p in group["photos"]]
+        assert kept[0]["size"][0] * kept[0]["size"][1] == max(pixels)
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    total = sum(n for split in meta["counts"].values() for n in split.values())
+    assert total == len(list(sample_dir.rglob("*.jpg"))) + len(planted) - 6
+    # Without near-duplicates, only exact copies are grouped.
+    result = run_cli("prepare", sample_dir, tmp_path / "copies", "--out", tmp_path / "exact",
+                     "--no-near-duplicates", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "exact" / "prepare_report.json").read_text())
+    assert report["copy_groups"] == [] and report["near_duplicates_grouped"] == 0
 
 
 def test_unlabeled_frac_hides_labels_and_records_truth(sample_dir, tmp_path):

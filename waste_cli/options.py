@@ -153,6 +153,14 @@ class PrepareOptions(Options, ClassMapFields):
     background: int = Field(
         0, ge=0, description="COCO: crops per image that overlap no box, as class 'background'."
     )
+    near_duplicates: bool = Field(
+        True, description="Find copies that were resized, recompressed, flipped, turned, "
+        "letterboxed or cropped, across all sources, and keep each group in one split "
+        "(--no-near-duplicates: exact copies only)."
+    )
+    drop_duplicates: bool = Field(
+        False, description="Keep one photo of each group of copies (the largest), not all."
+    )
     workers: int = Field(0, ge=0, description="Decoding processes (0 = all cores).")
     overwrite: bool = Field(False, description="Replace a non-empty output folder.")
 

@@ -207,10 +207,13 @@ def prepare(options: PrepareOptions) -> None:
         for name, per_split in result.sources.items():
             table.add_row(shown(name), *(str(per_split.get(s, 0)) for s in splits))
         out_console.print(table)
+    copies = result.copies
     out_console.print(
         f"{len(result.classes)} classes, train imbalance (largest/smallest) "
-        f"{result.imbalance:.1f}x, {counted(result.duplicates, 'exact duplicate')} kept "
-        f"together, {len(result.skipped)} skipped (see prepare_report.json)"
+        f"{result.imbalance:.1f}x, {counted(copies.exact, 'exact duplicate')} and "
+        f"{counted(copies.near, 'near-duplicate')} "
+        + (f"found ({copies.dropped} dropped)" if options.drop_duplicates else "kept together")
+        + f", {len(result.skipped)} skipped (see prepare_report.json)"
         + (f", {counted(len(result.warnings), 'warning')} (above)." if result.warnings else ".")
     )
 

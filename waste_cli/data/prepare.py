@@ -1,9 +1,10 @@
 """`wastecls prepare`: turn a raw dataset into OUT/{train,val,test}/<class>/ and OUT/pseudolabel/.
 
-Steps: list the source images (class folders or COCO boxes), decode and validate every one on all
-cores, group exact duplicates (and all crops of one photo), make a stratified seeded split by
-group, then move the encoded images into place. Everything is built in a temporary folder that
-is renamed to OUT only when complete.
+Steps: list the source images (class folders or COCO boxes) of every source, decode and
+validate every one on all cores (taking each photo's near-duplicate fingerprint from the same
+pixels), group copies (exact and near, across sources; all crops of one photo go with it), make
+a stratified seeded split by group, then move the encoded images into place. Everything is
+built in a temporary folder that is renamed to OUT only when complete.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from waste_cli.core.formats import csv_writer
 from waste_cli.core.names import NAME_MAX
 from waste_cli.core.processes import die_with_parent
 from waste_cli.data.coco import coco_sources
+from waste_cli.data.duplicates import copy_groups, find_copies
 from waste_cli.data.origins import Origin, read_origins
 from waste_cli.data.scan import (
     DATASET_FORMAT,
@@ -62,7 +64,7 @@ class PrepareResult:
     classes: list[str]
     counts: dict[str, dict[str, int]]  # split -> class -> images
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: int = 0
+    copies: CopyReport = field(default_factory=lambda: CopyReport())
     warnings: list[str] = field(default_factory=list)  # what a user must know about the data
     sources: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> images
 
@@ -131,7 +133,8 @@ def _process_all(
 ) -> list[SourceResult]:
     """Decode and encode every source on all cores, in input order."""
     work = partial(process_source, staging=staging, size=options.size,
-                   min_size=options.min_size, quality=options.quality)
+                   min_size=options.min_size, quality=options.quality,
+                   fingerprints=options.near_duplicates)
     workers = options.workers or os.cpu_count() or 1
     results = []
     with reporter.bar("decode + resize", len(sources)) as bar:
@@ -167,14 +170,25 @@ def _unique_name(folder: Path, stem: str, digest: str, taken: set[Path]) -> Path
 @dataclass
 class _Placed:
     """What `_place` did: counts per split and class, and per source and split; the crops it
-    skipped; exact duplicates grouped; the pseudolabel truth and the manifest rows."""
+    skipped; copies grouped; the pseudolabel truth and the manifest rows."""
 
     counts: dict[str, dict[str, int]]
     by_source: dict[str, dict[str, int]]
     skipped: list[dict[str, Any]]
-    duplicates: int
+    copies: CopyReport
     truth: list[list[str]]
     manifest: list[list[str]]
+
+
+@dataclass
+class CopyReport:
+    """Copies among the source photos: exact ones (same bytes) and near-duplicates."""
+
+    exact: int = 0  # photos that repeat another byte for byte
+    near: int = 0  # further photos in a group of near-duplicates
+    dropped: int = 0  # photos left out by --drop-duplicates
+    groups: list[dict[str, Any]] = field(default_factory=list)  # for prepare_report.json
+    conflicts: int = 0  # groups whose photos carry different classes
 
 
 def _split(groups: dict[str, str], options: PrepareOptions) -> dict[str, str]:
@@ -188,43 +202,85 @@ def _split(groups: dict[str, str], options: PrepareOptions) -> dict[str, str]:
     return split_of
 
 
+def _photo_groups(results: list[SourceResult], options: PrepareOptions,
+                  reporter: Reporter) -> tuple[dict[int, int], list[list[int]], int]:
+    """Which photos (indices into `results`) are copies of one another: result -> group id
+    (the group's first result), the groups of two or more, and how many repeat exactly."""
+    usable = [k for k, r in enumerate(results) if any(c.staged for c in r.crops)]
+    first_of: dict[str, int] = {}
+    for k in usable:
+        first_of.setdefault(results[k].sha256, k)
+    unique = list(first_of.values())
+    parent = {k: first_of[results[k].sha256] for k in usable}
+    if options.near_duplicates and len(unique) > 1:
+        pairs = find_copies([results[k].fingerprint for k in unique],
+                            options.workers or os.cpu_count() or 1, reporter)
+        for group in copy_groups(len(unique), pairs):
+            for member in group:
+                parent[unique[member]] = unique[group[0]]
+        parent = {k: parent[first_of[results[k].sha256]] for k in usable}
+    members: dict[int, list[int]] = defaultdict(list)
+    for k in usable:
+        members[parent[k]].append(k)
+    exact = len(usable) - len(unique)
+    return parent, [m for m in members.values() if len(m) > 1], exact
+
+
+def _largest(results: list[SourceResult], group: list[int]) -> int:
+    """The photo --drop-duplicates keeps: the most pixels (a copy rarely has more), then the
+    first given."""
+    return max(group, key=lambda k: (results[k].size[0] * results[k].size[1], -k))
+
+
 def _place(results: list[SourceResult], options: PrepareOptions, tmp: Path,
-           merged: bool) -> _Placed:
-    """Split by group and move each staged crop into tmp/<split>/<class>/. Groups are
-    stratified by class; in a merge of several sources each source is split on its own (a
-    group's source is its first image's)."""
+           merged: bool, reporter: Reporter) -> _Placed:
+    """Split by group of copies and move each staged crop into tmp/<split>/<class>/. Groups
+    are stratified by class; in a merge of several sources each source is split on its own (a
+    group's source is its first photo's)."""
     skipped: list[dict[str, Any]] = []
-    group_labels: dict[str, Counter[str]] = defaultdict(Counter)
-    group_origin: dict[str, str] = {}
-    members: Counter[str] = Counter()
     for result in results:
-        kept = [c for c in result.crops if c.staged is not None]
         for crop in result.crops:
             if crop.staged is None:
                 skipped.append({"file": str(result.source.path), "crop": crop.job.name,
                                 "reason": crop.reason})
-        if kept:
-            members[result.sha256] += 1
-            group_labels[result.sha256].update(c.job.label for c in kept)
-            group_origin.setdefault(result.sha256, result.source.origin)
+    group_of, copy_sets, exact = _photo_groups(results, options, reporter)
+    dropped = set()
+    if options.drop_duplicates:
+        for group in copy_sets:
+            keep = _largest(results, group)
+            dropped |= {k for k in group if k != keep}
+    group_labels: dict[int, Counter[str]] = defaultdict(Counter)
+    group_origin: dict[int, str] = {}
+    for k, group in group_of.items():
+        if k in dropped:
+            continue
+        result = results[k]
+        group_labels[group].update(c.job.label for c in result.crops if c.staged is not None)
+        group_origin.setdefault(group, result.source.origin)
     # A group is labelled by its most frequent class (ties by name) for stratification.
     groups = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in group_labels.items()}
     # Each source is split on its own, by class, exactly as it would be alone: a model trained
     # on one source's split never saw the test photos of that source in a merge.
-    split_of: dict[str, str] = {}
+    split_of: dict[int, str] = {}
     for origin in sorted(set(group_origin.values())) if merged else [None]:
-        mine = {g: label for g, label in groups.items()
+        # Keyed by the group's first photo's digest: the split depends only on the data.
+        mine = {results[g].sha256: label for g, label in groups.items()
                 if origin is None or group_origin[g] == origin}
-        split_of |= _split(mine, options)
+        split_by_digest = _split(mine, options)
+        split_of |= {g: split_by_digest[results[g].sha256] for g in groups
+                     if results[g].sha256 in split_by_digest}
 
     counts: dict[str, dict[str, int]] = defaultdict(Counter)
     by_source: dict[str, dict[str, int]] = defaultdict(Counter)
     truth: list[list[str]] = []
     manifest: list[list[str]] = [["file", "split", "label", "source", "original"]]
     taken: set[Path] = set()
-    for result in results:
+    written: dict[int, list[str]] = defaultdict(list)
+    for index, result in enumerate(results):
+        if index not in group_of or index in dropped:
+            continue
+        split = split_of[group_of[index]]
         for k, crop in enumerate(c for c in result.crops if c.staged is not None):
-            split = split_of[result.sha256]
             if split == PSEUDO_SPLIT:
                 target = _unique_name(tmp / PSEUDO_SPLIT, f"{result.sha256[:16]}_{k}",
                                       result.sha256, taken)
@@ -236,11 +292,22 @@ def _place(results: list[SourceResult], options: PrepareOptions, tmp: Path,
             os.replace(crop.staged, target)
             counts[split][crop.job.label] += 1
             by_source[result.source.origin][split] += 1
-            manifest.append([target.relative_to(tmp).as_posix(), split, crop.job.label,
+            written[index].append(target.relative_to(tmp).as_posix())
+            manifest.append([written[index][-1], split, crop.job.label,
                              result.source.origin, str(result.source.path)])
-    duplicates = sum(n - 1 for n in members.values() if n > 1)
+    report = CopyReport(exact=exact, near=sum(len(g) - 1 for g in copy_sets) - exact,
+                        dropped=len(dropped))
+    for group in copy_sets:
+        labels = {c.job.label for k in group for c in results[k].crops if c.staged}
+        report.conflicts += len(labels) > 1
+        report.groups.append({
+            "split": split_of[group_of[group[0]]],
+            "classes": sorted(labels),
+            "photos": [{"file": str(results[k].source.path), "source": results[k].source.origin,
+                        "size": list(results[k].size), "kept": written.get(k, [])}
+                       for k in group]})
     return _Placed({s: dict(c) for s, c in counts.items()},
-                   {o: dict(c) for o, c in by_source.items()}, skipped, duplicates, truth,
+                   {o: dict(c) for o, c in by_source.items()}, skipped, report, truth,
                    manifest)
 
 
@@ -324,8 +391,10 @@ def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult,
     }
     truth = placed.truth
     (tmp / DATASET_JSON).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
-    report = {"skipped": result.skipped, "duplicates_grouped": result.duplicates,
-              "warnings": result.warnings}
+    copies = result.copies
+    report = {"skipped": result.skipped, "duplicates_grouped": copies.exact,
+              "near_duplicates_grouped": copies.near, "duplicates_dropped": copies.dropped,
+              "copy_groups": copies.groups, "warnings": result.warnings}
     (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_config(options, tmp / "config.yaml")
     if truth:
@@ -335,6 +404,16 @@ def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult,
     buffer = io.StringIO()
     csv_writer(buffer).writerows(placed.manifest)
     (tmp / MANIFEST_CSV).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _conflicts(copies: CopyReport) -> list[str]:
+    if not copies.conflicts:
+        return []
+    example = next(g for g in copies.groups if len(g["classes"]) > 1)
+    return [f"{copies.conflicts} group(s) of copies carry different classes (e.g. "
+            f"{example['photos'][0]['file']} as {' and '.join(example['classes'])}): each group "
+            "is trained on under its most frequent class. They are listed under copy_groups in "
+            f"{REPORT_JSON}; fix the labels at the source."]
 
 
 def _nothing_usable(origins: list[Origin], skipped: list[dict[str, Any]]) -> DataError:
@@ -368,7 +447,7 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
     lock = hold_lock(tmp)  # the staging folder is alive while this run is
     try:
         results = _process_all(sources, tmp / ".staging", options, reporter)
-        placed = _place(results, options, tmp, merged=len(origins) > 1)
+        placed = _place(results, options, tmp, len(origins) > 1, reporter)
         shutil.rmtree(tmp / ".staging")
         counts = placed.counts
         labelled = [s for s in SPLITS if s in counts]
@@ -381,7 +460,8 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
             counts[split] = {c: counts[split].get(c, 0) for c in classes}
         wanted = sorted({job.label for source in sources for job in source.jobs})
         result = PrepareResult(options.out, classes, counts, skipped + placed.skipped,
-                               placed.duplicates, _degenerate(wanted, counts, options),
+                               placed.copies, _degenerate(wanted, counts, options)
+                               + _conflicts(placed.copies),
                                {o.name: placed.by_source.get(o.name, {}) for o in origins})
         _write_metadata(tmp, options, result, origins, kinds, placed)
         _swap_into_place(tmp, _real_out(options.out))

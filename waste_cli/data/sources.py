@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from waste_cli.data.duplicates import Fingerprint, fingerprint
 from waste_cli.data.scan import class_folders, list_images
 from waste_cli.data.taxonomy import ClassMap
 
@@ -72,6 +73,8 @@ class SourceResult:
     source: SourceImage
     sha256: str
     crops: tuple[CropResult, ...]
+    size: tuple[int, int] = (0, 0)  # the full image's, as oriented
+    fingerprint: Fingerprint | None = None  # for finding near-duplicates, when asked for
 
 
 def folder_sources(root: Path, class_map: ClassMap) -> tuple[list[SourceImage], list[str]]:
@@ -285,9 +288,11 @@ def _clip(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def process_source(
-    source: SourceImage, index: int, *, staging: Path, size: int, min_size: int, quality: int
+    source: SourceImage, index: int, *, staging: Path, size: int, min_size: int, quality: int,
+    fingerprints: bool = False,
 ) -> SourceResult:
-    """Decode `source` once and write each of its crops as JPEG into `staging`."""
+    """Decode `source` once, write each of its crops as JPEG into `staging` and, with
+    `fingerprints`, take the whole photo's near-duplicate fingerprint from the same pixels."""
     try:
         data = source.path.read_bytes()
     except OSError as exc:
@@ -319,7 +324,8 @@ def process_source(
         except OSError as exc:  # a failed write names no file on its own
             raise OSError(exc.errno, exc.strerror, str(target)) from None
         results.append(CropResult(job, target))
-    return SourceResult(source, digest, tuple(results))
+    return SourceResult(source, digest, tuple(results), full_size,
+                        fingerprint(image) if fingerprints else None)
 
 
 def _failed(source: SourceImage, digest: str, reason: str) -> SourceResult:
