@@ -52,7 +52,9 @@ FLAT = 6  # a border row or column whose channels vary by at most this is paddin
 NEIGHBOURS = 6  # windows kept per photo from the orientation-free search
 CANDIDATE_SIMILARITY = 0.85  # signed low-frequency similarity a pair needs to be verified
 DETAIL_CORRELATION = 0.85  # band-passed correlation of the aligned pair
-COLOUR_DISTANCE = 18.0  # 90th percentile of the aligned pair's per-pixel RGB distance (0-441)
+# The aligned pair's colour difference on an 8 x 8 grid, 98th percentile (0-441): one cell of
+# another colour (a product variant's label) is enough to tell two photos apart.
+COLOUR_DISTANCE = 20.0
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ class _Verifier:
         # A shift of the whole picture's colour (white balance, exposure) is not a difference
         # in what it shows: the mean difference is taken out.
         difference = (a - b) - (a - b).mean(axis=(0, 1))
-        return float(np.quantile(np.sqrt((difference ** 2).sum(axis=-1)), 0.9))
+        return float(np.quantile(np.sqrt((difference ** 2).sum(axis=-1)), 0.98))
 
 
 _worker_verifier: _Verifier | None = None
