@@ -36,8 +36,8 @@ demo: install
 # Rebuild the built-in model (waste_cli/assets/models/) from TrashNet without the samples/ photos.
 model:
 	[ -d bench/out/other ] || $(PYTHON) bench/other_photos.py --out bench/out/other
-	$(PYTHON) bench/build_model.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) \
-		--other bench/out/other
+	$(PYTHON) bench/build_model.py --data $(TRASHNET) --more $(GARBAGE) \
+		--weights $(SHARED_WEIGHTS) --other bench/out/other
 
 BENCH_DATA ?= bench/out/data
 

@@ -10,10 +10,14 @@
    classes the model knows) is the transfer, the others' the in-source accuracy; `unseen` is
    the share of the left-out source's photos of classes the model never saw that it flags.
 
-Results go to OUT/transfer.json and print as BENCHMARKS.md table rows. Usage:
+Every model is scored on the validation split as well: recipes are compared (picked) on the
+left-out source's validation photos, never on its test photos, which only report.
+
+Results go to OUT/transfer[-CANDIDATE].json and print as BENCHMARKS.md table rows. Usage:
     python bench/bench_transfer.py ../shared/data/trashnet ../shared/data/garbage-v2 \\
         --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors \\
-        [--leave-out garbage-v2] [--out bench/out/transfer] [-- extra train flags]
+        [--leave-out garbage-v2] [--out bench/out/transfer] [--candidate lp-ft] \\
+        [-- extra train flags, e.g. --freeze-epochs 3]
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def main() -> None:
     parser.add_argument("--leave-out", nargs="*", default=None,
                         help="the sources to leave out, by name (default: each in turn)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
+    parser.add_argument("--candidate", default="", help="a name for the recipe (the extra "
+                        "flags): its runs and results are kept apart")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     names = [path.resolve().name for path in args.sources]
@@ -54,16 +60,19 @@ def main() -> None:
         data = args.out / f"without-{name}"
         wastecls("prepare", *rest, "--out", data, "--overwrite", "-q")
         start = time.perf_counter()
+        run_name = f"{args.candidate + '-' if args.candidate else ''}without-{name}"
         wastecls("train", "--data", data, "--weights", args.weights, "--seed", "0",
-                 "--project", args.out / "runs", "--name", f"without-{name}", "-q", *extra)
+                 "--project", args.out / "runs", "--name", run_name, "-q", *extra)
         seconds = time.perf_counter() - start
-        runs = sorted((args.out / "runs").glob(f"without-{name}*/best.pt"),
+        runs = sorted((args.out / "runs").glob(f"{run_name}*/best.pt"),
                       key=lambda p: p.stat().st_mtime)
-        report = json.loads(wastecls("evaluate", runs[-1], "--data", merged, "--map",
-                                     identity, "--json").stdout)
+        val, report = (json.loads(wastecls("evaluate", runs[-1], "--data", merged, "--map",
+                                           identity, "--split", split, "--json").stdout)
+                       for split in ("val", "test"))
         row = {"left_out": name, "trained_on": [n for n in names if n != name],
-               "train_seconds": round(seconds), "extra_flags": extra,
-               "per_source": report["per_source"], "unseen": report["unseen"]}
+               "candidate": args.candidate or "bare", "train_seconds": round(seconds),
+               "extra_flags": extra, "per_source": report["per_source"],
+               "unseen": report["unseen"], "val_per_source": val["per_source"]}
         results.append(row)
         inside = ", ".join(f"{k} {v['accuracy']:.2%} of {v['images']}"
                            for k, v in report["per_source"].items() if k != name)
@@ -71,9 +80,12 @@ def main() -> None:
         unseen = report["unseen"]  # `flagged` is null (JSON) when the model knows every class
         flagged = ("-" if unseen["flagged"] is None
                    else f"{unseen['flagged']:.1%} of {unseen['images']}")
-        print(f"| {', '.join(row['trained_on'])} | {name} | {seconds:.0f} s | {inside} | "
-              f"{out['accuracy']:.2%} of {out['images']} | {flagged} |", flush=True)
-    (args.out / "transfer.json").write_text(json.dumps(results, indent=2) + "\n")
+        picked_on = val["per_source"].get(name, {"accuracy": float("nan")})["accuracy"]
+        print(f"| {row['candidate']} | {', '.join(row['trained_on'])} | {name} | "
+              f"{seconds:.0f} s | {inside} | {picked_on:.2%} | {out['accuracy']:.2%} of "
+              f"{out['images']} | {flagged} |", flush=True)
+    suffix = f"-{args.candidate}" if args.candidate else ""
+    (args.out / f"transfer{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 1. TrashNet (`--data`, 2,527 photos) without the 72 photos of `samples/` (matched by class and
    file name: the samples are downscaled copies), so that the bundled sample stays an honest
-   check the model never saw.
-2. `wastecls prepare` with its defaults (stratified 70/10/20 split, seed 0).
+   check the model never saw; and every `--more` source (garbage-v2: 9,911 web photos).
+2. `wastecls prepare` of all sources with its defaults (each source split 70/10/20 on its own,
+   stratified, seed 0; copies across sources kept in one split).
 3. `wastecls train` with its defaults (the CPU recipe that `auto` resolves to), seed 0, from the
    ImageNet weights. A kept run is reused when its config.yaml holds what the defaults resolve
    to now; otherwise it is an error to delete it first.
@@ -11,17 +12,18 @@
    training split; export refuses it when it loses more than a point on the validation split);
    each is evaluated on the held-out test split and on `samples/`, and the smallest file within
    0.5 points of fp32's test accuracy is kept.
-5. The chosen file goes to waste_cli/assets/models/trashnet-lite0.onnx, the checkpoint with fp16
-   weights (what `train --weights trashnet-lite0` and `export` start from) to
-   waste_cli/assets/models/trashnet-lite0.pt, the measurements to
-   waste_cli/assets/models/trashnet-lite0.json
-   (the model card's numbers).
+5. The chosen file goes to waste_cli/assets/models/waste-lite0.onnx, the checkpoint with fp16
+   weights (what `train --weights waste-lite0` and `export` start from) to
+   waste_cli/assets/models/waste-lite0.pt, the measurements to
+   waste_cli/assets/models/waste-lite0.json (the model card's numbers: test accuracy per
+   source, and in detect-waste's classes).
 
 Training ends with the model's calibration (its temperature and unfamiliarity data); the fp32
 file's calibration error and flags on the test split (and on `--other` photos of other things,
 bench/other_photos.py) go to the card.
 
 Usage: python bench/build_model.py --data ../shared/data/trashnet \
+    --more ../shared/data/garbage-v2 \
     --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors --other bench/out/other
 """
 
@@ -44,7 +46,7 @@ from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "trashnet-mini"
-TARGET = ROOT / "waste_cli" / "assets" / "models" / "trashnet-lite0.onnx"
+TARGET = ROOT / "waste_cli" / "assets" / "models" / "waste-lite0.onnx"
 RECIPE = ["--seed", "0"]  # the defaults: every tuning choice is `auto`
 AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "epochs", "ema",
                  "lr", "layer_decay", "batch_size")
@@ -103,6 +105,18 @@ def accuracy(model: Path, data: Path, split: str | None) -> float:
     return report(model, data, split)["accuracy"]
 
 
+def per_source(model: Path, data: Path) -> dict:
+    """Test accuracy per source, and in detect-waste's classes (the model's coarse view)."""
+    fine = report(model, data, "test")
+    coarse = report(model, data, "test", "--taxonomy", "detect-waste")
+    return {"test_accuracy": fine["accuracy"],
+            "per_source": {name: {"images": v["images"], "accuracy": v["accuracy"]}
+                           for name, v in fine["per_source"].items()},
+            "detect_waste": {"accuracy": coarse["accuracy"],
+                             "per_source": {name: v["accuracy"]
+                                            for name, v in coarse["per_source"].items()}}}
+
+
 def confidence(model: Path, data: Path, other: Path | None) -> dict:
     """The calibration and the flags on the test split (and on photos of other things)."""
     done = report(model, data, "test", *(["--unfamiliar", str(other)] if other else []))
@@ -121,15 +135,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
-    parser.add_argument("--keep", type=Path, default=ROOT / "bench" / "out" / "model_run",
+    parser.add_argument("--more", type=Path, nargs="*", default=[],
+                        help="further class-folder sources merged with --data")
+    parser.add_argument("--keep", type=Path, default=ROOT / "bench" / "out" / "waste_model_run",
                         help="the training run folder (reused when it holds a best.pt)")
     parser.add_argument("--other", type=Path, default=None,
                         help="photos of other things (bench/other_photos.py) for the flag")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        photos = without_samples(args.data, root / "raw")
-        run("prepare", str(root / "raw"), "--out", str(root / "data"), "-q")
+        photos = without_samples(args.data, root / args.data.resolve().name)
+        photos += sum(1 for source in args.more for p in source.rglob("*") if p.is_file())
+        run("prepare", str(root / args.data.resolve().name), *map(str, args.more),
+            "--out", str(root / "data"), "-q")
         best = args.keep / "best.pt"
         if best.is_file():  # a kept run is reused: only the exports are redone
             check_kept_run(args.keep, root / "data", args.weights)
@@ -159,6 +177,7 @@ def main() -> None:
                 "samples_accuracy": accuracy(path, SAMPLES, None),
             }
         card["confidence"] = confidence(files["fp32"], root / "data", args.other)
+        card["sources"] = [args.data.resolve().name, *(p.resolve().name for p in args.more)]
         reference = card["formats"]["fp32"]["test_accuracy"]
         fine = [n for n in files if reference - card["formats"][n]["test_accuracy"] <= 0.005]
         card["chosen"] = min(fine, key=lambda n: card["formats"][n]["megabytes"])
@@ -168,6 +187,7 @@ def main() -> None:
         write_checkpoint(best, TARGET.with_suffix(".pt"))
         card["checkpoint_megabytes"] = round(TARGET.with_suffix(".pt").stat().st_size / 2**20, 1)
         card["checkpoint_samples_accuracy"] = accuracy(TARGET.with_suffix(".pt"), SAMPLES, None)
+        card["shipped"] = per_source(TARGET, root / "data")
         TARGET.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
         print(json.dumps(card, indent=2))
 
