@@ -223,6 +223,23 @@ def test_freeze_epochs_train_only_the_head_first(prepared, tmp_path):
     assert trainable[0] == 2 and trainable[1] > 2  # head weight + bias, then everything
 
 
+def test_wise_ft_interpolates_best_with_the_head_fit_weights(prepared, tmp_path):
+    """best.pt = (1 - a) * the weights after the head-only epoch + a * the fine-tuned best, and
+    the run says what each scored on validation."""
+    plain = tiny_train(prepared, tmp_path / "plain", freeze_epochs=1, ema=False)
+    mixed = tiny_train(prepared, tmp_path / "wise", freeze_epochs=1, ema=False, wise_ft=0.25)
+    tuned = load_checkpoint(plain.run_dir / "best.pt")["model"]
+    anchor = load_checkpoint(mixed.run_dir / "last.pt")["wise_anchor"]
+    best = load_checkpoint(mixed.run_dir / "best.pt")
+    head = "classifier.weight"
+    assert not torch.equal(anchor[head], tuned[head])
+    assert torch.allclose(best["model"][head], 0.75 * anchor[head] + 0.25 * tuned[head],
+                          atol=1e-6)
+    assert best["metrics"]["wise_ft"] == 0.25
+    summary = json.loads((mixed.run_dir / "summary.json").read_text())
+    assert set(summary["wise_ft"]) == {"fine_tuned", "interpolated"}
+
+
 def test_ram_cache_decodes_each_image_once(prepared, tmp_path, monkeypatch):
     import waste_cli.data.loading as loading
 

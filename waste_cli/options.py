@@ -251,6 +251,11 @@ class TrainOptions(ModelRunOptions, FitFields):
     freeze_epochs: int = Field(
         0, ge=0, description="Train only the head for this many first epochs (fastai style)."
     )
+    wise_ft: float = Field(
+        1.0, gt=0, le=1, description="WiSE-FT: best.pt becomes this share of the fine-tuned "
+        "weights plus the rest of the weights before fine-tuning (after the --freeze-epochs "
+        "head fit; else the start). Holds up better on other photos. 1: off."
+    )
     freeze_layers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="Never train the first N of timm's layer groups (stem, stages): "
         "faster steps, early features stay pretrained (Ultralytics' freeze). auto: on a CPU "

@@ -106,7 +106,7 @@ PANELS: dict[str, tuple[str, ...]] = {
              "map", "taxonomy", "img_size", "aug", "cache", "sampler", "split", "allow_subset",
              "inputs", "source"),
     "Model and weights": ("model", "arch", "pretrained", "weights", "drop_rate", "backend",
-                          "freeze_backbone", "freeze_epochs", "freeze_layers"),
+                          "freeze_backbone", "freeze_epochs", "freeze_layers", "wise_ft"),
     "Optimisation": ("opt", "lr", "weight_decay", "layer_decay", "sched", "warmup_epochs",
                      "lr_decay", "decay_epochs", "epochs", "label_smoothing",
                      "class_weights", "ema", "ema_decay", "amp", "channels_last"),

@@ -91,6 +91,7 @@ class ResumeCheckpoint(Checkpoint):
     ema: dict[str, Any]
     scaler: dict[str, Any]
     train_state: TrainState
+    wise_anchor: dict[str, Any]  # --wise-ft: the weights before fine-tuning (absent without)
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ from waste_cli.model.checkpoint import (
     Checkpoint,
     ResumeCheckpoint,
     TrainState,
+    load_checkpoint,
     save_checkpoint,
 )
 from waste_cli.model.factory import create_model, freeze_layers, resolve_arch
@@ -164,8 +165,13 @@ class Trainer:
         self.state: TrainState = dict(last["train_state"]) if last else {  # type: ignore[assignment]
             "epoch": 0, "updates": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
             "skipped": []}
+        # --wise-ft's other end: the weights before fine-tuning, taken when the head alone has
+        # learned (the end of --freeze-epochs), or now.
+        self.wise_anchor: dict[str, torch.Tensor] | None = None
         if last is not None:
             self._restore(last)
+        elif options.wise_ft < 1 and not options.freeze_epochs:
+            self.wise_anchor = self._weights(self.model)
         self.forward_model = self._forward_model()
 
     # --- setup -------------------------------------------------------------------------------
@@ -278,7 +284,13 @@ class Trainer:
         assert run_dir is not None  # rank 0 always chose one
         return run_dir
 
+    @staticmethod
+    def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
     def _restore(self, last: ResumeCheckpoint) -> None:
+        if last.get("wise_anchor"):
+            self.wise_anchor = last["wise_anchor"]
         self.model.load_state_dict(last["model"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scaler.load_state_dict(last["scaler"])
@@ -457,6 +469,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "scaler": self.scaler.state_dict(),
             "train_state": self.state,
+            "wise_anchor": self.wise_anchor or {},
         }
 
     def save(self, row: dict[str, Any], cm: torch.Tensor, best: bool, log: MetricsLog,
@@ -506,6 +519,8 @@ class Trainer:
                     self.pseudo.after_validation(self._validate_outputs())
                 loader = self.pseudo.begin_epoch(epoch) or loader
             row_train, unreadable = self.train_one_epoch(epoch, loader)
+            if options.wise_ft < 1 and epoch + 1 == options.freeze_epochs:
+                self.wise_anchor = self._weights(self.model)  # the head fitted, nothing else
             unreadable = all_gather_union(self.dist, unreadable)
             for index in sorted(unreadable - known_bad):
                 self.reporter.warn(f"skipped unreadable training image {self.data.train[index][0]}")
@@ -535,3 +550,20 @@ class Trainer:
                                    f"{options.patience} epochs")
                 return True
         return False
+
+    def interpolate_best(self) -> dict[str, float]:
+        """WiSE-FT (Wortsman et al. 2022): best.pt's weights moved to `--wise-ft` of the way
+        from the weights before fine-tuning, validated, and written back; returns the
+        validation metrics of the fine-tuned and of the interpolated weights."""
+        share = self.options.wise_ft
+        assert self.wise_anchor is not None  # taken at the start or after the head fit
+        best_path = self.run_dir / "best.pt"
+        best = load_checkpoint(best_path)
+        tuned = best["model"]
+        mixed = {k: (1 - share) * self.wise_anchor[k].to(v.dtype) + share * v
+                 if v.is_floating_point() else v for k, v in tuned.items()}
+        self.eval_model.load_state_dict(mixed)
+        validation = self.validate()
+        metrics = {**best["metrics"], **validation.metrics, "wise_ft": share}
+        save_checkpoint(best_path, {**best, "model": mixed, "metrics": metrics})
+        return {"fine_tuned": best["metrics"]["val_acc"], "interpolated": metrics["val_acc"]}

@@ -61,6 +61,7 @@ class TrainResult:
     skipped_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
     calibration: FittedCalibration | None = None  # fitted on best.pt at the end
+    wise_ft: dict[str, float] | None = None  # val acc fine-tuned and interpolated (--wise-ft)
 
 
 def _resume(options: TrainOptions) -> tuple[TrainOptions, ResumeCheckpoint]:
@@ -121,7 +122,7 @@ def _summary(trainer: Trainer, result: TrainResult) -> dict[str, Any]:
             "seconds": result.seconds, "classes": trainer.data.classes,
             "train_images": len(trainer.data.train), "val_images": len(trainer.data.val),
             "device": str(trainer.device), "processes": trainer.dist.world,
-            "data_config": trainer.data_config,
+            "data_config": trainer.data_config, "wise_ft": result.wise_ft,
             "calibration": calibration.calibration.model_dump() | calibration.report
             if calibration is not None else None}
 
@@ -134,6 +135,9 @@ def build_trainer(options: TrainOptions, reporter: Reporter, dist: Distributed,
         raise ConfigError("--freeze-epochs is not supported with several processes (DDP "
                           "needs the same trainable parameters throughout); use "
                           "--freeze-backbone.")
+    if dist.active and options.wise_ft < 1:
+        raise ConfigError("--wise-ft is not supported with several processes yet: train with "
+                          "--nproc 1, or leave --wise-ft at 1.")
     seed_everything(options.seed)
     if device.type == "cpu":
         keep_freed_memory()
@@ -203,6 +207,12 @@ def train(options: TrainOptions, reporter: Reporter | None = None) -> TrainResul
     best_row = next(r for r in log.rows if int(r["epoch"]) == state["best_epoch"])
     result = TrainResult(run, state["best_epoch"], best_row, state["epoch"], stopped_early,
                          state["skipped"])
+    if dist.main and options.wise_ft < 1:
+        shares = trainer.interpolate_best()
+        result.wise_ft = shares
+        reporter.info(f"WiSE-FT {options.wise_ft:g}: val acc {shares['interpolated']:.4f} "
+                      f"(fine-tuned alone {shares['fine_tuned']:.4f}); best.pt holds the "
+                      "interpolated weights")
     if dist.main:
         result.calibration = _calibrate_best(trainer)
         result.seconds = time.perf_counter() - start_time
