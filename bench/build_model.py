@@ -45,7 +45,8 @@ from waste_cli.model.backends import OnnxRunner
 from waste_cli.model.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "samples" / "trashnet-mini"
+SAMPLES = ROOT / "samples" / "trashnet-mini"  # the held-out check of the card
+HELD_OUT = ROOT / "samples"  # every photo here is left out of training
 TARGET = ROOT / "waste_cli" / "assets" / "models" / "waste-lite0.onnx"
 RECIPE = ["--seed", "0"]  # the defaults: every tuning choice is `auto`
 AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "epochs", "ema",
@@ -82,8 +83,9 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def without_samples(data: Path, folder: Path) -> int:
-    """Hard links to every photo of `data` except those in samples/; returns how many."""
-    held_out = {(p.parent.name, p.name) for p in SAMPLES.rglob("*.jpg")}
+    """Hard links to every photo of `data` except those in samples/ (by class folder and file
+    name: the samples are copies); returns how many."""
+    held_out = {(p.parent.name, p.name) for p in HELD_OUT.rglob("*.jpg")}
     kept = 0
     for photo in sorted(data.rglob("*.jpg")):
         if (photo.parent.name, photo.name) in held_out:
@@ -144,10 +146,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        photos = without_samples(args.data, root / args.data.resolve().name)
-        photos += sum(1 for source in args.more for p in source.rglob("*") if p.is_file())
-        run("prepare", str(root / args.data.resolve().name), *map(str, args.more),
-            "--out", str(root / "data"), "-q")
+        sources = [root / source.resolve().name for source in (args.data, *args.more)]
+        photos = sum(without_samples(source, linked)
+                     for source, linked in zip((args.data, *args.more), sources, strict=True))
+        run("prepare", *map(str, sources), "--out", str(root / "data"), "-q")
         best = args.keep / "best.pt"
         if best.is_file():  # a kept run is reused: only the exports are redone
             check_kept_run(args.keep, root / "data", args.weights)

@@ -31,7 +31,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from waste_cli.core.console import Reporter
@@ -199,6 +198,8 @@ def _candidates(prints: Sequence[Fingerprint], advance: Callable[[int], None] = 
     owner = np.repeat(np.arange(count), per)
     keep = min(NEIGHBOURS, index.shape[0] - per)
     found: dict[tuple[int, int], tuple[float, int, int, int, int]] = {}
+    import torch  # here: decoding (predict on ONNX included) must not load torch
+
     index_t = torch.from_numpy(index)
     chunk = max(1, 2**26 // max(1, index.shape[0]))
     for start in range(0, count, chunk):
