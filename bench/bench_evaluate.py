@@ -1,7 +1,7 @@
 """What evaluate's confidence report costs: one `evaluate --out` in this process, with the time
 spent writing the pictures (reliability diagram, risk-coverage curve) measured inside it.
 
-Usage: python bench/bench_evaluate.py --model trashnet-lite0 --data bench/out/data
+Usage: python bench/bench_evaluate.py --model waste-lite0 --data bench/out/data
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TIMED = ("plot_reliability", "plot_risk_coverage")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="trashnet-lite0")
+    parser.add_argument("--model", default="waste-lite0")
     parser.add_argument("--data", type=Path, required=True)
     args = parser.parse_args()
     spent = dict.fromkeys(TIMED, 0.0)

@@ -13,7 +13,7 @@ WORK=$(mktemp -d)
 trap 'git worktree remove --force "$WORK/old" >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 git worktree add -f "$WORK/old" "$REV" -q
 export HF_HUB_OFFLINE=1
-MODEL="$NEW/waste_cli/assets/models/trashnet-lite0.onnx"
+MODEL="$NEW/waste_cli/assets/models/waste-lite0.onnx"
 
 run() {  # run SIDE ARGS...: wastecls from that side's source tree
   local side=$1; shift
@@ -29,7 +29,7 @@ for side in old new; do
   run $side train $tiny --epochs 3 --name cosine > /dev/null
   run $side train $tiny --epochs 4 --sched step --name step > /dev/null
   run $side train $tiny --epochs 3 --sched exp --sampler weighted --name exp > /dev/null
-  run $side train --data "$dir/data" --weights trashnet-lite0 --epochs 2 --project "$dir/runs" \
+  run $side train --data "$dir/data" --weights waste-lite0 --epochs 2 --project "$dir/runs" \
     --name builtin -q > /dev/null
   for name in cosine step exp builtin; do cut -d, -f1-8 "$dir/runs/$name/metrics.csv"; done \
     > "$WORK/metrics-$side.txt"

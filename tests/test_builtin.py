@@ -20,8 +20,21 @@ def test_predict_works_offline_with_no_model_anywhere(tmp_path, monkeypatch):
     photo = next((SAMPLE / "glass").glob("*.jpg"))
     result = run_cli("predict", photo, "--format", "csv")
     assert result.exit_code == 0, result.output
-    assert f"built-in {BUILTIN_MODEL} (6 classes" in " ".join(result.output.split())
+    classes = OnnxRunner(builtin_file(".onnx")).classes
+    assert f"built-in {BUILTIN_MODEL} ({len(classes)} classes" in " ".join(result.output.split())
     assert result.stdout.splitlines()[1].startswith(str(photo))
+
+
+def test_its_earlier_name_still_works(tmp_path):
+    """`trashnet-lite0`, the six-class model it replaced, names it too (commands and configs
+    written for it keep working)."""
+    photo = next((SAMPLE / "glass").glob("*.jpg"))
+    for args in (["predict", "-m", "trashnet-lite0", photo], ["export", "-m", "trashnet-lite0",
+                                                              "--onnx", "--out",
+                                                              tmp_path / "old.onnx", "-q"]):
+        result = run_cli(*args)
+        assert result.exit_code == 0, result.output
+    assert OnnxRunner(tmp_path / "old.onnx").classes == OnnxRunner(builtin_file(".onnx")).classes
 
 
 def test_it_is_right_on_the_sample_it_never_saw(tmp_path, monkeypatch):
@@ -48,7 +61,7 @@ needs_checkpoint = pytest.mark.skipif(builtin_file(".pt") is None,
 
 @needs_checkpoint
 def test_training_can_start_from_it(prepared, tmp_path):
-    """Waste features are a better start than ImageNet's: `--weights trashnet-lite0`."""
+    """Waste features are a better start than ImageNet's: `--weights waste-lite0`."""
     from waste_cli.options import TrainOptions
     from waste_cli.train.recipe import resolve_auto
 

@@ -164,7 +164,7 @@ def test_default_model_discovery(trained, inputs, tmp_path, monkeypatch):
     if builtin_file(".onnx") is None:
         assert result.exit_code == 1 and "No model given" in result.output
     else:  # nothing trained here: the model that ships with wastecls, said by name
-        assert result.exit_code == 0 and "built-in trashnet-lite0" in result.output
+        assert result.exit_code == 0 and "built-in waste-lite0" in result.output
     for name in ("old", "new"):
         (tmp_path / "runs" / "train" / name).mkdir(parents=True)
         shutil.copy(trained.run_dir / "best.pt", tmp_path / "runs" / "train" / name / "best.pt")
@@ -218,9 +218,9 @@ def test_evaluate_with_a_map_scores_renamed_classes_and_reports_unseen_ones(tmp_
     shutil.copytree(SAMPLE / "trash", renamed / "battery")  # no class of the model's maps here
     space = tmp_path / "space.yaml"
     space.write_text("glass: [glass, bottle]\nmetal: [metal, can]\n")
-    reference = json.loads(run_cli("evaluate", "trashnet-lite0", "--data", plain, "--json",
+    reference = json.loads(run_cli("evaluate", "waste-lite0", "--data", plain, "--json",
                                    "--allow-subset").stdout)
-    result = run_cli("evaluate", "trashnet-lite0", "--data", renamed, "--map", space, "--json")
+    result = run_cli("evaluate", "waste-lite0", "--data", renamed, "--map", space, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == reference["images"]

@@ -90,7 +90,7 @@ def test_hidden_files_and_folders_are_not_photos(sample_copy, tmp_path):
     result = _run(source=sample_copy, out=tmp_path / "out")
     assert not result.skipped
     assert sum(sum(c.values()) for c in result.counts.values()) == 72
-    predicted = run_cli("predict", "-m", "trashnet-lite0", sample_copy / "glass", "--format",
+    predicted = run_cli("predict", "-m", "waste-lite0", sample_copy / "glass", "--format",
                         "csv")
     assert predicted.exit_code == 0 and "thumb" not in predicted.stdout
     assert len(predicted.stdout.splitlines()) == 1 + 12
@@ -407,7 +407,7 @@ def test_evaluate_reports_accuracy_per_source(sample_dir, tmp_path):
     """A merged dataset's test split: evaluate says how the model does on each source."""
     studio, web = _two_sources(sample_dir, tmp_path)
     assert run_cli("prepare", studio, web, "--out", tmp_path / "out", "-q").exit_code == 0
-    result = run_cli("evaluate", "trashnet-lite0", "--data", tmp_path / "out", "--json",
+    result = run_cli("evaluate", "waste-lite0", "--data", tmp_path / "out", "--json",
                      "--allow-subset")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -223,7 +223,7 @@ def prepare(options: PrepareOptions) -> None:
     examples=[
         "wastecls train --data data/   # the recipe: every `auto` is printed and saved",
         "wastecls train --data data/ --weights tf_efficientnet_lite0.in1k.safetensors   # offline",
-        "wastecls train --data data/ --weights trashnet-lite0   # start from the built-in model",
+        "wastecls train --data data/ --weights waste-lite0   # start from the built-in model",
         "wastecls train --data data/ --arch efficientnet-b2 --sampler weighted --device cuda:1",
         "wastecls train --data data/ --arch resnet50 --freeze-backbone --sched exp --lr-decay 0.99",
         "wastecls train --resume runs/train/exp",

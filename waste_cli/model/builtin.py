@@ -3,8 +3,9 @@ command uses when none is given.
 
 Two files make it (waste_cli/assets/models/): the ONNX model that predict and evaluate run, and
 a wastecls checkpoint (fp16 weights) that `train --weights` starts from and `export` converts.
-Wherever a model or weights file is asked for, the name `trashnet-lite0` stands for the right
-one of the two.
+Wherever a model or weights file is asked for, the name `waste-lite0` stands for the right one
+of the two. `trashnet-lite0`, the name of the six-class TrashNet model it replaced, is kept as
+an alias so that commands and configs written for it keep working (they now get ten classes).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ModelError
 from waste_cli.model.backends import OnnxRunner
 
-__all__ = ["BUILTIN_MODEL", "builtin_file", "find_model", "is_builtin", "model_name", "named_file"]
+__all__ = ["BUILTIN_ALIASES", "BUILTIN_MODEL", "builtin_file", "find_model", "is_builtin",
+           "model_name", "named_file"]
 
-BUILTIN_MODEL = "trashnet-lite0"
+BUILTIN_MODEL = "waste-lite0"
+BUILTIN_ALIASES = ("trashnet-lite0",)  # earlier names of the built-in model
 
 
 def builtin_file(suffix: str) -> Path | None:
@@ -36,7 +39,7 @@ def is_builtin(path: Path) -> bool:
 def named_file(path: Path | None, suffix: str) -> Path | None:
     """`path`, or the built-in model's `suffix` file when `path` is its name and no such file
     exists here (a local file of that name wins)."""
-    if path is None or str(path) != BUILTIN_MODEL or path.exists():
+    if path is None or str(path) not in (BUILTIN_MODEL, *BUILTIN_ALIASES) or path.exists():
         return path
     found = builtin_file(suffix)
     if found is None:
