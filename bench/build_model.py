@@ -49,8 +49,8 @@ SAMPLES = ROOT / "samples" / "trashnet-mini"  # the held-out check of the card
 HELD_OUT = ROOT / "samples"  # every photo here is left out of training
 TARGET = ROOT / "waste_cli" / "assets" / "models" / "waste-lite0.onnx"
 RECIPE = ["--seed", "0"]  # the defaults: every tuning choice is `auto`
-AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "aug", "cache", "amp", "epochs", "ema",
-                 "lr", "layer_decay", "batch_size")
+AUTO_RECORDED = ("arch", "img_size", "freeze_layers", "freeze_epochs", "aug", "cache", "amp",
+                 "epochs", "ema", "lr", "layer_decay", "batch_size")
 
 
 def check_kept_run(run: Path, data: Path, weights: Path) -> None:

@@ -134,6 +134,20 @@ def _freeze_layers(options: TrainOptions, device: torch.device,
                       "layer groups stay pretrained; their backward pass is most of a CPU step")
 
 
+def _freeze_epochs(options: TrainOptions, starts_trained: bool) -> AutoChoice:
+    if options.freeze_backbone:
+        return AutoChoice("freeze_epochs", 0, "--freeze-backbone: only the head ever trains")
+    if not starts_trained:
+        return AutoChoice("freeze_epochs", 0, "random weights: no features to fit a head on")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return AutoChoice("freeze_epochs", 0, "several processes: DDP trains one set of "
+                          "parameters throughout")
+    epochs = round(options.epochs / 4)
+    return AutoChoice("freeze_epochs", epochs,
+                      "the head alone for the first quarter of the epochs, then fine-tuning "
+                      "(LP-FT: it transferred best to another source's photos, BENCHMARKS.md)")
+
+
 def _cache_bytes(paths: list[Path], short_side: int) -> int:
     """The RAM cache's size: every image with its shorter side at `short_side`, RGB uint8."""
     from PIL import Image
@@ -176,6 +190,8 @@ def resolve_auto(options: TrainOptions, device: torch.device,
         choices.append(_img_size(options, cfg, starts_trained))
     if options.freeze_layers == "auto":
         choices.append(_freeze_layers(options, device, starts_trained))
+    if options.freeze_epochs == "auto":
+        choices.append(_freeze_epochs(options, starts_trained))
     if options.aug == "auto":
         choices.append(AutoChoice("aug", "light", "cpu: augmenting is cheap next to the model")
                        if device.type == "cpu" else

@@ -131,7 +131,7 @@ def build_trainer(options: TrainOptions, reporter: Reporter, dist: Distributed,
                   device: torch.device, last: ResumeCheckpoint | None = None) -> Trainer:
     """Read the data, resolve the run's plan (printing every `auto` choice once), and wire a
     Trainer from them."""
-    if dist.active and options.freeze_epochs:
+    if dist.active and options.freeze_epochs not in (0, "auto"):
         raise ConfigError("--freeze-epochs is not supported with several processes (DDP "
                           "needs the same trainable parameters throughout); use "
                           "--freeze-backbone.")
