@@ -26,10 +26,19 @@ def _resolve(data, device=CPU, **fields):
 def test_cpu_defaults_are_the_measured_recipe(prepared):
     options, choices = _resolve(prepared)
     assert (options.img_size, options.freeze_layers, options.aug, options.cache,
-            options.amp) == (288, 6, "light", "ram", False)
-    assert set(choices) == {"img_size", "freeze_layers", "aug", "cache", "amp"}
+            options.amp, options.freeze_epochs) == (288, 6, "light", "ram", False, 3)
+    assert set(choices) == {"img_size", "freeze_layers", "freeze_epochs", "aug", "cache", "amp"}
     assert str(choices["freeze_layers"]).startswith("freeze-layers auto -> 6 (cpu")
+    assert "LP-FT" in str(choices["freeze_epochs"])  # a quarter of the 12 epochs: 3
     assert str(choices["amp"]).startswith("amp auto -> off")
+
+
+def test_the_head_first_only_where_there_are_features_and_one_process(prepared, monkeypatch):
+    assert _resolve(prepared, pretrained=False)[0].freeze_epochs == 0
+    assert _resolve(prepared, freeze_backbone=True)[0].freeze_epochs == 0
+    assert _resolve(prepared, epochs=20)[0].freeze_epochs == 5
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _resolve(prepared)[0].freeze_epochs == 0
 
 
 @pytest.mark.parametrize("device", [CUDA, MPS])
@@ -66,7 +75,7 @@ def test_cache_stays_off_when_memory_is_short(prepared, monkeypatch):
 
 def test_explicit_values_win(prepared):
     options, choices = _resolve(prepared, img_size=64, freeze_layers=2, aug="strong",
-                                 cache="none", amp=True)
+                                 cache="none", amp=True, freeze_epochs=0)
     assert choices == {}
     assert (options.img_size, options.freeze_layers, options.aug, options.cache,
             options.amp) == (64, 2, "strong", "none", True)
@@ -83,8 +92,8 @@ def test_choices_are_printed_once_and_written_to_config(prepared, tmp_path):
                      "--project", tmp_path)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if " auto -> " in line]
-    assert [line.split()[0] for line in lines] == ["img-size", "freeze-layers", "aug", "amp",
-                                                    "cache"]
+    assert [line.split()[0] for line in lines] == ["img-size", "freeze-layers", "freeze-epochs",
+                                                    "aug", "amp", "cache"]
     config = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())["train"]
     assert (config["img_size"], config["freeze_layers"], config["aug"], config["amp"],
             config["cache"]) == (160, 0, "light", False, "ram")
