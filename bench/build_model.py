@@ -77,8 +77,9 @@ def write_checkpoint(best: Path, target: Path) -> None:
     checkpoint = load_checkpoint(best)
     checkpoint["model"] = {k: v.half() if v.is_floating_point() else v
                            for k, v in checkpoint["model"].items()}
-    checkpoint["settings"] = {**checkpoint["settings"], "data": None, "weights": None,
-                              "project": None}
+    record = checkpoint["options"]
+    record["values"] = {**record["values"], "data": None, "weights": None, "project": None,
+                        "resume": None}
     save_checkpoint(target, dict(checkpoint))
 
 
