@@ -39,10 +39,14 @@ def test_its_earlier_name_still_works(tmp_path):
 
 def test_it_is_right_on_the_sample_it_never_saw(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = run_cli("evaluate", "--data", SAMPLE, "--json")
+    # The sample holds 6 of its 10 classes: an answer in one of the other 4 counts as wrong.
+    result = run_cli("evaluate", "--data", SAMPLE, "--json", "--allow-subset")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["images"] == 72 and report["accuracy"] >= 0.8
+    card = json.loads(builtin_file(".onnx").with_suffix(".json").read_text())
+    assert report["images"] == 72 and report["accuracy"] >= 0.6
+    assert report["accuracy"] == pytest.approx(
+        card["formats"][card["chosen"]]["samples_accuracy"], abs=0.02)
 
 
 def test_the_model_card_matches_the_file():
