@@ -177,7 +177,7 @@ def test_a_reader_that_left_ends_every_command_with_141(prepared, tmp_path):
     """Item 11: evaluate, prepare and --help, like predict, end with 141 (SIGPIPE's status)
     when their reader is gone, and prepare prints only its results on stdout."""
     commands = [["train", "--help"], ["prepare", SAMPLE, "--out", tmp_path / "a"],
-                ["evaluate", BUILTIN_MODEL, "--data", prepared]]
+                ["evaluate", BUILTIN_MODEL, "--data", prepared, "--allow-subset"]]
     for command in commands:
         read, write = os.pipe()
         os.close(read)  # the reader is gone before the first line
