@@ -58,7 +58,7 @@ COLOUR_DISTANCE = 20.0
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """What the detector keeps of one photo (about 9 KB)."""
+    """What the detector keeps of one photo (about 17 KB)."""
 
     gray: np.ndarray  # (SIDE, SIDE) uint8, borders trimmed, aspect not kept
     colour: np.ndarray  # (COLOUR_SIDE, COLOUR_SIDE, 3) uint8, the same area
@@ -145,7 +145,7 @@ def _window_box(window: tuple[float, float, float], side: int = SIDE
 # a transpose swaps u and v, a flip negates the odd frequencies along its axis.
 def _orientations(coefficients: np.ndarray) -> np.ndarray:
     """(..., BAND*BAND-1) -> (..., 8, BAND*BAND-1): the coefficients of the eight orientations,
-    in the order of `_ORIENT_PIXELS`."""
+    in the order of `_orient_pixels`."""
     full = np.concatenate([np.zeros((*coefficients.shape[:-1], 1), np.float32), coefficients],
                           axis=-1).reshape(*coefficients.shape[:-1], BAND, BAND)
     odd = np.where(np.arange(BAND) % 2 == 1, -1.0, 1.0).astype(np.float32)
@@ -259,7 +259,7 @@ class _Verifier:
         self._filtered: dict[int, tuple[Image.Image, Image.Image]] = {}
 
     def filtered(self, index: int) -> tuple[Image.Image, Image.Image]:
-        """(smooth, detail): a blurred grey thumbnail at half the side, whose correlation
+        """(smooth, detail): a blurred grey thumbnail of SEARCH_SIDE, whose correlation
         changes gently with the crop (to find it), and the band-passed one (to judge it)."""
         if index not in self._filtered:
             gray = Image.fromarray(self.prints[index].gray)
@@ -279,7 +279,7 @@ class _Verifier:
         theirs = self.filtered(other)
 
         def score(box: list[float], level: int) -> float:
-            side = theirs[level].width  # level 0 is at half the resolution
+            side = theirs[level].width  # level 0 is the small, blurred thumbnail
             crop = theirs[level].resize((side, side), Image.Resampling.BILINEAR,
                                         box=tuple(v * side / SIDE for v in box))
             return _correlation(np.asarray(crop, dtype=np.float32), mine[level])
