@@ -133,12 +133,12 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     return Fingerprint(gray, colour, windows.astype(np.float32))
 
 
-def _window_box(window: tuple[float, float, float], side: int = SIDE
-                ) -> tuple[float, float, float, float]:
+def _window_box(window: tuple[float, float, float]) -> tuple[float, float, float, float]:
+    """A window (scale, y, x) as a box in the SIDE x SIDE thumbnail."""
     scale, y, x = window
-    size = side * scale
-    return (x * (side - size), y * (side - size), x * (side - size) + size,
-            y * (side - size) + size)
+    size = SIDE * scale
+    return (x * (SIDE - size), y * (SIDE - size), x * (SIDE - size) + size,
+            y * (SIDE - size) + size)
 
 
 # The eight orientations (flips and 90-degree turns) as what they do to DCT coefficients:

@@ -171,7 +171,7 @@ class Trainer:
         if last is not None:
             self._restore(last)
         elif options.wise_ft < 1 and not options.freeze_epochs:
-            self.wise_anchor = self._weights(self.model)
+            self.wise_anchor = self._weights(self.model, keep=True)
         self.forward_model = self._forward_model()
 
     # --- setup -------------------------------------------------------------------------------
@@ -285,8 +285,11 @@ class Trainer:
         return run_dir
 
     @staticmethod
-    def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    def _weights(model: nn.Module, keep: bool = False) -> dict[str, torch.Tensor]:
+        """The model's weights on the CPU, to save; `keep`: a copy that further training
+        leaves as it is (on a CPU, .cpu() returns the very tensors)."""
+        return {k: v.detach().cpu().clone() if keep else v.detach().cpu()
+                for k, v in model.state_dict().items()}
 
     def _restore(self, last: ResumeCheckpoint) -> None:
         if last.get("wise_anchor"):
@@ -453,7 +456,7 @@ class Trainer:
             "classes": self.data.classes,
             "data_config": self.data_config,
             "crop": crop_settings(self.options.data) if self.options.data else {},
-            "model": {k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()},
+            "model": self._weights(self.eval_model),
             "metrics": row,
             "epoch": epoch,
             "options": options_record(self.options),
@@ -463,7 +466,7 @@ class Trainer:
     def resume_checkpoint(self, epoch: int, row: dict[str, Any]) -> ResumeCheckpoint:
         """last.pt: the checkpoint plus what it takes to continue training exactly."""
         return self.checkpoint(epoch, row) | {  # type: ignore[return-value]
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": self._weights(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "ema": self.ema.state_dict() if self.ema is not None else {},
@@ -520,7 +523,8 @@ class Trainer:
                 loader = self.pseudo.begin_epoch(epoch) or loader
             row_train, unreadable = self.train_one_epoch(epoch, loader)
             if options.wise_ft < 1 and epoch + 1 == options.freeze_epochs:
-                self.wise_anchor = self._weights(self.model)  # the head fitted, nothing else
+                # The head fitted, nothing else yet: WiSE-FT's other end.
+                self.wise_anchor = self._weights(self.model, keep=True)
             unreadable = all_gather_union(self.dist, unreadable)
             for index in sorted(unreadable - known_bad):
                 self.reporter.warn(f"skipped unreadable training image {self.data.train[index][0]}")
