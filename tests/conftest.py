@@ -127,3 +127,47 @@ def model(trained, tmp_path) -> Path:
 def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory):
     """One tiny training run shared by the evaluate/predict/export tests. Read-only."""
     return tiny_train(prepared, tmp_path_factory.mktemp("runs"), epochs=2)
+
+
+HOSTILE_CLASS = "<img src=x onerror=alert(1)>"
+
+
+def build_audit_root(root: Path) -> dict[str, Path]:
+    """The sample as a train split plus planted problems; returns each planted file by name:
+    a shrunk copy in test/ (a leak), a mirrored copy filed under another class (a conflict), a
+    file that is no image, a tiny and a blank photo, and a class with a hostile name."""
+    import numpy as np
+
+    for cls in sorted(COCO_NAMES):
+        shutil.copytree(SAMPLE / cls, root / "train" / cls)
+    glass = sorted((root / "train" / "glass").glob("*.jpg"))
+    planted = {"leak": root / "test" / "glass" / "leak.jpg",
+               "conflict": root / "train" / "paper" / "conflict.jpg",
+               "unreadable": root / "train" / "metal" / "broken.jpg",
+               "tiny": root / "train" / "plastic" / "tiny.jpg",
+               "blank": root / "train" / "trash" / "blank.jpg"}
+    planted["leak"].parent.mkdir(parents=True)
+    photo = Image.open(glass[0]).convert("RGB")
+    photo.resize((photo.width * 4 // 5, photo.height * 4 // 5)).save(planted["leak"], quality=80)
+    Image.open(glass[1]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(planted["conflict"])
+    planted["unreadable"].write_bytes(b"this is not a JPEG")
+    Image.new("RGB", (20, 20), (90, 60, 30)).save(planted["tiny"])
+    Image.new("RGB", (120, 120), (128, 128, 128)).save(planted["blank"])
+    hostile = root / "train" / HOSTILE_CLASS
+    hostile.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        pixels = rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(hostile / f"noise{k}.png")
+    return planted
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path], Path]:
+    """(dataset root, planted files, audit folder): one `wastecls audit` run with the
+    built-in model's features, shared by the audit and review tests. Read-only."""
+    base = tmp_path_factory.mktemp("audit")
+    planted = build_audit_root(base / "data")
+    result = run_cli("audit", base / "data", "--out", base / "audit", "--workers", "0", "-q")
+    assert result.exit_code == 0, result.output
+    return base / "data", planted, base / "audit"

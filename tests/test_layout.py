@@ -9,9 +9,11 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "waste_cli"
 # Each package may import only those below it (its own modules aside). Top to bottom.
-FLOORS = ["cli", "train", "infer", "export", "confidence", "data", "options", "model", "core"]
+FLOORS = ["cli", "review", "train", "infer", "export", "confidence", "data", "options", "model",
+          "core"]
 ALLOWED = {
     "cli": set(FLOORS[1:]),
+    "review": {"infer", "export", "confidence", "data", "options", "model", "core"},
     "train": {"confidence", "data", "options", "model", "core"},  # not infer/export: no use
     "infer": {"export", "confidence", "data", "options", "model", "core"},
     "export": {"confidence", "data", "options", "model", "core"},
@@ -23,7 +25,8 @@ ALLOWED = {
 }
 # One module per command: only the CLI imports them.
 COMMANDS = {"data.prepare", "train.run", "infer.predict", "infer.boxes", "infer.evaluate",
-            "infer.pseudolabel", "export.command", "confidence.command"}
+            "infer.pseudolabel", "export.command", "confidence.command", "review.audit",
+            "review.command"}
 
 
 def _modules() -> dict[str, Path]:

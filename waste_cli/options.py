@@ -29,6 +29,7 @@ from waste_cli.model.builtin import BUILTIN_MODEL, named_file
 
 __all__ = [
     "COMMAND_OPTIONS",
+    "AuditOptions",
     "BoxFields",
     "CalibrateOptions",
     "CheckpointFile",
@@ -44,6 +45,7 @@ __all__ = [
     "PredictOptions",
     "PrepareOptions",
     "PseudolabelOptions",
+    "ReviewOptions",
     "TrainOptions",
     "flag_name",
     "write_config",
@@ -160,6 +162,10 @@ class PrepareOptions(Options, ClassMapFields):
     )
     drop_duplicates: bool = Field(
         False, description="Keep one photo of each group of copies (the largest), not all."
+    )
+    relabel: Path | None = Field(
+        None, description="Apply corrections (a `review --export` manifest): photos change "
+        "class or leave; prepare_report.json lists both."
     )
     workers: int = Field(0, ge=0, description="Decoding processes (0 = all cores).")
     overwrite: bool = Field(False, description="Replace a non-empty output folder.")
@@ -552,10 +558,102 @@ class CalibrateOptions(ModelRunOptions, FitFields):
         return self
 
 
+class AuditOptions(ModelRunOptions):
+    """`wastecls audit`: likely label errors, copies, outliers and bad photos of a dataset."""
+
+    command: ClassVar[str] = "audit"
+    arguments: ClassVar[tuple[str, ...]] = ("root",)
+
+    root: Path = Field(description="A `prepare` root (every split) or a folder of class folders.")
+    model: OnnxOrCheckpoint = Field(
+        None, description=f"Whose features to read: best.pt, .onnx or {BUILTIN_MODEL} (the "
+        "default). A model trained on these labels has learnt their mistakes: prefer "
+        "--arch/--weights or a model of other data."
+    )
+    arch: str | None = Field(
+        None, description="Read plain ImageNet features of this timm architecture instead "
+        "(with --weights FILE offline)."
+    )
+    weights: Path | None = Field(None, description="The --arch weights file (.safetensors/.pth).")
+    img_size: int | None = Field(
+        None, ge=32, le=1024, description="Input size for --arch or a .pt model (default: the "
+        "model's own)."
+    )
+    out: Path | None = Field(
+        None, description="Write issues.csv, report.json and index.html here (default: "
+        "runs/audit/ROOT-NAME)."
+    )
+    overwrite: bool = Field(
+        False, description="Write into an --out folder holding files audit did not write."
+    )
+    folds: int = Field(5, ge=2, le=20, description="Folds of the out-of-fold label check.")
+    near_duplicates: bool = Field(
+        True, description="Look for copies within and across splits (--no-near-duplicates: "
+        "skip, for very large sets)."
+    )
+    seed: int = Field(0, description="Seed of the folds.")
+    batch_size: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, description="Images per batch (default: the fastest for the backend)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AuditOptions:
+        if self.weights is not None and self.arch is None:
+            raise ValueError("--weights needs --arch (the architecture of those weights)")
+        if self.arch is not None and self.model is not None:
+            raise ValueError("give --model or --arch, not both")
+        return self
+
+
+class ReviewOptions(Options):
+    """`wastecls review`: go through a queue of photos in a local web page; decisions are kept
+    in SQLite."""
+
+    command: ClassVar[str] = "review"
+    arguments: ClassVar[tuple[str, ...]] = ("source",)
+
+    source: Path = Field(
+        description="An audit folder, a predict CSV/JSON, a pseudolabel manifest, a folder of "
+        "photos, or a COCO file (with --images)."
+    )
+    images: Path | None = Field(None, description="A COCO source's image folder.")
+    category: list[str] = Field(
+        default_factory=list, description="Review only a COCO source's boxes of this category "
+        "(repeat for several)."
+    )
+    model: OnnxOrCheckpoint = Field(
+        None, description=f"Model for the guesses on photos or boxes without them (default: "
+        f"{BUILTIN_MODEL})."
+    )
+    classes: list[str] = Field(
+        default_factory=list, description="The classes to choose from (default: the model's, "
+        "or those of the source)."
+    )
+    db: Path | None = Field(
+        None, description="The decisions' SQLite file (default: review.sqlite beside SOURCE)."
+    )
+    order: Literal["margin", "diverse", "given"] = Field(
+        "margin", description="margin: most uncertain first; diverse: the same, skipping items "
+        "much like those just shown; given: the source's own order."
+    )
+    host: str = Field("127.0.0.1", description="Address to serve on; another than loopback "
+                      "needs a token (printed once).")
+    port: int = Field(8765, ge=0, le=65535, description="Port (0: any free port).")
+    token: str | None = Field(
+        None, description="The token another --host requires (default: a random one)."
+    )
+    open_browser: bool = Field(False, description="Open the page in the default browser.")
+    export: Path | None = Field(
+        None, description="Write the decisions instead of serving: a path,label CSV manifest "
+        "(train --extra-labels, prepare --relabel) or, for a COCO source, a COCO .json."
+    )
+    overwrite: bool = Field(False, description="Replace an --export file review did not write.")
+
+
 COMMAND_OPTIONS: dict[str, type[Options]] = {
     options.command: options
     for options in (PrepareOptions, TrainOptions, EvaluateOptions, PredictOptions, ExportOptions,
-                    PseudolabelOptions, CalibrateOptions)
+                    PseudolabelOptions, CalibrateOptions, AuditOptions, ReviewOptions)
 }
 
 

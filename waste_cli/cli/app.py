@@ -45,6 +45,7 @@ from waste_cli.core.errors import WasteclsError
 from waste_cli.core.files import describe_os_error
 from waste_cli.model.builtin import model_name
 from waste_cli.options import (
+    AuditOptions,
     CalibrateOptions,
     EvaluateOptions,
     ExportOptions,
@@ -53,12 +54,14 @@ from waste_cli.options import (
     PredictOptions,
     PrepareOptions,
     PseudolabelOptions,
+    ReviewOptions,
     TrainOptions,
     flag_name,
 )
 
 __all__ = [
     "app",
+    "audit",
     "calibrate",
     "evaluate",
     "export",
@@ -66,6 +69,7 @@ __all__ = [
     "predict",
     "prepare",
     "pseudolabel",
+    "review",
     "settings_command",
     "train",
 ]
@@ -216,6 +220,14 @@ def prepare(options: PrepareOptions) -> None:
         + f", {len(result.skipped)} skipped (see prepare_report.json)"
         + (f", {counted(len(result.warnings), 'warning')} (above)." if result.warnings else ".")
     )
+    if result.relabels is not None:
+        changes = result.relabels
+        out_console.print(
+            f"--relabel {shown(changes['manifest'])}: "
+            f"{counted(len(changes['relabelled']), 'photo')} moved to another class, "
+            f"{len(changes['dropped'])} dropped"
+            + (f", {changes['unmatched']} rows matched no photo of the sources"
+               if changes["unmatched"] else "") + " (listed in prepare_report.json).")
 
 
 @settings_command(
@@ -314,6 +326,83 @@ def pseudolabel(options: PseudolabelOptions) -> None:
                          if options.copy_to else ""))
     if result.failed:
         raise typer.Exit(1)
+
+
+@settings_command(
+    AuditOptions,
+    short={"model": ("--model", "-m"), "out": ("--out", "-o")},
+    examples=[
+        "wastecls audit data/   # likely label errors, copies, outliers -> runs/audit/data",
+        "wastecls audit data/ --arch tf_efficientnet_lite0 --weights lite0.safetensors",
+        "wastecls review runs/audit/data   # go through them in the browser",
+    ],
+)
+def audit(options: AuditOptions) -> None:
+    """Find likely label errors, copies, outliers and bad photos; write a page to look at."""
+    from waste_cli.review.audit import ISSUE_KINDS
+    from waste_cli.review.audit import audit as run_audit
+
+    result = run_audit(options, reporter_for(options))
+    report = result.report
+    table = Table(title=f"Audit of {shown(options.root)}: {report['photos']} photos, "
+                  f"{len(report['classes'])} classes")
+    table.add_column("issue")
+    table.add_column("photos", justify="right")
+    table.add_column("what to do")
+    for kind, count in result.counts.items():
+        if count:
+            table.add_row(kind, str(count), ISSUE_KINDS[kind])
+    if not any(result.counts.values()):
+        table.add_row("none", "0", "nothing found")
+    out_console.print(table)
+    check = report["label_check"]
+    out_console.print(f"Features: {shown(report['features']['model'])}; out-of-fold answers "
+                      f"agree with {check['out_of_fold_agreement']:.1%} of the labels. "
+                      f"{report['seconds']['total']:.0f}s.")
+    out_console.print(f"Results in {shown(result.out)}: issues.csv, report.json, index.html")
+
+
+@settings_command(
+    ReviewOptions,
+    short={"model": ("--model", "-m")},
+    examples=[
+        "wastecls review runs/audit/data   # the audit's findings, most uncertain first",
+        "wastecls review predictions.csv --order diverse",
+        "wastecls review annotations.json --images imgs/ --category 'Unlabeled litter'",
+        "wastecls review runs/audit/data --export corrections.csv",
+        "wastecls prepare raw/ --out data/ --relabel corrections.csv",
+    ],
+)
+def review(options: ReviewOptions) -> None:
+    """Go through photos in a local web page (keys 1-9, Enter, S, D, U); decisions in SQLite."""
+    from waste_cli.review.command import export_decisions, open_review, serve
+
+    reporter = reporter_for(options)
+    queue, store = open_review(options, reporter)
+    try:
+        if options.export is not None:
+            counts = export_decisions(queue, store, options.export, options.overwrite)
+            out_console.print(
+                f"Wrote {shown(options.export)}: {counted(counts['relabel'], 'photo')} "
+                f"relabelled, {counts['confirm']} confirmed, {counts['drop']} dropped "
+                f"(of {len(queue.items)} in the queue; skipped ones are not written).")
+            return
+        server = serve(options, queue, store)
+        import uvicorn
+
+        decided = sum(1 for i in queue.items if i.key in store.decided())
+        err_console.print(f"Reviewing {counted(len(queue.items), 'item')} of {shown(queue.source)}"
+                          f" ({decided} decided) at [bold]{shown(server.url)}[/]; decisions go "
+                          f"to {shown(store.path)}. Ctrl-C stops.", soft_wrap=True)
+        if options.open_browser:
+            import webbrowser
+
+            webbrowser.open(server.url)
+        config = uvicorn.Config(server.app, host=server.host, port=server.port,
+                                log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run()
+    finally:
+        store.close()
 
 
 @settings_command(

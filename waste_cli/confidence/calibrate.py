@@ -21,7 +21,8 @@ from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import run_labelled
 from waste_cli.model.backends import OnnxRunner, Runner
 
-__all__ = ["SCORE_TOLERANCE", "FitOptions", "calibrate_checkpoint", "fit_runner"]
+__all__ = ["SCORE_TOLERANCE", "FitOptions", "calibrate_checkpoint", "fit_runner",
+           "write_features_copy"]
 
 SCORE_TOLERANCE = 1e-4  # the written model's score against the fit's own
 
@@ -93,7 +94,7 @@ def calibrate_onnx(source: Path, target: Path, train: list[tuple[Path, int]],
     with the score appended, checked against the fit on the validation images."""
     with tempfile.TemporaryDirectory(prefix="wastecls-calibrate-") as tmp:
         probe = Path(tmp) / "features.onnx"
-        with_features(source, probe, _mid_level(OnnxRunner(source).metadata, source))
+        write_features_copy(source, probe)
         runner = OnnxRunner(probe)
         fitted = fit_runner(runner, train, val, options, reporter)
         meta = {**runner.metadata, "calibration": fitted.calibration.model_dump(),
@@ -103,6 +104,12 @@ def calibrate_onnx(source: Path, target: Path, train: list[tuple[Path, int]],
                                meta)
             _check_scores(OnnxRunner(written), runner, val, fitted)
     return fitted
+
+
+def write_features_copy(source: Path, target: Path) -> None:
+    """An ONNX copy of `source` whose second output is the features its unfamiliarity score
+    compares (what `calibrate` fits on and `audit` reads)."""
+    with_features(source, target, _mid_level(OnnxRunner(source).metadata, source))
 
 
 def _mid_level(meta: dict[str, Any], path: Path) -> str | None:

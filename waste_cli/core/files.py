@@ -342,11 +342,14 @@ def record_written(path: Path, command: str) -> None:
 
 
 def claim_folder(folder: Path, command: str, entries: Iterable[str], overwrite: bool,
-                 what: str) -> None:
+                 what: str, shared: Iterable[str] = ()) -> None:
     """Before `command` writes `entries` into `folder`: refuse, unless `overwrite`, a folder
     holding anything that this command did not write there (another run's pictures, a
-    training run's files, a user's own), then record the claim in the folder's marker."""
-    found = {e.name for e in folder.iterdir()} - {OUTPUT_MARKER} if folder.is_dir() else set()
+    training run's files, a user's own), then record the claim in the folder's marker. Names in
+    `shared` belong to a command that works on this one's output in its folder (review's
+    decisions beside an audit) and are left alone."""
+    found = ({e.name for e in folder.iterdir()} - {OUTPUT_MARKER, *shared} if folder.is_dir()
+             else set())
     foreign = sorted(found - owned_by(folder, command))
     if foreign and not overwrite:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")

@@ -367,7 +367,7 @@ def find_copies(prints: Sequence[Fingerprint | None], workers: int = 1,
     with reporter.bar("search copies", len(present)) as bar:
         candidates = [(*pair, *how) for pair, how
                       in sorted(_candidates(present, bar.advance).items())]
-    size = max(1, min(256, len(candidates) // (workers * 8) + 1))
+    size = max(1, min(256, len(candidates) // (max(workers, 1) * 8) + 1))
     chunks = [candidates[k:k + size] for k in range(0, len(candidates), size)]
     found: list[tuple[int, int, float, float]] = []
     pool = None

@@ -37,6 +37,7 @@ from waste_cli.core.processes import die_with_parent
 from waste_cli.data.coco import coco_sources
 from waste_cli.data.duplicates import copy_groups, find_copies
 from waste_cli.data.origins import Origin, read_origins
+from waste_cli.data.relabel import apply_relabels, read_relabels
 from waste_cli.data.scan import (
     DATASET_FORMAT,
     DATASET_JSON,
@@ -67,6 +68,7 @@ class PrepareResult:
     copies: CopyReport = field(default_factory=lambda: CopyReport())
     warnings: list[str] = field(default_factory=list)  # what a user must know about the data
     sources: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> split -> images
+    relabels: dict[str, Any] | None = None  # what --relabel changed (relabel.apply_relabels)
 
     @property
     def imbalance(self) -> float:
@@ -395,6 +397,8 @@ def _write_metadata(tmp: Path, options: PrepareOptions, result: PrepareResult,
     report = {"skipped": result.skipped, "duplicates_grouped": copies.exact,
               "near_duplicates_grouped": copies.near, "duplicates_dropped": copies.dropped,
               "copy_groups": copies.groups, "warnings": result.warnings}
+    if result.relabels is not None:
+        report["relabel"] = result.relabels
     (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_config(options, tmp / "config.yaml")
     if truth:
@@ -441,6 +445,9 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
     reporter = reporter or Reporter(options.quiet)
     origins = _origins(options)
     sources, skipped, kinds = _collect_sources(options, origins)
+    relabels = None
+    if options.relabel is not None:
+        sources, relabels = apply_relabels(sources, read_relabels(options.relabel))
     if not sources:
         raise _nothing_usable(origins, skipped)
     tmp = _prepare_output(options, origins)
@@ -462,7 +469,8 @@ def prepare(options: PrepareOptions, reporter: Reporter | None = None) -> Prepar
         result = PrepareResult(options.out, classes, counts, skipped + placed.skipped,
                                placed.copies, _degenerate(wanted, counts, options)
                                + _conflicts(placed.copies),
-                               {o.name: placed.by_source.get(o.name, {}) for o in origins})
+                               {o.name: placed.by_source.get(o.name, {}) for o in origins},
+                               relabels)
         _write_metadata(tmp, options, result, origins, kinds, placed)
         _swap_into_place(tmp, _real_out(options.out))
     except OSError as exc:

@@ -446,9 +446,11 @@ def read_manifests(paths: list[Path], classes: list[str], reporter: Reporter
             raise DataError(f"Manifest {manifest} needs 'path' and 'label' columns.")
         usable = []
         for line, row in enumerate(rows, start=2):  # line 1 is the header
+            if row.get("accepted", "1") not in ("1", "true", "True"):
+                continue  # rejected by pseudolabel, dropped in review
             if not row.get("path") or not row.get("label"):
                 reporter.warn(f"skipped line {line} of {manifest}: no path or no label")
-            elif row.get("accepted", "1") in ("1", "true", "True"):
+            else:
                 usable.append((plain_cell(row["path"]), plain_cell(row["label"])))
         unknown = sorted({label for _, label in usable} - set(classes))
         if unknown:
