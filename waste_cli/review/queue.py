@@ -163,7 +163,10 @@ def load_queue(source: Path, images: Path | None, categories: list[str], classes
         items = [Item(str(p), p, p.parent.name if labelled and p.parent != source else "")
                  for p in list_images(source)]
         found = labelled
-    elif source.suffix.lower() == ".json" and images is not None:
+    elif source.suffix.lower() == ".json" and _is_coco(source):
+        if images is None:
+            raise DataError(f"{source} is a COCO file: say where its images are with "
+                            "--images DIR.")
         items, coco, found = _from_coco(source, images, categories, reporter)
         kind, roots = "coco", [images]
     elif source.suffix.lower() in (".csv", ".json", ".jsonl"):
@@ -182,7 +185,7 @@ def load_queue(source: Path, images: Path | None, categories: list[str], classes
                       f"inside {', '.join(map(str, roots))} (first: {outside[0].key}); they are "
                       "left out. Give --images DIR to review photos of another folder.")
     queue.items = [i for i in items if i not in outside]
-    if any(not i.guesses for i in queue.items):
+    if kind in ("folder", "coco"):  # the others carry their guesses (or have none to give)
         model_classes = guess([i for i in queue.items if not i.guesses])
         if not classes:
             queue.classes = sorted(set(queue.classes) | set(model_classes)) \
@@ -194,6 +197,15 @@ def load_queue(source: Path, images: Path | None, categories: list[str], classes
     if not queue.items:
         raise DataError(f"Nothing to review in {source}.")
     return queue
+
+
+def _is_coco(path: Path) -> bool:
+    """A COCO file is one JSON object with annotations; predict's JSON is one per line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and "annotations" in data
 
 
 def _from_coco(source: Path, images: Path, categories: list[str], reporter: Reporter
