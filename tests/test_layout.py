@@ -9,11 +9,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "waste_cli"
 # Each package may import only those below it (its own modules aside). Top to bottom.
-FLOORS = ["cli", "review", "train", "infer", "export", "confidence", "data", "options", "model",
-          "core"]
+FLOORS = ["cli", "review", "serve", "train", "infer", "export", "confidence", "data", "options",
+          "model", "core"]
 ALLOWED = {
     "cli": set(FLOORS[1:]),
     "review": {"infer", "export", "confidence", "data", "options", "model", "core"},
+    "serve": {"infer", "export", "confidence", "data", "options", "model", "core"},
     "train": {"confidence", "data", "options", "model", "core"},  # not infer/export: no use
     "infer": {"export", "confidence", "data", "options", "model", "core"},
     "export": {"confidence", "data", "options", "model", "core"},
@@ -26,7 +27,7 @@ ALLOWED = {
 # One module per command: only the CLI imports them.
 COMMANDS = {"data.prepare", "train.run", "infer.predict", "infer.boxes", "infer.evaluate",
             "infer.pseudolabel", "export.command", "confidence.command", "review.audit",
-            "review.command"}
+            "review.command", "serve.command"}
 
 
 def _modules() -> dict[str, Path]:

@@ -46,6 +46,7 @@ __all__ = [
     "PrepareOptions",
     "PseudolabelOptions",
     "ReviewOptions",
+    "ServeOptions",
     "TrainOptions",
     "flag_name",
     "write_config",
@@ -587,6 +588,10 @@ class AuditOptions(ModelRunOptions):
         False, description="Write into an --out folder holding files audit did not write."
     )
     folds: int = Field(5, ge=2, le=20, description="Folds of the out-of-fold label check.")
+    tta: bool = Field(
+        False, description="Average each photo's features with its mirror image's (twice the "
+        "time; finds more label errors)."
+    )
     near_duplicates: bool = Field(
         True, description="Look for copies within and across splits (--no-near-duplicates: "
         "skip, for very large sets)."
@@ -650,10 +655,36 @@ class ReviewOptions(Options):
     overwrite: bool = Field(False, description="Replace an --export file review did not write.")
 
 
+class ServeOptions(InferenceOptions, FlagFields, ClassMapFields):
+    """`wastecls serve`: the model behind an HTTP endpoint."""
+
+    command: ClassVar[str] = "serve"
+    arguments: ClassVar[tuple[str, ...]] = ("model",)
+
+    host: str = Field("127.0.0.1", description="Address to listen on; any other than loopback "
+                      "needs --token.")
+    port: int = Field(8000, ge=0, le=65535, description="Port (0: any free port).")
+    token: str | None = Field(
+        None, description="Required as `Authorization: Bearer TOKEN` on every request but "
+        "/health (at least 16 characters)."
+    )
+    max_bytes: int = Field(20_000_000, ge=1, description="Largest upload accepted (bytes).")
+    max_batch: int = Field(16, ge=1, description="Images run together at most.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long the first image of a batch waits for others."
+    )
+    top_k: int = Field(3, ge=1, description="Labels per image in the answer.")
+    exclude_class: list[str] = Field(
+        default_factory=list, description="Never answer this class."
+    )
+    tta: bool = Field(False, description="Average each image with its mirror image.")
+
+
 COMMAND_OPTIONS: dict[str, type[Options]] = {
     options.command: options
     for options in (PrepareOptions, TrainOptions, EvaluateOptions, PredictOptions, ExportOptions,
-                    PseudolabelOptions, CalibrateOptions, AuditOptions, ReviewOptions)
+                    PseudolabelOptions, CalibrateOptions, AuditOptions, ReviewOptions,
+                    ServeOptions)
 }
 
 

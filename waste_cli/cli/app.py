@@ -55,6 +55,7 @@ from waste_cli.options import (
     PrepareOptions,
     PseudolabelOptions,
     ReviewOptions,
+    ServeOptions,
     TrainOptions,
     flag_name,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "prepare",
     "pseudolabel",
     "review",
+    "serve",
     "settings_command",
     "train",
 ]
@@ -403,6 +405,30 @@ def review(options: ReviewOptions) -> None:
         uvicorn.Server(config).run()
     finally:
         store.close()
+
+
+@settings_command(
+    ServeOptions,
+    short={"top_k": ("--top-k", "-k")},
+    examples=[
+        "wastecls serve   # the built-in model on http://127.0.0.1:8000/ (docs at /docs)",
+        "curl -F file=@photo.jpg -F file=@other.jpg http://127.0.0.1:8000/predict",
+        "wastecls serve best.onnx --host 0.0.0.0 --token \"$(openssl rand -hex 16)\"",
+    ],
+)
+def serve(options: ServeOptions) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /model, a page to drop photos."""
+    from waste_cli.serve.command import prepare_server
+
+    server = prepare_server(options, reporter_for(options))
+    import uvicorn
+
+    err_console.print(f"Serving {shown(server.model)} at [bold]{shown(server.url)}[/] "
+                      f"(POST /predict, GET /health, GET /model, docs at /docs). Ctrl-C stops.",
+                      soft_wrap=True)
+    config = uvicorn.Config(server.app, host=server.host, port=server.port,
+                            log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()
 
 
 @settings_command(

@@ -13,12 +13,13 @@ from waste_cli.infer.core import (
     ClassifyOptions,
     Grouping,
 )
-from waste_cli.options import PredictOptions
+from waste_cli.options import PredictOptions, ServeOptions
 
 __all__ = ["ANSWER_COLUMNS", "FINE_COLUMNS", "answer_cells", "answer_columns", "answer_fields",
            "classify_options", "output_format"]
 
-def classify_options(options: PredictOptions, classes: list[str]) -> ClassifyOptions:
+def classify_options(options: PredictOptions | ServeOptions, classes: list[str]
+                     ) -> ClassifyOptions:
     """What the inference core needs of predict's options, for a model of `classes`."""
     grouping = None
     if options.map is not None or options.taxonomy is not None:

@@ -254,34 +254,46 @@ def classify(runner: Runner, images: EvalImages, options: ClassifyOptions, repor
              ) -> Iterator[tuple[int, Classified]]:
     """(sample index, its answer) for every sample of `images`, in sample order, batch by batch
     (memory does not grow with the number of samples)."""
-    grouping = options.grouping
-    excluded = sorted({*excluded_indices(runner, options.exclude_class),
-                       *(grouping.dropped if grouping is not None else ())})
-    answers = list(grouping.classes) if grouping is not None else runner.classes
     model = FlipAveraged(runner) if options.tta else runner
     batch_size = options.batch_size or default_batch_size(runner.name, runner.on_cpu)
     batches = iterate_batches(model, images, batch_size, options.workers, speed=speed)
-    scale = temperature(runner)
+    answer = Answerer(runner, options)
     with reporter.bar(f"{what} ({runner.name})", len(images.samples)) as bar:
         for outputs, _, indices, bad in batches:
             results = {i: Classified(error=images.reason(i)) for i in bad}
             if len(indices):
-                logits = outputs["logits"]
-                probs, labels = top_k(logits / scale, excluded, options.top_k, grouping)
-                fine_probs, fine_labels = (top_k(logits / scale, excluded, 1)
-                                           if grouping is not None else (probs, labels))
-                finite = np.isfinite(logits).all(axis=1).tolist()
-                scores = outputs.get("unfamiliarity", np.full(len(indices), np.nan)).tolist()
-                for row, (i, score, ok) in enumerate(zip(indices.tolist(), scores, finite,
-                                                         strict=True)):
-                    fine = (runner.classes[int(fine_labels[row, 0])],
-                            float(fine_probs[row, 0]))
-                    results[i] = (_answer(runner, [answers[k] for k in labels[row].tolist()],
-                                          probs[row].tolist(), fine, score, options)
-                                  if ok else Classified(error=BROKEN_OUTPUT))
+                results.update(zip(indices.tolist(), answer(outputs), strict=True))
             for i in sorted(results):
                 yield i, results[i]
             bar.advance(len(results))
+
+
+class Answerer:
+    """A model's outputs for a batch -> one answer per row (top k, calibrated, flagged), as
+    every command that classifies words them (predict, evaluate's boxes, serve)."""
+
+    def __init__(self, runner: Runner, options: ClassifyOptions) -> None:
+        self.runner, self.options, grouping = runner, options, options.grouping
+        self.excluded = sorted({*excluded_indices(runner, options.exclude_class),
+                                *(grouping.dropped if grouping is not None else ())})
+        self.answers = list(grouping.classes) if grouping is not None else runner.classes
+        self.scale = temperature(runner)
+
+    def __call__(self, outputs: Outputs) -> list[Classified]:
+        grouping, options = self.options.grouping, self.options
+        logits = outputs["logits"]
+        probs, labels = top_k(logits / self.scale, self.excluded, options.top_k, grouping)
+        fine_probs, fine_labels = (top_k(logits / self.scale, self.excluded, 1)
+                                   if grouping is not None else (probs, labels))
+        finite = np.isfinite(logits).all(axis=1).tolist()
+        scores = outputs.get("unfamiliarity", np.full(len(logits), np.nan)).tolist()
+        results = []
+        for row, (score, ok) in enumerate(zip(scores, finite, strict=True)):
+            fine = (self.runner.classes[int(fine_labels[row, 0])], float(fine_probs[row, 0]))
+            results.append(_answer(self.runner, [self.answers[k] for k in labels[row].tolist()],
+                                   probs[row].tolist(), fine, score, options)
+                           if ok else Classified(error=BROKEN_OUTPUT))
+        return results
 
 
 def _answer(runner: Runner, labels: list[str], probs: list[float], fine: tuple[str, float],

@@ -24,6 +24,7 @@ import numpy as np
 
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import DataError
+from waste_cli.core.extras import require
 from waste_cli.core.files import atomic_write_text, check_no_overlap, claim_folder, write_json
 from waste_cli.core.formats import csv_writer
 from waste_cli.data.duplicates import copy_groups, find_copies
@@ -31,7 +32,6 @@ from waste_cli.data.photos import FLAT_SPREAD, read_facts
 from waste_cli.data.scan import MANIFEST_CSV, SPLITS, class_folders, class_samples
 from waste_cli.options import AuditOptions, write_config
 from waste_cli.review.audit_page import write_audit_page
-from waste_cli.review.extras import require
 from waste_cli.review.features import FeatureSource, read_features
 from waste_cli.review.labels import check_labels, class_outliers
 from waste_cli.review.store import DB_FILES
@@ -109,7 +109,7 @@ def _out_folder(options: AuditOptions) -> Path:
 
 def audit(options: AuditOptions, reporter: Reporter | None = None) -> AuditResult:
     reporter = reporter or Reporter(options.quiet)
-    require("audit", "cleanlab", "sklearn")
+    require("audit", "review", "cleanlab", "sklearn")
     started = time.perf_counter()
     photos, classes = dataset_photos(options.root)
     out = _out_folder(options)
@@ -128,7 +128,7 @@ def audit(options: AuditOptions, reporter: Reporter | None = None) -> AuditResul
     tick = time.perf_counter()
     readable = [k for k, f in enumerate(facts) if f.readable]
     source = FeatureSource(options.model, options.arch, options.weights, options.img_size,
-                           options.device, options.batch_size, options.workers)
+                           options.device, options.batch_size, options.workers, options.tta)
     read = read_features([(photos[k].path, photos[k].label) for k in readable], source, reporter)
     seconds["features"] = time.perf_counter() - tick
     unreadable_by_model = {readable[k] for k in read.unreadable}

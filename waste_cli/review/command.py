@@ -15,6 +15,7 @@ from typing import Any
 
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ConfigError, DataError
+from waste_cli.core.extras import require
 from waste_cli.core.files import (
     atomic_write_text,
     check_no_overlap,
@@ -24,7 +25,6 @@ from waste_cli.core.files import (
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.relabel import MANIFEST_COLUMNS
 from waste_cli.options import ReviewOptions
-from waste_cli.review.extras import require
 from waste_cli.review.queue import Item, Queue, load_queue, order_items, pixel_vectors
 from waste_cli.review.store import DB_NAME, DecisionStore
 
@@ -159,8 +159,8 @@ class ReviewServer:
 
 def serve(options: ReviewOptions, queue: Queue, store: DecisionStore) -> ReviewServer:
     """The app and where it will listen; a host other than loopback gets a token."""
-    require("review", "fastapi", "uvicorn")
-    from waste_cli.review.server import create_app
+    require("review", "review", "fastapi", "uvicorn")
+    from waste_cli.review.web import create_app
 
     token = options.token
     if not _loopback(options.host) and token is None:

@@ -25,7 +25,7 @@ from waste_cli.data.batching import EvalImages, run_labelled
 from waste_cli.model.backends import OnnxRunner, Runner
 from waste_cli.model.builtin import find_model, model_name
 
-__all__ = ["FeatureSource", "FeaturesRead", "read_features"]
+__all__ = ["FeatureSource", "FeaturesRead", "MirrorAveraged", "read_features"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,25 @@ class FeatureSource:
     device: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
+    flip: bool = False  # the mean of the photo's and its mirror image's features
+
+
+class MirrorAveraged:
+    """A runner whose `features` are the mean of an image's and its mirror image's (twice the
+    time, steadier features: bench/bench_audit.py)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.name, self.classes = runner, runner.name, runner.classes
+        self.data_config, self.on_cpu, self.crop = runner.data_config, runner.on_cpu, runner.crop
+        self.calibration = runner.calibration
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.runner(images)
+        mirrored = self.runner(np.ascontiguousarray(images[..., ::-1]))[FEATURES]
+        return {**outputs, FEATURES: (outputs[FEATURES] + mirrored) / 2}
+
+    def for_worker(self, threads: int) -> MirrorAveraged:
+        return MirrorAveraged(self.runner.for_worker(threads))
 
 
 @dataclass
@@ -102,6 +121,8 @@ def read_features(samples: list[tuple[Path, int]], source: FeatureSource,
             runner, described = _torch_runner(
                 source if source.arch else FeatureSource(**{**source.__dict__, "model": model}),
                 reporter)
+        if source.flip:
+            runner = MirrorAveraged(runner)
         batch = source.batch_size or default_batch_size(runner.name, runner.on_cpu)
         outputs, bad = run_labelled(runner, EvalImages(samples, runner.data_config), batch,
                                     source.workers, reporter, f"features ({runner.name})")

@@ -1,4 +1,4 @@
-"""The optional packages audit and review need, asked for with one clear message."""
+"""Optional packages a command needs, asked for with one clear message."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from waste_cli.core.errors import ConfigError
 __all__ = ["require"]
 
 
-def require(command: str, *modules: str) -> None:
+def require(command: str, extra: str, *modules: str) -> None:
     """Raise a ConfigError naming the extra to install when one of `modules` is missing."""
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(f"`wastecls {command}` needs {', '.join(missing)}: pip install "
-                          "'wastecls[review]' (cleanlab, scikit-learn, fastapi, uvicorn).")
+                          f"'wastecls[{extra}]'.")

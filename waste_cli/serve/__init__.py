@@ -1,0 +1,1 @@
+"""Stage: a model behind an HTTP endpoint (`wastecls serve`)."""
