@@ -423,8 +423,9 @@ class PredictOptions(InferenceOptions, BoxFields, FlagFields, ClassMapFields):
         "that predict did not write."
     )
     top_k: int = Field(1, ge=1, description="Labels per image (or box).")
-    format: Literal["table", "json", "csv"] = Field(
-        "table", description="table on screen; json (lines) or csv, also for --output."
+    format: Literal["table", "json", "csv", "geojson"] = Field(
+        "table", description="table on screen; json (lines), csv, or geojson (a point per "
+        "photo at its EXIF GPS position), also for --output."
     )
     output: Path | None = Field(
         None, description="Write results here (format from --format or the extension); - or "
@@ -448,6 +449,10 @@ class PredictOptions(InferenceOptions, BoxFields, FlagFields, ClassMapFields):
                              "one of them")
         if self.save_images is not None and self.boxes is None:
             raise ValueError("--save-images draws boxes: it goes with --boxes")
+        if self.boxes is not None and (self.format == "geojson" or (
+                self.output is not None and self.output.suffix.lower() == ".geojson")):
+            raise ValueError("--format geojson places whole photos on a map: it does not go "
+                             "with --boxes")
         return self
 
 

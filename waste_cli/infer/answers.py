@@ -71,4 +71,5 @@ def output_format(options: PredictOptions) -> str:
     if options.output is None or options.format != "table":
         return options.format
     suffix = options.output.suffix.lower()
-    return {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(suffix, "csv")
+    return {".csv": "csv", ".json": "json", ".jsonl": "json",
+            ".geojson": "geojson"}.get(suffix, "csv")

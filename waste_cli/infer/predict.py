@@ -16,6 +16,7 @@ from waste_cli.core.console import Reporter, printable
 from waste_cli.core.files import atomic_text, check_no_overlap, claim_file, record_written
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import Speed
+from waste_cli.data.exif import photo_place
 from waste_cli.infer.answers import (
     answer_cells,
     answer_columns,
@@ -45,19 +46,46 @@ class PredictResult:
 
 
 class _Writer:
-    """Streams predictions as a table (screen), JSON lines or CSV rows."""
+    """Streams predictions as a table (screen), JSON lines, CSV rows or a GeoJSON
+    FeatureCollection (one Point per photo with an EXIF position; the others listed)."""
 
     def __init__(self, fmt: str, handle: IO[str], top_k: int, abstain: bool,
                  grouped: bool) -> None:
         self.fmt, self.handle, self.top_k, self.abstain = fmt, handle, top_k, abstain
         self.grouped = grouped
         self.csv = csv_writer(handle) if fmt == "csv" else None
+        self.placed = 0
+        self.unplaced: list[str] = []
         if self.csv is not None:
             columns = [c for k in range(1, top_k + 1) for c in (f"label{k}", f"prob{k}")]
             self.csv.writerow(["path", *answer_columns(grouped), *columns, "error"])
+        if fmt == "geojson":
+            handle.write('{"type": "FeatureCollection", "features": [\n')
+
+    def close(self) -> None:
+        """End the document (GeoJSON: the photos without a position close it)."""
+        if self.fmt == "geojson":
+            self.handle.write("\n],\n" + json_text({"without_location": self.unplaced})[1:]
+                              + "\n")
+
+    def _feature(self, item: Prediction) -> None:
+        place = photo_place(Path(item.where)) if not item.error else None
+        if place is None:
+            self.unplaced.append(item.where)
+            return
+        properties: dict[str, Any] = {"path": item.where, "taken": place.taken}
+        properties |= answer_fields(item, self.abstain) | {
+            "labels": item.labels, "probs": [round(p, 6) for p in item.probs]}
+        feature = {"type": "Feature", "properties": properties,
+                   "geometry": {"type": "Point",
+                                "coordinates": [place.longitude, place.latitude]}}
+        self.handle.write(("" if not self.placed else ",\n") + json_text(feature))
+        self.placed += 1
 
     def write(self, item: Prediction) -> None:
-        if self.fmt == "json":
+        if self.fmt == "geojson":
+            self._feature(item)
+        elif self.fmt == "json":
             record: dict[str, Any] = {"path": item.where}
             if item.error:
                 record["error"] = item.error
@@ -103,6 +131,11 @@ def predict(options: PredictOptions, stdout: IO[str],
             else:
                 count += 1
                 flags[item.flag] += bool(item.flag)
+        writer.close()
+        if writer.unplaced and fmt == "geojson":
+            reporter.warn(f"{len(writer.unplaced)} of {len(writer.unplaced) + writer.placed} "
+                          "photos record no GPS position: they are listed under "
+                          "without_location, not on the map")
 
     if options.output is None:
         run(stdout)
