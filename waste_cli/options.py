@@ -397,11 +397,21 @@ class PredictOptions(InferenceOptions, BoxFields, FlagFields, ClassMapFields):
     arguments: ClassVar[tuple[str, ...]] = ("inputs",)
 
     inputs: list[str] = Field(
-        default_factory=list, description="Image files, folders (recursive) and globs."
+        default_factory=list, description="Image files, folders (recursive) and globs; video "
+        "files, a camera (0) or a stream (rtsp://...)."
     )
     map: Path | None = Field(
         None, description="Answer in coarser classes: a YAML/JSON map of target class -> the "
         "model's classes (e.g. a region's bins); their probabilities are summed."
+    )
+    fps: float = Field(4.0, gt=0, le=120, description="Video: frames classified per second.")
+    smooth: float = Field(
+        1.0, ge=0, description="Video: average the calibrated probabilities over the last "
+        "SECONDS (0: each frame alone)."
+    )
+    duration: float | None = Field(
+        None, gt=0, description="Video: stop each source after SECONDS (a camera or stream "
+        "runs until then, or Ctrl-C)."
     )
     taxonomy: Literal["detect-waste"] | None = Field(
         None, description="Answer in a built-in taxonomy's classes (detect-waste: 7), "

@@ -7,13 +7,21 @@ not grow with the number of inputs.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from waste_cli.core.console import Reporter, printable
-from waste_cli.core.files import atomic_text, check_no_overlap, claim_file, record_written
+from waste_cli.core.files import (
+    atomic_text,
+    atomic_write_text,
+    check_no_overlap,
+    claim_file,
+    is_stream,
+    record_written,
+)
 from waste_cli.core.formats import csv_writer, json_text
 from waste_cli.data.batching import Speed
 from waste_cli.data.exif import photo_place
@@ -30,6 +38,13 @@ from waste_cli.infer.core import (
     open_model,
     predict_stream,
 )
+from waste_cli.infer.video import (
+    SEGMENT_COLUMNS,
+    Segment,
+    VideoOptions,
+    classify_video,
+    is_video_input,
+)
 from waste_cli.model.builtin import find_model
 from waste_cli.options import PredictOptions
 
@@ -43,6 +58,7 @@ class PredictResult:
     failed: list[Prediction]
     speed: Speed
     flags: dict[str, int] = field(default_factory=dict)  # flag -> images
+    segments: list[Segment] = field(default_factory=list)  # of the video inputs
 
 
 class _Writer:
@@ -61,6 +77,19 @@ class _Writer:
             self.csv.writerow(["path", *answer_columns(grouped), *columns, "error"])
         if fmt == "geojson":
             handle.write('{"type": "FeatureCollection", "features": [\n')
+
+    def segments(self, segments: list[Segment]) -> None:
+        """A video's segments: JSON records after its frames, lines on a screen (a CSV's go
+        to their own file)."""
+        for segment in segments:
+            record = segment.record()
+            if self.fmt == "json":
+                self.handle.write(json_text({"segment": record}) + "\n")
+            elif self.fmt == "table":
+                self.handle.write(f"segment {printable(record['source'])} "
+                                  f"{record['start']:.2f}-{record['end']:.2f}s  "
+                                  f"{printable(record['label'])} "
+                                  f"{record['confidence']:.1%}\n")
 
     def close(self) -> None:
         """End the document (GeoJSON: the photos without a position close it)."""
@@ -105,7 +134,8 @@ def predict(options: PredictOptions, stdout: IO[str],
             reporter: Reporter | None = None) -> PredictResult:
     """Predict every input; write results to --output (atomically) or `stdout` as they come."""
     reporter = reporter or Reporter(options.quiet)
-    paths, failed = expand_inputs(options.inputs)
+    videos = [i for i in options.inputs if is_video_input(i)]
+    paths, failed = expand_inputs([i for i in options.inputs if i not in videos])
     model_path = find_model(options.model, reporter)
     if options.output is not None:
         check_no_overlap([("--output", options.output)],
@@ -113,9 +143,13 @@ def predict(options: PredictOptions, stdout: IO[str],
                           *(("input", Path(i)) for i in options.inputs if Path(i).exists()),
                           *(("input", p) for p in paths)])
         claim_file(options.output, "predict", options.overwrite, "--output")
+        if videos and output_format(options) == "csv" and not is_stream(options.output):
+            claim_file(segments_path(options.output), "predict", options.overwrite,
+                       "segments file")
     runner = open_model(model_path, options.device, options.backend, reporter)
     fmt = output_format(options)
     count, speed, flags = 0, Speed(), Counter[str]()
+    segments: list[Segment] = []
     classify = classify_options(options, runner.classes)
 
     def run(handle: IO[str]) -> None:
@@ -131,6 +165,16 @@ def predict(options: PredictOptions, stdout: IO[str],
             else:
                 count += 1
                 flags[item.flag] += bool(item.flag)
+        video = VideoOptions(options.fps, options.smooth, options.duration, options.top_k,
+                             options.min_confidence)
+        for source in videos:
+            frames, found = classify_video(runner, source, video, reporter)
+            for item in frames:
+                writer.write(item)
+                count += 1
+                flags[item.flag] += bool(item.flag)
+            writer.segments(found)
+            segments.extend(found)
         writer.close()
         if writer.unplaced and fmt == "geojson":
             reporter.warn(f"{len(writer.unplaced)} of {len(writer.unplaced) + writer.placed} "
@@ -143,5 +187,26 @@ def predict(options: PredictOptions, stdout: IO[str],
         with atomic_text(options.output) as handle:
             run(handle)
         record_written(options.output, "predict")
+    if segments and fmt == "csv" and options.output is not None:
+        _write_segments(options.output, segments)
     return PredictResult(model_path, runner.name, count, failed, speed,
-                         {flag: n for flag, n in flags.items() if n})
+                         {flag: n for flag, n in flags.items() if n}, segments)
+
+
+def segments_path(output: Path) -> Path:
+    """Where a CSV output's video segments go: `preds.csv` -> `preds.segments.csv`."""
+    return output.with_name(f"{output.stem}.segments.csv")
+
+
+def _write_segments(output: Path, segments: list[Segment]) -> None:
+    if is_stream(output):
+        return
+    target = segments_path(output)
+    buffer = io.StringIO()
+    writer = csv_writer(buffer)
+    writer.writerow(SEGMENT_COLUMNS)
+    for segment in segments:
+        record = segment.record()
+        writer.writerow([record[c] for c in SEGMENT_COLUMNS])
+    atomic_write_text(target, buffer.getvalue())
+    record_written(target, "predict")
