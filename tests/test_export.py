@@ -156,3 +156,37 @@ def test_predict_on_onnx_never_imports_torch(model, prepared):
         assert out.splitlines()[-1] == "False False 0", out
 
 
+
+
+def test_openvino_export_runs_like_the_checkpoint_and_is_never_half_written(model, prepared,
+                                                                              monkeypatch):
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from waste_cli.model.backends import OpenVinoRunner
+
+    result = run_cli("export", "-m", model, "--openvino")
+    assert result.exit_code == 0, result.output
+    folder = model.with_suffix(".openvino")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.bin", "model.xml"]
+    checkpoint = load_checkpoint(model)
+    runner = OpenVinoRunner(folder)
+    assert runner.classes == checkpoint["classes"] and runner.calibration is not None
+    reference = TorchRunner.from_checkpoint(checkpoint, torch.device("cpu"))
+    images = _images(prepared, runner)
+    for batch in (images[:1], images):
+        mine, theirs = runner(batch), reference(batch)
+        for name in ("logits", "unfamiliarity"):  # the score travels inside the file
+            assert np.allclose(mine[name], theirs[name], atol=1e-4), name
+    torch_rows = _predictions("-m", model, prepared / "test", "--backend", "torch")
+    openvino_rows = _predictions("-m", folder, prepared / "test")
+    assert [r["label1"] for r in torch_rows] == [r["label1"] for r in openvino_rows]
+    report = json.loads(run_cli("evaluate", folder, "--data", prepared, "--json").stdout)
+    assert report["backend"] == "openvino"
+    # a second export replaces its own folder; a failed one leaves the first as it was
+    before = (folder / "model.xml").read_bytes()
+    monkeypatch.setattr(exporter, "FP32_TOLERANCE", 0.0)
+    result = run_cli("export", "-m", model, "--openvino")
+    assert result.exit_code == 1 and "disagrees" in result.output
+    assert (folder / "model.xml").read_bytes() == before
+    assert sorted(p.name for p in model.parent.iterdir() if p.name.startswith(".")) in (
+        [], [".wastecls-output.json"])
+    assert run_cli("export", "-m", model, "--openvino", "--int8").exit_code == 2

@@ -341,8 +341,9 @@ class InferenceOptions(ModelRunOptions):
     batch_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="Images per batch (default: the fastest for the backend)."
     )
-    backend: Literal["auto", "torch", "onnxruntime"] = Field(
-        "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), else torch."
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), openvino for "
+        "an OpenVINO export, else torch."
     )
     workers: int | None = Field(
         None, ge=0, description="On a CPU: processes that each decode and run the model on "
@@ -478,9 +479,14 @@ class ExportOptions(Options):
         None, description="Write an ONNX model (onnxruntime, web, mobile); the default format."
     )
     torchscript: bool = Field(False, description="Write a traced TorchScript module.")
+    openvino: bool = Field(
+        False, description="Write an OpenVINO model (Intel CPUs, edge boxes): a .openvino "
+        "folder (pip install 'wastecls[openvino]')."
+    )
     out: Path | None = Field(
-        None, description="Output file (ending in the format's suffix: .onnx, .torchscript), "
-        "or an existing folder to write into (default: beside the checkpoint, e.g. best.onnx)."
+        None, description="Output file (ending in the format's suffix: .onnx, .torchscript, "
+        ".openvino), or an existing folder to write into (default: beside the checkpoint, "
+        "e.g. best.onnx)."
     )
     overwrite: bool = Field(
         False, description="Replace an exported file that export did not write."
@@ -505,14 +511,17 @@ class ExportOptions(Options):
 
     @model_validator(mode="after")
     def _check(self) -> ExportOptions:
-        if self.onnx is None:  # no format named: ONNX, unless --torchscript alone was asked
-            self.onnx = not self.torchscript
-        if not (self.onnx or self.torchscript):
-            raise ValueError("choose a format: --onnx and/or --torchscript")
+        if self.onnx is None:  # no format named: ONNX, unless another was asked for alone
+            self.onnx = not (self.torchscript or self.openvino)
+        if not (self.onnx or self.torchscript or self.openvino):
+            raise ValueError("choose a format: --onnx, --torchscript or --openvino")
         if self.half and self.int8:
             raise ValueError("--half and --int8 exclude each other; pick one")
         if self.int8 and not self.onnx:
             raise ValueError("--int8 is an ONNX (onnxruntime) quantization: add --onnx")
+        if self.int8 and self.openvino:
+            raise ValueError("--int8 is an ONNX (onnxruntime) quantization: export OpenVINO "
+                             "in its own command")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) > 0):
             raise ValueError("batch must be 'dynamic' or a positive whole number")
         return self

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
 import typer
@@ -84,6 +85,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (an OpenVINO export)."""
+    return (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
+            else path.stat().st_size)
 
 
 def settings_command(
@@ -588,7 +595,7 @@ def export(options: ExportOptions) -> None:
         accuracy = "-"
         if check and check.accuracy_reference is not None:
             accuracy = f"{check.accuracy_reference:.1%} -> {check.accuracy_export:.1%}"
-        table.add_row(name, shown(path), f"{path.stat().st_size / 2**20:.1f}",
+        table.add_row(name, shown(path), f"{_size(path) / 2**20:.1f}",
                       f"{check.max_abs_diff:.1e}" if check else "not verified",
                       f"{check.top1_agreement:.1%}" if check else "-", accuracy)
     out_console.print(table)

@@ -27,6 +27,7 @@ from waste_cli.core.names import NAME_MAX
 
 __all__ = [
     "OUTPUT_MARKER",
+    "atomic_folder",
     "atomic_path",
     "atomic_text",
     "atomic_write_text",
@@ -150,6 +151,7 @@ def _umask_mode() -> int:
 
 
 _FILE_MODE = _umask_mode()
+_FOLDER_MODE = _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)  # readable -> searchable (0o755)
 
 
 @contextmanager
@@ -174,6 +176,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         Path(tmp).unlink(missing_ok=True)
         os.close(fd)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it takes the name `path` (a folder
+    there before, which the caller claimed, is replaced whole). A killed run leaves only a
+    temporary name, which the next run removes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_name(path, "").name, dir=path.parent))
+    lock = hold_lock(tmp)
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, _FOLDER_MODE)
+        if path.exists():
+            old = temporary_name(path, "old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    finally:
+        os.close(lock)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -322,14 +350,21 @@ def _record_claims(folder: Path, command: str, entries: Iterable[str]) -> None:
                       json_text({"entries": dict(sorted(claims.items()))}, indent=2) + "\n")
 
 
-def claim_file(path: Path, command: str, overwrite: bool, what: str) -> None:
+def claim_file(path: Path, command: str, overwrite: bool, what: str,
+               folder: bool = False) -> None:
     """Before `command` writes the file `path`: the one rule for file outputs. A pipe, device
     or descriptor is streamed into; a file that `command` did not write there (a user's own,
     another command's) is refused unless `overwrite`. Once written, `record_written` notes it
-    in the folder's marker, so that running the same command again replaces its own file."""
+    in the folder's marker, so that running the same command again replaces its own file.
+    With `folder`, the output is a folder written whole (atomic_folder) under the same rule."""
     if is_stream(path):
         return
-    ensure_file_writable(path, what)
+    if folder:
+        ensure_writable(path.parent, f"{what} folder")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{what} {path} exists and is not a folder: choose another name.")
+    else:
+        ensure_file_writable(path, what)
     if path.exists() and not overwrite and path.name not in owned_by(path.parent, command):
         raise ConfigError(f"{what} {path} exists and `wastecls {command}` did not write it. "
                           "Choose another name, or add --overwrite to replace it.")
@@ -337,7 +372,7 @@ def claim_file(path: Path, command: str, overwrite: bool, what: str) -> None:
 
 def record_written(path: Path, command: str) -> None:
     """Note in the folder's marker that `command` wrote the file `path` (see claim_file)."""
-    if not is_stream(path) and path.is_file():
+    if not is_stream(path) and (path.is_file() or path.is_dir()):
         _record_claims(path.parent, command, [path.name])
 
 

@@ -26,7 +26,9 @@ def _target(options: ExportOptions, source: Path, suffix: str, formats: int) -> 
     checkpoint's path with the format's suffix (the current folder for the built-in model,
     whose folder belongs to the installation)."""
     out = options.out
-    if out is not None and not out.is_dir():
+    exported_folder = any(f.folder and f.suffix == out.suffix for f in FORMATS.values()) \
+        if out is not None else False  # a folder format's own output, written before
+    if out is not None and (not out.is_dir() or exported_folder):
         if is_stream(out):
             raise ConfigError(f"--out {out} is a pipe or a device: an exported model is a "
                               "binary file, written whole and verified before it takes its "
@@ -64,8 +66,8 @@ def export(options: ExportOptions, reporter: Reporter | None = None) -> ExportRe
     check_no_overlap([("--out", path) for path in targets.values()],
                      [("model", source), ("--verify-data", options.verify_data),
                       ("--calib-data", options.calib_data)])
-    for path in targets.values():
-        claim_file(path, "export", options.overwrite, "--out")
+    for name, path in targets.items():
+        claim_file(path, "export", options.overwrite, "--out", folder=FORMATS[name].folder)
     write = WriteOptions(opset=options.opset, batch=options.batch, half=options.half,
                          int8=options.int8, max_drop=options.max_drop)
     result = export_checkpoint(source, targets, write, reporter, verify=options.verify,

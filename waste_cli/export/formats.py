@@ -25,11 +25,18 @@ from waste_cli.confidence.graph import logits_nodes, set_metadata
 from waste_cli.core.assets import asset_path
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ConfigError, ModelError, WasteclsError
-from waste_cli.core.files import atomic_path, atomic_write_text, file_sha256
+from waste_cli.core.extras import require
+from waste_cli.core.files import atomic_folder, atomic_path, atomic_write_text, file_sha256
 from waste_cli.core.names import name_problem
 from waste_cli.data.batching import EvalImages
 from waste_cli.data.scan import class_folders, class_samples, list_images
-from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.backends import (
+    OPENVINO_META,
+    OPENVINO_SUFFIX,
+    OPENVINO_XML,
+    OnnxRunner,
+    OpenVinoRunner,
+)
 from waste_cli.model.checkpoint import Checkpoint, load_checkpoint
 from waste_cli.model.heads import ScoredClassifier, deployable_model
 from waste_cli.options import stored_options
@@ -229,6 +236,21 @@ def _write_torchscript(model: nn.Module, path: Path, meta: dict[str, Any],
         torch.jit.save(traced, str(path), _extra_files={"wastecls.json": json.dumps(meta)})
 
 
+def _write_openvino(model: nn.Module, path: Path, meta: dict[str, Any], options: WriteOptions,
+                    calibration: torch.Tensor | None = None) -> None:
+    """The ONNX export converted by OpenVINO's own converter into `path` (a folder: model.xml,
+    model.bin), the metadata in the model's rt_info; fp16 weights with --half."""
+    require("export --openvino", "openvino", "openvino")
+    import openvino as ov
+
+    onnx_file = path / "model.onnx"
+    _write_onnx(model, onnx_file, meta, options)
+    converted = ov.convert_model(str(onnx_file))
+    onnx_file.unlink()
+    converted.set_rt_info(json.dumps(meta), list(OPENVINO_META))
+    ov.save_model(converted, str(path / OPENVINO_XML), compress_to_fp16=options.half)
+
+
 Run = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images -> outputs by name
 
 
@@ -252,16 +274,23 @@ def _torchscript_runner(path: Path) -> Run:
     return run
 
 
+def _openvino_runner(path: Path) -> Run:
+    runner = OpenVinoRunner(path)
+    return lambda images: {k: torch.from_numpy(v) for k, v in runner(images.numpy()).items()}
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     suffix: str
     write: Callable[..., None]
     runner: Callable[[Path], Run]
+    folder: bool = False  # written as a folder of files, not one file
 
 
 FORMATS = {
     "onnx": ExportFormat(".onnx", _write_onnx, _onnx_runner),
     "torchscript": ExportFormat(".torchscript", _write_torchscript, _torchscript_runner),
+    "openvino": ExportFormat(OPENVINO_SUFFIX, _write_openvino, _openvino_runner, folder=True),
 }
 
 
@@ -376,7 +405,7 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
                     calibration: torch.Tensor | None = None) -> Verification | None:
     """Write one format to a temporary file, verify it, and only then rename it to `target`."""
     fmt = FORMATS[name]
-    with atomic_path(target) as tmp:
+    with (atomic_folder if fmt.folder else atomic_path)(target) as tmp:
         fmt.write(model, tmp, meta, options, calibration)
         if reference is None:
             return None

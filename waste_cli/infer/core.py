@@ -25,7 +25,7 @@ from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import EvalImages, Speed, iterate_batches
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.data.taxonomy import ClassMap
-from waste_cli.model.backends import Outputs, Runner, open_runner
+from waste_cli.model.backends import Outputs, Runner, is_openvino, open_runner
 from waste_cli.model.builtin import builtin_file, is_builtin
 
 __all__ = [
@@ -59,9 +59,16 @@ def choose_backend(model: Path, device_type: str, backend: str) -> str:
     the ONNX file is checked against the checkpoint before use), and on GPUs through torch.
     """
     if model.suffix.lower() == ".onnx":
-        if backend == "torch":
+        if backend not in ("auto", "onnxruntime"):
             raise ConfigError(f"{model} is an ONNX file: use --backend onnxruntime or auto.")
         return "onnxruntime"
+    if is_openvino(model):
+        if backend not in ("auto", "openvino"):
+            raise ConfigError(f"{model} is an OpenVINO model: use --backend openvino or auto.")
+        return "openvino"
+    if backend == "openvino":
+        raise ConfigError(f"--backend openvino runs a model exported with `wastecls export "
+                          f"--openvino`; {model} is not one.")
     if backend == "auto":
         return "onnxruntime" if device_type == "cpu" else "torch"
     return backend
@@ -77,7 +84,8 @@ def open_model(path: Path, device: str, backend: str, reporter: Reporter) -> Run
     if backend == "torch" and path.suffix.lower() == ".onnx" and is_builtin(path):
         path = builtin_file(".pt") or path  # the built-in model's checkpoint runs on PyTorch
     torch_device = None
-    if path.suffix.lower() != ".onnx" or device not in ("auto", "cpu"):
+    if (path.suffix.lower() != ".onnx" and not is_openvino(path)) or device not in ("auto",
+                                                                                     "cpu"):
         from waste_cli.core.runtime import resolve_device
 
         torch_device = resolve_device(device)  # an absent device is an error, even for ONNX

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
     from waste_cli.model.checkpoint import Checkpoint
 
-__all__ = ["ONNX_META_KEY", "OnnxRunner", "Outputs", "Runner", "TorchRunner", "open_runner"]
+__all__ = ["ONNX_META_KEY", "OPENVINO_META", "OPENVINO_SUFFIX", "OPENVINO_XML", "OnnxRunner",
+           "OpenVinoRunner", "Outputs", "Runner", "TorchRunner", "is_openvino", "open_runner"]
 
 Outputs = dict[str, np.ndarray]  # output name -> float32 array with one row per image
 
@@ -186,10 +187,76 @@ class OnnxRunner:
         return {**self.__dict__, "_session": None}
 
 
+OPENVINO_SUFFIX = ".openvino"  # an exported OpenVINO model: a folder of model.xml, model.bin
+OPENVINO_XML = "model.xml"
+OPENVINO_META = ("wastecls", "metadata")  # where the metadata JSON sits in the IR's rt_info
+
+
+class OpenVinoRunner:
+    """An exported OpenVINO model (`export --openvino`) on Intel's CPU runtime, in fp32 (its
+    CPU plugin would otherwise pick bf16 where the CPU has it, and answer differently)."""
+
+    name = "openvino"
+    on_cpu = True
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.path, self.threads = path, threads
+        xml = path / OPENVINO_XML if path.is_dir() else path
+        try:
+            self._model = ov.Core().read_model(str(xml))
+            info = json.loads(self._model.get_rt_info(list(OPENVINO_META)).astype(str))
+        except Exception as exc:  # openvino raises its own types for a damaged file
+            raise ModelError(f"Cannot read {path} as a wastecls OpenVINO model "
+                             f"({type(exc).__name__}). Export it with `wastecls export "
+                             "--openvino`.") from None
+        check_metadata(info, path)
+        self.classes = list(info["classes"])
+        self.data_config = dict(info["data_config"])
+        self.crop = dict(info.get("crop") or {})
+        self.calibration = (Calibration.model_validate(info["calibration"])
+                            if info.get("calibration") else None)
+        self.metadata = info
+        self.output_names = ("logits", *(o.get_any_name() for o in self._model.outputs[1:]))
+        self._compiled: Any = None
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        if self._compiled is None:
+            import openvino as ov
+
+            self._compiled = ov.Core().compile_model(self._model, "CPU", {
+                "INFERENCE_NUM_THREADS": self.threads or os.cpu_count() or 1,
+                "INFERENCE_PRECISION_HINT": "f32"})
+        results = self._compiled(np.ascontiguousarray(images, dtype=np.float32))
+        return {name: np.asarray(results[port], dtype=np.float32)
+                for name, port in zip(self.output_names, self._compiled.outputs, strict=True)}
+
+    def for_worker(self, threads: int) -> OpenVinoRunner:
+        """A copy that compiles in the worker on first use."""
+        worker = copy.copy(self)
+        worker.threads, worker._compiled = threads, None
+        return worker
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers read the file themselves
+        return {"path": self.path, "threads": self.threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["threads"])  # type: ignore[misc]
+
+
+def is_openvino(path: Path) -> bool:
+    return path.suffix.lower() == OPENVINO_SUFFIX or (
+        path.suffix.lower() == ".xml" and path.parent.suffix.lower() == OPENVINO_SUFFIX)
+
+
 def open_runner(path: Path, device: torch.device | None) -> Runner:
-    """A runner for an .onnx file (onnxruntime, CPU) or a .pt checkpoint (torch on `device`)."""
+    """A runner for an .onnx file (onnxruntime, CPU), an OpenVINO export (CPU) or a .pt
+    checkpoint (torch on `device`)."""
     if path.suffix.lower() == ".onnx":
         return OnnxRunner(path)
+    if is_openvino(path):
+        return OpenVinoRunner(path)
     import torch
 
     from waste_cli.model.checkpoint import load_checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 from waste_cli.core.assets import asset_path
 from waste_cli.core.console import Reporter
 from waste_cli.core.errors import ModelError
-from waste_cli.model.backends import OnnxRunner
+from waste_cli.model.backends import OnnxRunner, is_openvino
 
 __all__ = ["BUILTIN_ALIASES", "BUILTIN_MODEL", "builtin_file", "find_model", "is_builtin",
            "model_name", "named_file"]
@@ -56,10 +56,10 @@ def find_model(model: Path | None, reporter: Reporter, kind: str = ".onnx") -> P
     """The model to use: the one given, else the newest runs/train/*/best.pt here, else the
     built-in one's `kind` file (.onnx to run it, .pt where a checkpoint is needed)."""
     if model is not None:
-        if not model.is_file():
+        if not model.is_file() and not (model.is_dir() and is_openvino(model)):
             what = "is a folder" if model.is_dir() else "does not exist"
-            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train` or an "
-                             ".onnx from `wastecls export`.")
+            raise ModelError(f"Model {model} {what}. Give a best.pt from `wastecls train`, or an "
+                             ".onnx or .openvino from `wastecls export`.")
         return model
     candidates = sorted(Path("runs/train").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     builtin = builtin_file(kind)
