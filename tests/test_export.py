@@ -190,3 +190,33 @@ def test_openvino_export_runs_like_the_checkpoint_and_is_never_half_written(mode
     assert sorted(p.name for p in model.parent.iterdir() if p.name.startswith(".")) in (
         [], [".wastecls-output.json"])
     assert run_cli("export", "-m", model, "--openvino", "--int8").exit_code == 2
+
+
+def test_tflite_fp32_and_int8_carry_the_score_and_run_in_predict(model, prepared, tmp_path):
+    pytest.importorskip("litert_torch", reason="litert-torch (the TFLite converter) is not "
+                        "installed: pip install 'wastecls[tflite]'")
+    from waste_cli.model.backends import TfliteRunner
+
+    result = run_cli("export", "-m", model, "--tflite")
+    assert result.exit_code == 0, result.output
+    path = model.with_suffix(".tflite")
+    assert path.is_file() and Path(str(path) + ".json").is_file()
+    checkpoint = load_checkpoint(model)
+    runner = TfliteRunner(path)
+    reference = TorchRunner.from_checkpoint(checkpoint, torch.device("cpu"))
+    images = _images(prepared, runner)
+    mine, theirs = runner(images), reference(images)  # batch 1 inside, 5 images here
+    for name in ("logits", "unfamiliarity"):
+        assert np.allclose(mine[name], theirs[name], atol=1e-4), name
+    rows = _predictions("-m", path, prepared / "test")
+    assert rows and all(r["label1"] in checkpoint["classes"] for r in rows)
+    int8 = tmp_path / "small.tflite"
+    result = run_cli("export", "-m", model, "--tflite", "--int8", "--out", int8,
+                     "--verify-data", prepared / "test", "--max-drop", "100")
+    assert result.exit_code == 0, result.output
+    assert int8.stat().st_size < path.stat().st_size
+    assert run_cli("export", "-m", model, "--tflite", "--half").exit_code == 2
+    moved = tmp_path / "alone.tflite"
+    moved.write_bytes(path.read_bytes())  # without its metadata file
+    result = run_cli("predict", "-m", moved, prepared / "test")
+    assert result.exit_code == 1 and "alone.tflite.json" in result.output

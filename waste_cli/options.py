@@ -341,9 +341,9 @@ class InferenceOptions(ModelRunOptions):
     batch_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="Images per batch (default: the fastest for the backend)."
     )
-    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
-        "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), openvino for "
-        "an OpenVINO export, else torch."
+    backend: Literal["auto", "torch", "onnxruntime", "openvino", "tflite"] = Field(
+        "auto", description="auto: onnxruntime for .onnx (and for .pt on a CPU), openvino or "
+        "tflite for those exports, else torch."
     )
     workers: int | None = Field(
         None, ge=0, description="On a CPU: processes that each decode and run the model on "
@@ -483,6 +483,10 @@ class ExportOptions(Options):
         False, description="Write an OpenVINO model (Intel CPUs, edge boxes): a .openvino "
         "folder (pip install 'wastecls[openvino]')."
     )
+    tflite: bool = Field(
+        False, description="Write a TFLite model (Android, Raspberry Pi; batch 1), fp32 or "
+        "--int8 weights (pip install 'wastecls[tflite]')."
+    )
     out: Path | None = Field(
         None, description="Output file (ending in the format's suffix: .onnx, .torchscript, "
         ".openvino), or an existing folder to write into (default: beside the checkpoint, "
@@ -512,16 +516,18 @@ class ExportOptions(Options):
     @model_validator(mode="after")
     def _check(self) -> ExportOptions:
         if self.onnx is None:  # no format named: ONNX, unless another was asked for alone
-            self.onnx = not (self.torchscript or self.openvino)
-        if not (self.onnx or self.torchscript or self.openvino):
-            raise ValueError("choose a format: --onnx, --torchscript or --openvino")
+            self.onnx = not (self.torchscript or self.openvino or self.tflite)
+        if not (self.onnx or self.torchscript or self.openvino or self.tflite):
+            raise ValueError("choose a format: --onnx, --torchscript, --openvino or --tflite")
+        if self.half and self.tflite:
+            raise ValueError("--half is for ONNX and OpenVINO; TFLite is fp32 or --int8")
         if self.half and self.int8:
             raise ValueError("--half and --int8 exclude each other; pick one")
-        if self.int8 and not self.onnx:
-            raise ValueError("--int8 is an ONNX (onnxruntime) quantization: add --onnx")
+        if self.int8 and not (self.onnx or self.tflite):
+            raise ValueError("--int8 quantizes an ONNX or TFLite export: add --onnx or --tflite")
         if self.int8 and self.openvino:
-            raise ValueError("--int8 is an ONNX (onnxruntime) quantization: export OpenVINO "
-                             "in its own command")
+            raise ValueError("--int8 quantizes an ONNX or TFLite export: export OpenVINO in "
+                             "its own command")
         if self.batch != "dynamic" and not (self.batch.isdigit() and int(self.batch) > 0):
             raise ValueError("batch must be 'dynamic' or a positive whole number")
         return self

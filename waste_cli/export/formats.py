@@ -34,11 +34,13 @@ from waste_cli.model.backends import (
     OPENVINO_META,
     OPENVINO_SUFFIX,
     OPENVINO_XML,
+    TFLITE_SUFFIX,
     OnnxRunner,
     OpenVinoRunner,
+    TfliteRunner,
 )
 from waste_cli.model.checkpoint import Checkpoint, load_checkpoint
-from waste_cli.model.heads import ScoredClassifier, deployable_model
+from waste_cli.model.heads import ScoredClassifier, SortFreeScoredClassifier, deployable_model
 from waste_cli.options import stored_options
 
 __all__ = ["FORMATS", "MIN_OPSET", "ExportResult", "TwinExportError", "Verification",
@@ -251,15 +253,53 @@ def _write_openvino(model: nn.Module, path: Path, meta: dict[str, Any], options:
     ov.save_model(converted, str(path / OPENVINO_XML), compress_to_fp16=options.half)
 
 
+def _write_tflite(model: nn.Module, path: Path, meta: dict[str, Any], options: WriteOptions,
+                  calibration: torch.Tensor | None = None) -> None:
+    """LiteRT's converter (litert-torch) from the PyTorch model at batch 1; with --int8, int8
+    weights with activations quantized at run time (dynamic range: no accuracy to speak of
+    lost, bench_deploy.py; full int8 lost 9 points on TrashNet). The unfamiliarity score
+    travels inside, its k-th nearest found without a sort (SortFreeScoredClassifier)."""
+    require("export --tflite", "tflite", "litert_torch")
+    import litert_torch
+
+    if isinstance(model, ScoredClassifier):
+        model = SortFreeScoredClassifier.of(model)
+    example = (_example(meta, "1"),)
+    quant_config = None
+    if options.int8:
+        from litert_torch.quantize.pt2e_quantizer import (
+            PT2EQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+        prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+        prepared(*example)
+        model = convert_pt2e(prepared, fold_quantize=False)
+        quant_config = QuantConfig(pt2e_quantizer=quantizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = litert_torch.convert(model, example, quant_config=quant_config)
+    converted.export(str(path))
+
+
+def _tflite_runner(path: Path, meta: dict[str, Any]) -> Run:
+    runner = TfliteRunner(path, metadata=meta)  # its sidecar is written once it is verified
+    return lambda images: {k: torch.from_numpy(v) for k, v in runner(images.numpy()).items()}
+
+
 Run = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # images -> outputs by name
 
 
-def _onnx_runner(path: Path) -> Run:
+def _onnx_runner(path: Path, meta: dict[str, Any]) -> Run:
     runner = OnnxRunner(path)
     return lambda images: {k: torch.from_numpy(v) for k, v in runner(images.numpy()).items()}
 
 
-def _torchscript_runner(path: Path) -> Run:
+def _torchscript_runner(path: Path, meta: dict[str, Any]) -> Run:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
         module = torch.jit.load(str(path), map_location="cpu").eval()
@@ -274,7 +314,7 @@ def _torchscript_runner(path: Path) -> Run:
     return run
 
 
-def _openvino_runner(path: Path) -> Run:
+def _openvino_runner(path: Path, meta: dict[str, Any]) -> Run:
     runner = OpenVinoRunner(path)
     return lambda images: {k: torch.from_numpy(v) for k, v in runner(images.numpy()).items()}
 
@@ -283,7 +323,7 @@ def _openvino_runner(path: Path) -> Run:
 class ExportFormat:
     suffix: str
     write: Callable[..., None]
-    runner: Callable[[Path], Run]
+    runner: Callable[[Path, dict[str, Any]], Run]  # the file written, its metadata
     folder: bool = False  # written as a folder of files, not one file
 
 
@@ -291,6 +331,7 @@ FORMATS = {
     "onnx": ExportFormat(".onnx", _write_onnx, _onnx_runner),
     "torchscript": ExportFormat(".torchscript", _write_torchscript, _torchscript_runner),
     "openvino": ExportFormat(OPENVINO_SUFFIX, _write_openvino, _openvino_runner, folder=True),
+    "tflite": ExportFormat(TFLITE_SUFFIX, _write_tflite, _tflite_runner),
 }
 
 
@@ -358,7 +399,7 @@ def _verify(outputs: dict[str, torch.Tensor], run: Run, images: torch.Tensor,
 
 
 def _check(verification: Verification, options: WriteOptions, name: str) -> None:
-    if not (options.half or (options.int8 and name == "onnx")):
+    if not (options.half or (options.int8 and name in ("onnx", "tflite"))):
         if verification.top1_agreement < 1.0 or verification.max_abs_diff >= FP32_TOLERANCE:
             raise VerificationError(
                 f"{name} export disagrees with the checkpoint: max |diff| "
@@ -409,8 +450,8 @@ def _write_verified(name: str, model: nn.Module, target: Path, meta: dict[str, A
         fmt.write(model, tmp, meta, options, calibration)
         if reference is None:
             return None
-        check = _verify(reference.outputs, fmt.runner(tmp), reference.images, reference.labels,
-                        options.batch)
+        check = _verify(reference.outputs, fmt.runner(tmp, meta), reference.images,
+                        reference.labels, options.batch)
         _check(check, options, name)
     return check
 

@@ -25,7 +25,13 @@ from waste_cli.core.policy import default_batch_size
 from waste_cli.data.batching import EvalImages, Speed, iterate_batches
 from waste_cli.data.scan import is_image_path, list_images
 from waste_cli.data.taxonomy import ClassMap
-from waste_cli.model.backends import Outputs, Runner, is_openvino, open_runner
+from waste_cli.model.backends import (
+    TFLITE_SUFFIX,
+    Outputs,
+    Runner,
+    is_openvino,
+    open_runner,
+)
 from waste_cli.model.builtin import builtin_file, is_builtin
 
 __all__ = [
@@ -62,13 +68,16 @@ def choose_backend(model: Path, device_type: str, backend: str) -> str:
         if backend not in ("auto", "onnxruntime"):
             raise ConfigError(f"{model} is an ONNX file: use --backend onnxruntime or auto.")
         return "onnxruntime"
-    if is_openvino(model):
-        if backend not in ("auto", "openvino"):
-            raise ConfigError(f"{model} is an OpenVINO model: use --backend openvino or auto.")
-        return "openvino"
-    if backend == "openvino":
-        raise ConfigError(f"--backend openvino runs a model exported with `wastecls export "
-                          f"--openvino`; {model} is not one.")
+    exported = ("openvino" if is_openvino(model) else
+                "tflite" if model.suffix.lower() == TFLITE_SUFFIX else None)
+    if exported is not None:
+        if backend not in ("auto", exported):
+            raise ConfigError(f"{model} is a {exported} export: use --backend {exported} or "
+                              "auto.")
+        return exported
+    if backend in ("openvino", "tflite"):
+        raise ConfigError(f"--backend {backend} runs a model exported with `wastecls export "
+                          f"--{backend}`; {model} is not one.")
     if backend == "auto":
         return "onnxruntime" if device_type == "cpu" else "torch"
     return backend
@@ -84,8 +93,8 @@ def open_model(path: Path, device: str, backend: str, reporter: Reporter) -> Run
     if backend == "torch" and path.suffix.lower() == ".onnx" and is_builtin(path):
         path = builtin_file(".pt") or path  # the built-in model's checkpoint runs on PyTorch
     torch_device = None
-    if (path.suffix.lower() != ".onnx" and not is_openvino(path)) or device not in ("auto",
-                                                                                     "cpu"):
+    exported = path.suffix.lower() in (".onnx", TFLITE_SUFFIX) or is_openvino(path)
+    if not exported or device not in ("auto", "cpu"):
         from waste_cli.core.runtime import resolve_device
 
         torch_device = resolve_device(device)  # an absent device is an error, even for ONNX

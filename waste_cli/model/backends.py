@@ -27,8 +27,21 @@ if TYPE_CHECKING:
 
     from waste_cli.model.checkpoint import Checkpoint
 
-__all__ = ["ONNX_META_KEY", "OPENVINO_META", "OPENVINO_SUFFIX", "OPENVINO_XML", "OnnxRunner",
-           "OpenVinoRunner", "Outputs", "Runner", "TorchRunner", "is_openvino", "open_runner"]
+__all__ = [
+    "ONNX_META_KEY",
+    "OPENVINO_META",
+    "OPENVINO_SUFFIX",
+    "OPENVINO_XML",
+    "TFLITE_SUFFIX",
+    "OnnxRunner",
+    "OpenVinoRunner",
+    "Outputs",
+    "Runner",
+    "TfliteRunner",
+    "TorchRunner",
+    "is_openvino",
+    "open_runner",
+]
 
 Outputs = dict[str, np.ndarray]  # output name -> float32 array with one row per image
 
@@ -245,18 +258,91 @@ class OpenVinoRunner:
         self.__init__(state["path"], state["threads"])  # type: ignore[misc]
 
 
+TFLITE_SUFFIX = ".tflite"
+
+
+class TfliteRunner:
+    """An exported TFLite model (`export --tflite`) on LiteRT's interpreter (ai-edge-litert),
+    one image at a time as exported (phones and small boards run batch 1). Class names and
+    preprocessing come from the `.tflite.json` written beside it."""
+
+    name = "tflite"
+    on_cpu = True
+
+    def __init__(self, path: Path, threads: int | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.path, self.threads = path, threads
+        sidecar = path.with_name(path.name + ".json")
+        try:
+            info = metadata or json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path} needs its metadata file {sidecar.name} beside it (class "
+                             f"names, preprocessing): {exc}. Keep the two together, or export "
+                             "again with `wastecls export --tflite`.") from None
+        check_metadata(info, sidecar)
+        self.classes = list(info["classes"])
+        self.data_config = dict(info["data_config"])
+        self.crop = dict(info.get("crop") or {})
+        self.calibration = (Calibration.model_validate(info["calibration"])
+                            if info.get("calibration") else None)
+        self.metadata = info
+        self._interpreter: Any = None
+
+    def _open(self) -> Any:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise ModelError(f"Running {self.path} needs LiteRT: pip install "
+                             "'wastecls[tflite]' (or ai-edge-litert).") from None
+        try:
+            interpreter = Interpreter(model_path=str(self.path),
+                                      num_threads=self.threads or os.cpu_count() or 1)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"Cannot load {self.path} as a TFLite model: {exc}") from None
+        return interpreter
+
+    def __call__(self, images: np.ndarray) -> Outputs:
+        if self._interpreter is None:
+            self._interpreter = self._open()
+        interpreter = self._interpreter
+        given = interpreter.get_input_details()[0]
+        rows: dict[str, list[np.ndarray]] = {"logits": [], "unfamiliarity": []}
+        for image in np.ascontiguousarray(images, dtype=np.float32):
+            interpreter.set_tensor(given["index"], image[None])
+            interpreter.invoke()
+            for detail in interpreter.get_output_details():
+                value = interpreter.get_tensor(detail["index"]).astype(np.float32)
+                # the logits are the output with a value per class
+                name = "logits" if value.ndim == 2 and value.shape[1] == len(self.classes) \
+                    else "unfamiliarity"
+                rows[name].append(value.reshape(value.shape[1:] if name == "logits" else ()))
+        return {name: np.stack(values).astype(np.float32)
+                for name, values in rows.items() if values}
+
+    def for_worker(self, threads: int) -> TfliteRunner:
+        worker = copy.copy(self)
+        worker.threads, worker._interpreter = threads, None
+        return worker
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_interpreter": None}
+
+
 def is_openvino(path: Path) -> bool:
     return path.suffix.lower() == OPENVINO_SUFFIX or (
         path.suffix.lower() == ".xml" and path.parent.suffix.lower() == OPENVINO_SUFFIX)
 
 
 def open_runner(path: Path, device: torch.device | None) -> Runner:
-    """A runner for an .onnx file (onnxruntime, CPU), an OpenVINO export (CPU) or a .pt
-    checkpoint (torch on `device`)."""
+    """A runner for an .onnx file (onnxruntime, CPU), an OpenVINO or TFLite export (CPU) or a
+    .pt checkpoint (torch on `device`)."""
     if path.suffix.lower() == ".onnx":
         return OnnxRunner(path)
     if is_openvino(path):
         return OpenVinoRunner(path)
+    if path.suffix.lower() == TFLITE_SUFFIX:
+        return TfliteRunner(path)
     import torch
 
     from waste_cli.model.checkpoint import load_checkpoint

@@ -4,6 +4,8 @@ unfamiliarity score computed inside the model (so exported files carry it).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ __all__ = [
     "MID_LEVEL_REDUCTION",
     "FeatureClassifier",
     "ScoredClassifier",
+    "SortFreeScoredClassifier",
     "deployable_model",
     "mid_level_stage",
 ]
@@ -83,8 +86,30 @@ class ScoredClassifier(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.features(image)
         similarity = _unit(features) @ self.bank.float().T
-        kth = similarity.topk(self.neighbours, dim=1).values[:, -1]
-        return logits, 1 - kth
+        return logits, 1 - self.kth_largest(similarity)
+
+    def kth_largest(self, similarity: torch.Tensor) -> torch.Tensor:
+        return similarity.topk(self.neighbours, dim=1).values[:, -1]
+
+
+class SortFreeScoredClassifier(ScoredClassifier):
+    """The same model and score, the k-th nearest found by k passes of max: TFLite's
+    interpreters have no sort, which `topk` becomes there. Equal to `topk` but for ties
+    (cosine similarities: none in practice; bench and tests compare the two)."""
+
+    @classmethod
+    def of(cls, scored: ScoredClassifier) -> SortFreeScoredClassifier:
+        twin = copy.copy(scored)
+        twin.__class__ = cls
+        twin._buffers = {**scored._buffers, "bank": scored.bank.float()}  # one type per op
+        return twin
+
+    def kth_largest(self, similarity: torch.Tensor) -> torch.Tensor:
+        values = similarity
+        for _ in range(self.neighbours - 1):
+            top = values.max(dim=1, keepdim=True).values
+            values = torch.where(values >= top, torch.full_like(values, -2.0), values)
+        return values.max(dim=1).values
 
 
 def deployable_model(checkpoint: Checkpoint) -> nn.Module:
