@@ -12,6 +12,8 @@
    - the server's resident memory at request 100 and at request 1,000.
 3. Video: a clip of photos each held 2 s (10 fps), `predict clip.mp4 --fps 4`: frames per
    second end to end.
+4. With --labelled SPLIT: TFLite fp32 and int8 files of the checkpoint against its ONNX file,
+   accuracy on that held-out split (needs litert-torch).
 
 Usage: python bench/bench_deploy.py --model waste-lite0 --data ../shared/data/trashnet
 """
@@ -174,12 +176,38 @@ def bench_video(model: Path, photos: list[Path]) -> dict:
             "frames_per_second": frames / seconds}
 
 
+def _accuracy(model: Path, labelled: Path) -> float:
+    report = subprocess.run(["wastecls", "evaluate", str(model), "--data", str(labelled),
+                             "--json", "--allow-subset", "-q"], check=True, capture_output=True,
+                            text=True).stdout
+    return json.loads(report)["accuracy"]
+
+
+def bench_tflite(source: str, labelled: Path, onnx_model: Path) -> dict:
+    """fp32 and int8 TFLite files of one checkpoint against its ONNX file on a held-out,
+    labelled split (needs litert-torch)."""
+    results: dict = {"onnx_accuracy": _accuracy(onnx_model, labelled)}
+    for name, extra in (("fp32", []), ("int8", ["--int8"])):
+        target = OUT / f"model-{name}.tflite"
+        subprocess.run(["wastecls", "export", "--model", source, "--tflite", *extra, "--out",
+                        str(target), "--overwrite", "--verify-data", str(labelled),
+                        "--max-drop", "100", "-q"], check=True)
+        results[name] = {"accuracy": _accuracy(target, labelled),
+                         "megabytes": target.stat().st_size / 1e6}
+    results["int8_drop_points"] = 100 * (results["fp32"]["accuracy"]
+                                         - results["int8"]["accuracy"])
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="waste-lite0", help="a .pt checkpoint to export")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/trashnet"))
     parser.add_argument("--photos", type=int, default=400)
+    parser.add_argument("--labelled", type=Path, default=None,
+                        help="a held-out labelled split for the TFLite accuracy (needs "
+                        "litert-torch: run with the Python that has it)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,6 +245,9 @@ def main() -> None:
         print(results["serve"])
         results["video"] = bench_video(onnx_model, linked)
         print(results["video"])
+        if args.labelled is not None:
+            results["tflite"] = bench_tflite(args.model, args.labelled, onnx_model)
+            print(results["tflite"])
     (OUT / "deploy.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
