@@ -29,6 +29,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -47,11 +48,12 @@ from waste_cli.data.transforms import eval_transform
 from waste_cli.model.backends import OnnxRunner
 
 OUT = Path(__file__).resolve().parent / "out" / "deploy"
+WASTECLS = [sys.executable, "-m", "waste_cli"]  # this Python's (the one with litert-torch)
 
 
 def _predict(model: Path, photos: Path, output: Path) -> tuple[float, list[dict]]:
     start = time.perf_counter()
-    subprocess.run(["wastecls", "predict", str(photos), "--model", str(model), "--format",
+    subprocess.run([*WASTECLS, "predict", str(photos), "--model", str(model), "--format",
                     "json", "--output", str(output), "--overwrite", "-q"], check=True)
     seconds = time.perf_counter() - start
     rows = [json.loads(line) for line in output.read_text().splitlines()]
@@ -86,7 +88,7 @@ def _hostile(photo: bytes, k: int) -> tuple[list, int]:
 
 def bench_serve(model: Path, photos: list[Path], expected: dict[str, str]) -> dict:
     port = _free_port()
-    server = subprocess.Popen(["wastecls", "serve", str(model), "--port", str(port),
+    server = subprocess.Popen([*WASTECLS, "serve", str(model), "--port", str(port),
                                "--max-bytes", "2000000", "-q"], stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, timeout=60)
@@ -168,7 +170,7 @@ def bench_video(model: Path, photos: list[Path]) -> dict:
     writer.release()
     out = OUT / "frames.csv"
     start = time.perf_counter()
-    subprocess.run(["wastecls", "predict", str(clip), "--model", str(model), "--fps", "4",
+    subprocess.run([*WASTECLS, "predict", str(clip), "--model", str(model), "--fps", "4",
                     "--output", str(out), "--overwrite", "-q"], check=True)
     seconds = time.perf_counter() - start
     frames = len(out.read_text().splitlines()) - 1
@@ -177,7 +179,7 @@ def bench_video(model: Path, photos: list[Path]) -> dict:
 
 
 def _accuracy(model: Path, labelled: Path) -> float:
-    report = subprocess.run(["wastecls", "evaluate", str(model), "--data", str(labelled),
+    report = subprocess.run([*WASTECLS, "evaluate", str(model), "--data", str(labelled),
                              "--json", "--allow-subset", "-q"], check=True, capture_output=True,
                             text=True).stdout
     return json.loads(report)["accuracy"]
@@ -189,7 +191,7 @@ def bench_tflite(source: str, labelled: Path, onnx_model: Path) -> dict:
     results: dict = {"onnx_accuracy": _accuracy(onnx_model, labelled)}
     for name, extra in (("fp32", []), ("int8", ["--int8"])):
         target = OUT / f"model-{name}.tflite"
-        subprocess.run(["wastecls", "export", "--model", source, "--tflite", *extra, "--out",
+        subprocess.run([*WASTECLS, "export", "--model", source, "--tflite", *extra, "--out",
                         str(target), "--overwrite", "--verify-data", str(labelled),
                         "--max-drop", "100", "-q"], check=True)
         results[name] = {"accuracy": _accuracy(target, labelled),
@@ -217,7 +219,7 @@ def main() -> None:
         photos = every[:: max(1, len(every) // args.photos)][: args.photos]
         for k, path in enumerate(photos):
             os.symlink(path.resolve(), folder / f"{k:04d}-{path.name}")
-        subprocess.run(["wastecls", "export", "--model", args.model, "--onnx", "--openvino",
+        subprocess.run([*WASTECLS, "export", "--model", args.model, "--onnx", "--openvino",
                         "--out", str(OUT), "--overwrite", "-q"], check=True)
         stem = Path(args.model).stem if args.model.endswith(".pt") else args.model
         onnx_model, openvino_model = OUT / f"{stem}.onnx", OUT / f"{stem}.openvino"
