@@ -87,6 +87,20 @@ app = typer.Typer(
 )
 
 
+def run_server(app: Any, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until Ctrl-C (or SIGTERM), which lets the requests in flight
+    finish; then exit 130 as every command does on Ctrl-C. (uvicorn re-raises the signal it
+    caught, but asyncio may finish the loop before that becomes an exception: the exit would
+    depend on timing.)"""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    server.run()
+    if server.should_exit:
+        raise KeyboardInterrupt
+
+
 def _size(path: Path) -> int:
     """Bytes of a file, or of every file in a folder (an OpenVINO export)."""
     return (sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir()
@@ -397,7 +411,6 @@ def review(options: ReviewOptions) -> None:
                 f"(of {len(queue.items)} in the queue; skipped ones are not written).")
             return
         server = serve(options, queue, store)
-        import uvicorn
 
         decided = sum(1 for i in queue.items if i.key in store.decided())
         err_console.print(f"Reviewing {counted(len(queue.items), 'item')} of {shown(queue.source)}"
@@ -407,9 +420,7 @@ def review(options: ReviewOptions) -> None:
             import webbrowser
 
             webbrowser.open(server.url)
-        config = uvicorn.Config(server.app, host=server.host, port=server.port,
-                                log_level="warning", timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run()
+        run_server(server.app, server.host, server.port)
     finally:
         store.close()
 
@@ -428,14 +439,10 @@ def serve(options: ServeOptions) -> None:
     from waste_cli.serve.command import prepare_server
 
     server = prepare_server(options, reporter_for(options))
-    import uvicorn
-
     err_console.print(f"Serving {shown(server.model)} at [bold]{shown(server.url)}[/] "
                       f"(POST /predict, GET /health, GET /model, docs at /docs). Ctrl-C stops.",
                       soft_wrap=True)
-    config = uvicorn.Config(server.app, host=server.host, port=server.port,
-                            log_level="warning", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run()
+    run_server(server.app, server.host, server.port)
 
 
 @settings_command(
