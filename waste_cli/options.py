@@ -701,7 +701,8 @@ class ServeOptions(InferenceOptions, FlagFields, ClassMapFields):
     max_bytes: int = Field(20_000_000, ge=1, description="Largest upload accepted (bytes).")
     max_batch: int = Field(16, ge=1, description="Images run together at most.")
     batch_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="How long the first image of a batch waits for others."
+        0.0, ge=0, le=1000, description="How long the first image of a batch waits for others "
+        "(0: none; images that arrive while the model runs still make the next batch)."
     )
     top_k: int = Field(3, ge=1, description="Labels per image in the answer.")
     exclude_class: list[str] = Field(
