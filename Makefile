@@ -41,7 +41,7 @@ model:
 
 BENCH_DATA ?= bench/out/data
 
-# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 4 hours on 2 cores).
+# The benchmarks behind BENCHMARKS.md's tables (they need ../shared; about 5 hours on 2 cores).
 bench:
 	$(PYTHON) bench/bench_prepare.py --data $(TRASHNET)
 	wastecls prepare $(TRASHNET) --out $(BENCH_DATA) --overwrite -q
@@ -61,3 +61,8 @@ bench:
 		--images $(TRASHNET)/glass
 	$(PYTHON) bench/bench_evaluate.py --data $(BENCH_DATA)
 	$(PYTHON) bench/bench_transfer.py $(TRASHNET) $(GARBAGE) --weights $(SHARED_WEIGHTS)
+	$(PYTHON) bench/bench_duplicates.py
+	$(PYTHON) bench/bench_audit.py --data $(TRASHNET) --weights $(SHARED_WEIGHTS) --tta
+	wastecls audit bench/out/transfer/merged --out bench/out/audit/merged --overwrite
+	$(PYTHON) bench/bench_review.py
+	$(PYTHON) bench/bench_deploy.py --model waste-lite0 --data $(TRASHNET)

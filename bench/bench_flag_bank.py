@@ -55,7 +55,7 @@ def main() -> None:
         probe = Path(tmp) / "features.onnx"
         write_features_copy(model, probe)
         runner = OnnxRunner(probe)
-        temperature = runner.calibration.temperature
+        temperature = OnnxRunner(model).calibration.temperature
         parts = {}
         for split in ("train", "val", "test"):
             folder = args.data / split
