@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The README demo: prepare -> train -> evaluate -> predict -> export on the bundled TrashNet
-# sample (72 photos), then the built-in model on a photo. Training starts from the built-in
+# The README demo: audit -> prepare -> train -> evaluate -> predict -> export on the bundled
+# TrashNet sample (72 photos), then the built-in model on a photo. Training starts from the built-in
 # waste model (`--weights waste-lite0`, inside the package) with the default recipe, so it
 # needs neither ../shared nor the Hugging Face Hub.
 set -euo pipefail
 DEMO=${DEMO:-demo}
 set -x
+wastecls audit samples/trashnet-mini --out "$DEMO/audit" --overwrite   # open $DEMO/audit/index.html
 wastecls prepare samples/trashnet-mini --out "$DEMO/data" --overwrite
 wastecls train --data "$DEMO/data" --weights waste-lite0 --project "$DEMO/runs" --name exp
 RUN=$(ls -td "$DEMO"/runs/exp* | head -n 1)
