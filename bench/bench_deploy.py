@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -41,8 +40,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from common import wait_until_up
 from PIL import Image
 
+from waste_cli.core.network import free_port
 from waste_cli.data.scan import list_images
 from waste_cli.data.sources import load_rgb
 from waste_cli.data.transforms import eval_transform
@@ -59,12 +60,6 @@ def _predict(model: Path, photos: Path, output: Path) -> tuple[float, list[dict]
     seconds = time.perf_counter() - start
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     return len(rows) / seconds, rows
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _bomb() -> bytes:
@@ -88,17 +83,12 @@ def _hostile(photo: bytes, k: int) -> tuple[list, int]:
 
 
 def bench_serve(model: Path, photos: list[Path], expected: dict[str, str]) -> dict:
-    port = _free_port()
+    port = free_port("127.0.0.1")
     server = subprocess.Popen([*WASTECLS, "serve", str(model), "--port", str(port),
                                "--max-bytes", "2000000", "-q"], stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
+    wait_until_up(f"{base}/health")
     client = httpx.Client(base_url=base, timeout=60)
-    for _ in range(300):
-        try:
-            client.get("/health")
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
     data = {p: p.read_bytes() for p in photos}
     process = psutil.Process(server.pid)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -82,3 +84,44 @@ def runner_rate(runner: Callable[[np.ndarray], object], batch: np.ndarray,
         runner(batch)
         done += len(batch)
     return done / (time.perf_counter() - start)
+
+
+def wait_until_up(url: str, seconds: float = 60.0) -> dict:
+    """The JSON of `url` once a server just started answers it."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return httpx.get(url).json()
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextmanager
+def review_in_chromium(audit: Path, port: int, *args: str,
+                       viewport: dict | None = None) -> Iterator[tuple[Any, dict]]:
+    """`wastecls review AUDIT` on `port` and its page open in headless Chromium: (page,
+    the review's /api/state)."""
+    import shutil
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    server = subprocess.Popen([sys.executable, "-m", "waste_cli", "review", str(audit),
+                               "--port", str(port), *args])
+    try:
+        state = wait_until_up(f"http://127.0.0.1:{port}/api/state")
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(**({"viewport": viewport} if viewport else {}))
+            page.goto(f"http://127.0.0.1:{port}/")
+            yield page, state
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait()

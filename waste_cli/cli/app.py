@@ -438,8 +438,8 @@ def serve(options: ServeOptions) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /model, a page to drop photos."""
     from waste_cli.serve.command import prepare_server
 
-    server = prepare_server(options, reporter_for(options))
-    err_console.print(f"Serving {shown(server.model)} at [bold]{shown(server.url)}[/] "
+    server, model = prepare_server(options, reporter_for(options))
+    err_console.print(f"Serving {shown(model)} at [bold]{shown(server.url)}[/] "
                       f"(POST /predict, GET /health, GET /model, docs at /docs). Ctrl-C stops.",
                       soft_wrap=True)
     run_server(server.app, server.host, server.port)

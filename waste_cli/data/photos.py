@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from waste_cli.core.console import Reporter
+from waste_cli.core.processes import die_with_parent
 from waste_cli.data.duplicates import Fingerprint, fingerprint
 from waste_cli.data.sources import DECODE_ERRORS, decode_image
 
@@ -63,7 +64,8 @@ def read_facts(paths: Sequence[Path], workers: int, reporter: Reporter) -> list[
                 facts += _chunk_facts(chunk)
                 bar.advance(len(chunk))
             return facts
-        pool = ProcessPoolExecutor(min(workers, os.cpu_count() or 1))
+        pool = ProcessPoolExecutor(min(workers, os.cpu_count() or 1),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
         try:
             for chunk, done in zip(chunks, pool.map(_chunk_facts, chunks), strict=True):
                 facts += done

@@ -28,6 +28,7 @@ __all__ = [
     "is_image_path",
     "labeled_samples",
     "list_images",
+    "manifest_column",
     "read_dataset_json",
 ]
 
@@ -166,13 +167,18 @@ def class_samples(folder: Path, class_to_idx: dict[str, int]) -> list[tuple[Path
     return [(Path(path), index) for path, index in found]
 
 
-def image_sources(root: Path) -> dict[str, str]:
-    """Each image's source (normalised path -> source name) from the manifest.csv that
-    `prepare` wrote into `root`; {} for a folder it did not make or a manifest it cannot read."""
+def manifest_column(root: Path, column: str) -> dict[str, str]:
+    """One column of the manifest.csv that `prepare` wrote into `root`, by image (normalised
+    path -> value); {} for a folder it did not make or a manifest it cannot read."""
     path = root / MANIFEST_CSV
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            return {os.path.normpath(root / plain_cell(row["file"])): plain_cell(row["source"])
-                    for row in csv.DictReader(handle) if row.get("file") and row.get("source")}
+            return {os.path.normpath(root / plain_cell(row["file"])): plain_cell(row[column])
+                    for row in csv.DictReader(handle) if row.get("file") and row.get(column)}
     except (OSError, KeyError, ValueError, csv.Error):
         return {}
+
+
+def image_sources(root: Path) -> dict[str, str]:
+    """Each image's source name (normalised path -> source), from prepare's manifest."""
+    return manifest_column(root, "source")

@@ -110,6 +110,16 @@ class TorchRunner:
         return self
 
 
+def _adopt(runner: Any, info: dict[str, Any]) -> None:
+    """An exported model's metadata (already checked) as the runner's own fields."""
+    runner.classes = list(info["classes"])
+    runner.data_config = dict(info["data_config"])
+    runner.crop = dict(info.get("crop") or {})
+    runner.calibration = (Calibration.model_validate(info["calibration"])
+                          if info.get("calibration") else None)
+    runner.metadata = info
+
+
 class OnnxRunner:
     """An exported model on onnxruntime; class names and preprocessing from its metadata."""
 
@@ -139,12 +149,7 @@ class OnnxRunner:
             raise ModelError(f"Cannot use the model {path}: its metadata says it is calibrated "
                              "but it has no `unfamiliarity` output. Calibrate it again with "
                              "`wastecls calibrate`.")
-        self.classes = list(info["classes"])
-        self.data_config = dict(info["data_config"])
-        self.crop = dict(info.get("crop") or {})
-        self.calibration = (Calibration.model_validate(info["calibration"])
-                            if info.get("calibration") else None)
-        self.metadata = info
+        _adopt(self, info)
         self.input_name = probe.get_inputs()[0].name
         batch = probe.get_inputs()[0].shape[0]
         self.dynamic_batch = not isinstance(batch, int)
@@ -225,12 +230,7 @@ class OpenVinoRunner:
                              f"({type(exc).__name__}). Export it with `wastecls export "
                              "--openvino`.") from None
         check_metadata(info, path)
-        self.classes = list(info["classes"])
-        self.data_config = dict(info["data_config"])
-        self.crop = dict(info.get("crop") or {})
-        self.calibration = (Calibration.model_validate(info["calibration"])
-                            if info.get("calibration") else None)
-        self.metadata = info
+        _adopt(self, info)
         self.output_names = ("logits", *(o.get_any_name() for o in self._model.outputs[1:]))
         self._compiled: Any = None
 
@@ -280,12 +280,7 @@ class TfliteRunner:
                              f"names, preprocessing): {exc}. Keep the two together, or export "
                              "again with `wastecls export --tflite`.") from None
         check_metadata(info, sidecar)
-        self.classes = list(info["classes"])
-        self.data_config = dict(info["data_config"])
-        self.crop = dict(info.get("crop") or {})
-        self.calibration = (Calibration.model_validate(info["calibration"])
-                            if info.get("calibration") else None)
-        self.metadata = info
+        _adopt(self, info)
         self._interpreter: Any = None
 
     def _open(self) -> Any:

@@ -29,7 +29,7 @@ from waste_cli.core.files import atomic_write_text, check_no_overlap, claim_fold
 from waste_cli.core.formats import csv_writer
 from waste_cli.data.duplicates import copy_groups, find_copies
 from waste_cli.data.photos import FLAT_SPREAD, read_facts
-from waste_cli.data.scan import MANIFEST_CSV, SPLITS, class_folders, class_samples
+from waste_cli.data.scan import SPLITS, class_folders, class_samples, manifest_column
 from waste_cli.options import AuditOptions, write_config
 from waste_cli.review.audit_page import write_audit_page
 from waste_cli.review.features import FeatureSource, read_features
@@ -82,25 +82,11 @@ def dataset_photos(root: Path) -> tuple[list[Photo], list[str]]:
     if not classes:
         raise DataError(f"No class folders with images in {root}: audit needs labelled photos "
                         "(ROOT/<class>/*.jpg, or a `prepare` root).")
-    originals = _originals(root)
+    originals = manifest_column(root, "original")  # the source photo of each copy
     index = {name: k for k, name in enumerate(classes)}
     photos = [Photo(path, split, label, originals.get(os.path.normpath(path), ""))
               for folder, split in folders for path, label in class_samples(folder, index)]
     return photos, classes
-
-
-def _originals(root: Path) -> dict[str, str]:
-    """Prepared file -> the source photo it was made from, from prepare's manifest.csv."""
-    import csv
-
-    from waste_cli.core.formats import plain_cell
-
-    try:
-        with open(root / MANIFEST_CSV, newline="", encoding="utf-8") as handle:
-            return {os.path.normpath(root / plain_cell(row["file"])): plain_cell(row["original"])
-                    for row in csv.DictReader(handle) if row.get("file") and row.get("original")}
-    except (OSError, UnicodeDecodeError, KeyError, csv.Error):
-        return {}
 
 
 def _out_folder(options: AuditOptions) -> Path:

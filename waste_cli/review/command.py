@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import copy
 import io
-import ipaddress
 import secrets
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from waste_cli.core.console import Reporter
-from waste_cli.core.errors import ConfigError, DataError
+from waste_cli.core.errors import ConfigError
 from waste_cli.core.extras import require
 from waste_cli.core.files import (
     atomic_write_text,
@@ -23,12 +20,13 @@ from waste_cli.core.files import (
     record_written,
 )
 from waste_cli.core.formats import csv_writer, json_text
+from waste_cli.core.network import Server, check_token, is_loopback, listen
 from waste_cli.data.relabel import MANIFEST_COLUMNS
 from waste_cli.options import ReviewOptions
 from waste_cli.review.queue import Item, Queue, load_queue, order_items, pixel_vectors
 from waste_cli.review.store import DB_NAME, DecisionStore
 
-__all__ = ["ReviewServer", "export_decisions", "open_review", "review_database", "serve"]
+__all__ = ["export_decisions", "open_review", "review_database", "serve"]
 
 
 def review_database(options: ReviewOptions) -> Path:
@@ -139,42 +137,13 @@ def _corrected_coco(data: dict[str, Any], rows: list[tuple[Item, str, str]]) -> 
     return data
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass
-class ReviewServer:
-    app: Any
-    host: str
-    port: int
-    token: str | None
-    url: str
-
-
-def serve(options: ReviewOptions, queue: Queue, store: DecisionStore) -> ReviewServer:
+def serve(options: ReviewOptions, queue: Queue, store: DecisionStore) -> Server:
     """The app and where it will listen; a host other than loopback gets a token."""
     require("review", "review", "fastapi", "uvicorn")
     from waste_cli.review.web import create_app
 
     token = options.token
-    if not _loopback(options.host) and token is None:
+    if not is_loopback(options.host) and token is None:
         token = secrets.token_urlsafe(24)
-    if token is not None and len(token) < 16:
-        raise ConfigError("--token must be at least 16 characters: it is all that guards the "
-                          "page on a network.")
-    port = options.port
-    if port == 0:
-        with socket.socket() as probe:
-            probe.bind((options.host, 0))
-            port = probe.getsockname()[1]
-    shown_host = f"[{options.host}]" if ":" in options.host else options.host
-    url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
-    if not queue.items:
-        raise DataError("Nothing to review.")
-    return ReviewServer(create_app(queue, store, token), options.host, port, token, url)
+    check_token(token)
+    return listen(create_app(queue, store, token), options.host, options.port, token)

@@ -42,15 +42,15 @@ class LabelCheck:
 
 
 def _folds(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Fold of each photo, stratified by class (a class with fewer photos than folds spreads
-    over as many as it has)."""
-    rng = np.random.default_rng(seed)
+    """Fold of each photo, stratified by class (scikit-learn's StratifiedKFold)."""
+    from sklearn.model_selection import StratifiedKFold
+
     fold = np.empty(len(labels), dtype=np.int64)
-    offset = 0
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        fold[members] = (np.arange(len(members)) + offset) % count
-        offset += len(members)
+    splitter = StratifiedKFold(count, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer photos than folds is spread thin
+        warnings.simplefilter("ignore")
+        for k, (_, query) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+            fold[query] = k
     return fold
 
 
@@ -81,12 +81,13 @@ def _logistic_probs(train: np.ndarray, train_labels: np.ndarray, query: np.ndarr
 
 
 def principal_components(features: np.ndarray) -> np.ndarray:
-    """The features on their first COMPONENTS principal axes (no labels involved)."""
-    if features.shape[1] <= COMPONENTS:
+    """The features on their first COMPONENTS principal axes (scikit-learn's PCA; no labels
+    involved)."""
+    from sklearn.decomposition import PCA
+
+    if min(features.shape) <= COMPONENTS:
         return features
-    centred = features - features.mean(axis=0)
-    _, _, axes = np.linalg.svd(centred[:: max(1, len(centred) // 4000)], full_matrices=False)
-    return centred @ axes[:COMPONENTS].T
+    return PCA(COMPONENTS, svd_solver="randomized", random_state=0).fit_transform(features)
 
 
 def _out_of_fold(features: np.ndarray, reduced: np.ndarray, labels: np.ndarray,

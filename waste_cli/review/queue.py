@@ -163,11 +163,11 @@ def load_queue(source: Path, images: Path | None, categories: list[str], classes
         items = [Item(str(p), p, p.parent.name if labelled and p.parent != source else "")
                  for p in list_images(source)]
         found = labelled
-    elif source.suffix.lower() == ".json" and _is_coco(source):
+    elif source.suffix.lower() == ".json" and (coco := _coco_data(source)) is not None:
         if images is None:
             raise DataError(f"{source} is a COCO file: say where its images are with "
                             "--images DIR.")
-        items, coco, found = _from_coco(source, images, categories, reporter)
+        items, found = _from_coco(source, images, categories, reporter)
         kind, roots = "coco", [images]
     elif source.suffix.lower() in (".csv", ".json", ".jsonl"):
         roots = [images] if images is not None else [source.parent]
@@ -199,17 +199,18 @@ def load_queue(source: Path, images: Path | None, categories: list[str], classes
     return queue
 
 
-def _is_coco(path: Path) -> bool:
-    """A COCO file is one JSON object with annotations; predict's JSON is one per line."""
+def _coco_data(path: Path) -> dict[str, Any] | None:
+    """The file's data when it is COCO (one JSON object with annotations; predict's JSON is
+    an object per line), else None. Kept for --export, which writes it back corrected."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and "annotations" in data
+        return None
+    return data if isinstance(data, dict) and "annotations" in data else None
 
 
 def _from_coco(source: Path, images: Path, categories: list[str], reporter: Reporter
-               ) -> tuple[list[Item], dict[str, Any], list[str]]:
+               ) -> tuple[list[Item], list[str]]:
     found, skipped = read_detections(source, images)
     if skipped:
         reporter.warn(f"{len(skipped)} boxes of {source} skipped (bad box, unknown or missing "
@@ -223,8 +224,7 @@ def _from_coco(source: Path, images: Path, categories: list[str], reporter: Repo
     items = [Item(f"{d.image}#{d.record.get('id', k)}", d.image, d.category or "",
                   box=d.region.box, annotation=d.record.get("id"))
              for k, d in enumerate(chosen)]
-    data = json.loads(source.read_text(encoding="utf-8"))
-    return items, data, known
+    return items, known
 
 
 def _similarity(vectors: np.ndarray, k: int, recent: list[int]) -> float:
